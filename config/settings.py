@@ -1,0 +1,221 @@
+"""The node's one typed settings model.
+
+Sources, highest precedence first: command-line flags, ``AINODE_*`` environment
+variables, the TOML file given with ``--config``, then the embedded defaults.
+Everything is validated once, when :func:`load_settings` runs; the rest of the
+program receives a :class:`Settings` object and never reads the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "AINODE_"
+
+#: What the standard (PS3.5, AE VR) allows in an AE title: 1-16 characters of the
+#: default character repertoire, no backslash, no control characters.
+_AE_TITLE_MAX = 16
+
+
+def validate_ae_title(value: str) -> str:
+    """Return the AE title stripped of padding, or raise ``ValueError`` saying why."""
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("an AE title needs 1 to 16 characters, e.g. AINODE")
+    if len(stripped) > _AE_TITLE_MAX:
+        raise ValueError(f"an AE title has at most 16 characters, this one has {len(stripped)}")
+    if "\\" in stripped or any(ord(c) < 0x20 or ord(c) > 0x7E for c in stripped):
+        raise ValueError("an AE title may hold printable ASCII only, without backslash")
+    return stripped
+
+
+class Peer(BaseModel):
+    """A DICOM peer allowed to send to the node (one ``[[peers]]`` table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str = Field(description="The peer's calling AE title.")
+    host: str | None = Field(
+        default=None,
+        description="IP address or network (CIDR) the peer connects from; any host when unset.",
+    )
+
+    _check_ae = field_validator("ae_title")(validate_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an IP address or network; write e.g. 10.1.2.3 or 10.1.2.0/24"
+            ) from None
+        return value
+
+
+class Settings(BaseSettings):
+    """Every setting of the node, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(
+        default=Path("./var/ainode"),
+        description="Where received images, the SQLite database and results are kept.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty means SQLite at <data_dir>/ainode.db.",
+    )
+    db_busy_timeout_ms: int = Field(
+        default=5000,
+        ge=0,
+        description="How long a SQLite writer waits for a lock before failing (ms).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+
+    ae_title: str = Field(default="AINODE", description="The node's own (called) AE title.")
+    host: str = Field(default="0.0.0.0", description="Address the DICOM listener binds to.")
+    port: int = Field(default=11112, ge=1, le=65535, description="DICOM listener port.")
+    max_associations: int = Field(
+        default=16, ge=1, le=1000, description="Concurrent associations accepted at most."
+    )
+    max_pdu_size: int = Field(
+        default=1_048_576,
+        ge=0,
+        description="Largest PDU the node receives, in bytes; 0 means no limit.",
+    )
+    network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association timeout.")
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+
+    accept_any: bool = Field(
+        default=False,
+        description="Accept any calling AE from any host. Off: only [[peers]] (or loopback).",
+    )
+    peers: list[Peer] = Field(default_factory=list)
+
+    _check_ae = field_validator("ae_title")(validate_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _check_bind_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address; use e.g. 0.0.0.0 or 127.0.0.1") from None
+        return value
+
+    @field_validator("max_pdu_size")
+    @classmethod
+    def _check_pdu(cls, value: int) -> int:
+        if value != 0 and not 4096 <= value <= 2**32 - 1:
+            raise ValueError("must be 0 (no limit) or between 4096 and 4294967295 bytes")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value and not (value.startswith("sqlite") or value.startswith("postgresql")):
+            raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
+        return value
+
+    @model_validator(mode="after")
+    def _no_duplicate_peers(self) -> Settings:
+        seen = set()
+        for peer in self.peers:
+            key = (peer.ae_title, peer.host)
+            if key in seen:
+                raise ValueError(f"peer {peer.ae_title}@{peer.host or 'any host'} is listed twice")
+            seen.add(key)
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in use: the configured one, or SQLite inside ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ainode.db').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message is one line per problem, for a person."""
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err.get("loc", ())]
+    name = ".".join(loc) if loc else "configuration"
+    top = loc[0] if loc else ""
+    msg = err.get("msg", "invalid")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if err.get("type") == "extra_forbidden":
+        return (
+            f"setting '{name}': unknown setting; check its spelling against "
+            "config/ainode.example.toml"
+        )
+    where = f"'{name}' in the config file"
+    if top and top != "peers":
+        where += f", {ENV_PREFIX}{top.upper()}"
+        if top in {"data_dir", "port", "ae_title", "host"}:
+            where += f" or --{top.replace('_', '-')}"
+    value = err.get("input")
+    shown = f" (got {value!r})" if value is not None and not isinstance(value, (dict, list)) else ""
+    return f"setting '{name}'{shown}: {msg}; fix it in {where}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from flags (``overrides``), environment, TOML file and defaults.
+
+    Raises:
+        ConfigError: the file is missing or not TOML, or a value is invalid. The
+            message names each bad setting and where to fix it.
+    """
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist; check --config")
+        try:
+            tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+    cls = Settings
+    if config_file is not None:
+        cls = type(
+            "Settings",
+            (Settings,),
+            {"model_config": SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})},
+        )
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe_error(e) for e in exc.errors())) from None

@@ -1,0 +1,1 @@
+"""Everything facing the outside: DICOM listener, sender, command line."""

@@ -1,0 +1,239 @@
+"""The DICOM listener: C-ECHO and C-STORE of every storage SOP class.
+
+A C-STORE is answered Success only after its file is durable (fsync, atomic
+rename) and its row committed. Anything that prevents that is answered with a
+failure status, and the association and the node go on serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
+from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from config.settings import Settings
+from node.access import AccessPolicy
+from storage.files import FileStore, encode_file_meta
+from storage.header import InvalidInstance, read_header
+from storage.ingest import StoredFile, record_instance
+
+log = logging.getLogger(__name__)
+
+# C-STORE statuses (PS3.4 B.2.3, PS3.7 C)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+
+def _status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+class _AccessControlledACSE(ACSE):
+    """pynetdicom's ACSE with the node's access policy checked before negotiation."""
+
+    def __init__(self, assoc: Association, policy: AccessPolicy, host: str) -> None:
+        super().__init__(assoc)
+        self._policy = policy
+        self._host = host
+
+    def _negotiate_as_acceptor(self) -> None:
+        request = self.requestor.primitive
+        calling = str(request.calling_ae_title)
+        called = str(request.called_ae_title)
+        decision = self._policy.decide(calling, called, self._host)
+        if not decision.allowed:
+            assert decision.reject is not None
+            log.warning("association rejected: %s", decision.reason)
+            self.requestor.ae_title = calling
+            self.send_reject(*decision.reject)
+            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+            self.assoc.kill()
+            return
+        super()._negotiate_as_acceptor()
+
+
+@dataclass
+class _InFlight:
+    """C-STOREs being handled, so that shutdown can wait for them to finish."""
+
+    count: int = 0
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.cond = threading.Condition()
+
+    def enter(self) -> bool:
+        with self.cond:
+            if self.closed:
+                return False
+            self.count += 1
+            return True
+
+    def leave(self) -> None:
+        with self.cond:
+            self.count -= 1
+            self.cond.notify_all()
+
+    def close_and_wait(self, timeout: float) -> bool:
+        with self.cond:
+            self.closed = True
+            return self.cond.wait_for(lambda: self.count == 0, timeout)
+
+
+class StorageListener:
+    """Receives images over DICOM into the file store and the database."""
+
+    def __init__(self, settings: Settings, engine: Engine, store: FileStore) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._store = store
+        self.policy = AccessPolicy(settings.ae_title, tuple(settings.peers), settings.accept_any)
+        self._in_flight = _InFlight()
+        self._server: ThreadedAssociationServer | None = None
+        self._ae = self._build_ae()
+
+    def _build_ae(self) -> AE:
+        s = self._settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_associations = s.max_associations
+        ae.maximum_pdu_size = s.max_pdu_size
+        ae.network_timeout = s.network_timeout_s
+        ae.acse_timeout = s.acse_timeout_s
+        ae.dimse_timeout = s.dimse_timeout_s
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when configured as 0 in tests)."""
+        assert self._server is not None, "listener not started"
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Bind and serve in background threads."""
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._server = self._ae.start_server(
+            (self._settings.host, self._settings.port), block=False, evt_handlers=handlers
+        )
+
+    def stop(self, drain_timeout_s: float = 30.0) -> bool:
+        """Stop accepting, let C-STOREs in progress finish, then close associations.
+
+        Returns ``False`` when C-STOREs were still running at the timeout.
+        """
+        if self._server is None:
+            return True
+        server, self._server = self._server, None
+        # Stop accepting and close the listening socket; established associations
+        # go on until the C-STOREs in progress have finished, then are aborted.
+        server.shutdown()
+        drained = self._in_flight.close_and_wait(drain_timeout_s)
+        self._ae.shutdown()
+        return drained
+
+    # --- event handlers -------------------------------------------------------------
+
+    def _on_connection(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        sock = assoc.dul.socket.socket if assoc.dul.socket else None
+        if sock is not None:
+            # Without TCP_NODELAY, exchanges with dcmtk-based peers stall on Nagle's
+            # algorithm (delayed ACKs) at ~18 images/s.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        host = str(event.address[0]) if event.address else ""
+        assoc.acse = _AccessControlledACSE(assoc, self.policy, host)
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def _on_store(self, event: evt.Event) -> Dataset | int:
+        if not self._in_flight.enter():
+            return _status(OUT_OF_RESOURCES, "node is shutting down; send again later")
+        try:
+            return self._receive(event)
+        finally:
+            self._in_flight.leave()
+
+    def _receive(self, event: evt.Event) -> Dataset | int:
+        started = time.perf_counter()
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        transfer_syntax = str(event.context.transfer_syntax)
+        encoded = event.request.DataSet.getbuffer()
+        try:
+            header = read_header(encoded, transfer_syntax)
+        except InvalidInstance as exc:
+            log.warning("C-STORE from %s refused: %s", calling_ae, exc)
+            return _status(CANNOT_UNDERSTAND, str(exc))
+        if header.sop_instance_uid != str(event.request.AffectedSOPInstanceUID):
+            log.warning(
+                "C-STORE from %s refused: SOP Instance UID %s in the dataset differs from the "
+                "request's %s", calling_ae, header.sop_instance_uid,
+                event.request.AffectedSOPInstanceUID,
+            )
+            return _status(CANNOT_UNDERSTAND, "SOP Instance UID differs from the request")
+        if header.sop_class_uid != str(event.context.abstract_syntax):
+            log.warning(
+                "C-STORE from %s refused: instance %s has SOP Class %s on a %s context",
+                calling_ae, header.sop_instance_uid, header.sop_class_uid,
+                event.context.abstract_syntax,
+            )
+            return _status(DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class differs from the context")
+
+        meta = event.file_meta
+        meta.SourceApplicationEntityTitle = calling_ae or "UNKNOWN"
+        relative = self._store.relative_path(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+        )
+        existed = self._store.absolute(relative).exists()
+        try:
+            size = self._store.write(relative, [encode_file_meta(meta), encoded])
+        except OSError as exc:
+            log.error(
+                "C-STORE of instance %s failed: cannot write the file (%s)",
+                header.sop_instance_uid, exc.strerror or type(exc).__name__,
+            )
+            return _status(OUT_OF_RESOURCES, "cannot write to disk")
+        try:
+            old_path = record_instance(
+                self._engine, header, StoredFile(relative, size, transfer_syntax, calling_ae or None)
+            )
+        except SQLAlchemyError as exc:
+            log.error(
+                "C-STORE of instance %s failed: cannot record it in the database (%s)",
+                header.sop_instance_uid, type(exc.orig or exc).__name__,
+            )
+            if not existed:
+                self._store.remove(relative)
+            return _status(OUT_OF_RESOURCES, "cannot record in the database")
+        if old_path is not None:
+            self._store.remove(old_path)
+        log.debug(
+            "stored instance %s (%d bytes, %s) from %s in %.1f ms",
+            header.sop_instance_uid, size, transfer_syntax, calling_ae,
+            (time.perf_counter() - started) * 1000,
+        )
+        return SUCCESS

@@ -1,0 +1,1 @@
+"""The database (SQLAlchemy, Alembic) and the durable file store."""

@@ -1,0 +1,118 @@
+"""Reading the few attributes the node indexes, without decoding pixel data."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.filereader import dcmread, read_dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+
+# Everything we index has a tag at or below Instance Number (0020,0013).
+_LAST_TAG = Tag(0x0020, 0x0013)
+
+
+def _stop_after_indexed(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag > _LAST_TAG
+
+
+class InvalidInstance(ValueError):
+    """The dataset lacks, or has an unusable, identifying attribute."""
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The identifying and descriptive attributes of one received instance."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str | None = None
+    study_date: str | None = None
+    study_description: str | None = None
+    accession_number: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    body_part_examined: str | None = None
+    instance_number: int | None = None
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # an undecodable value is not worth refusing the image for
+        return None
+    if value is None or value == "":
+        return None
+    return str(value).strip()[:limit] or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except Exception:
+        return None
+
+
+def _uid(ds: Dataset, keyword: str, name: str) -> str:
+    try:
+        elem: DataElement | None = ds.data_element(keyword)
+        value = elem.value if elem is not None else None
+    except Exception:
+        raise InvalidInstance(f"{name} cannot be read") from None
+    text = str(value or "").strip("\0 ")
+    if not text:
+        raise InvalidInstance(f"missing {name} ({keyword})")
+    if len(text) > 64:
+        raise InvalidInstance(f"{name} ({keyword}) is longer than 64 characters")
+    return text
+
+
+def header_from_dataset(ds: Dataset) -> InstanceHeader:
+    """Extract the indexed attributes; raises :class:`InvalidInstance` without the UIDs."""
+    return InstanceHeader(
+        study_instance_uid=_uid(ds, "StudyInstanceUID", "Study Instance UID"),
+        series_instance_uid=_uid(ds, "SeriesInstanceUID", "Series Instance UID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID", "SOP Instance UID"),
+        sop_class_uid=_uid(ds, "SOPClassUID", "SOP Class UID"),
+        modality=_text(ds, "Modality", 16),
+        study_date=_text(ds, "StudyDate", 8),
+        study_description=_text(ds, "StudyDescription", 64),
+        accession_number=_text(ds, "AccessionNumber", 16),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription", 64),
+        body_part_examined=_text(ds, "BodyPartExamined", 16),
+        instance_number=_int(ds, "InstanceNumber"),
+    )
+
+
+def read_header(encoded: bytes | memoryview, transfer_syntax_uid: str) -> InstanceHeader:
+    """Parse the header of a dataset as received in a C-STORE (no file meta)."""
+    ts = UID(transfer_syntax_uid)
+    try:
+        data = bytes(encoded)
+        if ts == DeflatedExplicitVRLittleEndian:
+            data = zlib.decompress(data, -zlib.MAX_WBITS)
+        ds = read_dataset(
+            BytesIO(data),
+            is_implicit_VR=ts.is_implicit_VR,
+            is_little_endian=ts.is_little_endian,
+            stop_when=_stop_after_indexed,
+        )
+    except Exception as exc:
+        raise InvalidInstance(f"dataset cannot be parsed ({type(exc).__name__})") from None
+    return header_from_dataset(ds)
+
+
+def read_file_header(path: Path) -> tuple[InstanceHeader, str]:
+    """Header and transfer syntax UID of a stored Part 10 file."""
+    ds = dcmread(path, stop_before_pixels=True, specific_tags=None)
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    return header_from_dataset(ds), ts
