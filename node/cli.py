@@ -186,4 +186,4 @@ def config_show(
 
 
 def main() -> None:
-    app()
+    app(prog_name="ainode")

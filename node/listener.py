@@ -38,6 +38,14 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
+# Everything pynetdicom can negotiate, plus the retired JPEG processes some older
+# modalities still send: the node stores what it receives without decoding it.
+ACCEPTED_TRANSFER_SYNTAXES = [
+    *ALL_TRANSFER_SYNTAXES,
+    "1.2.840.10008.1.2.4.53",  # JPEG Extended (Process 6 & 8), retired
+    "1.2.840.10008.1.2.4.55",  # JPEG Full Progression (Process 10 & 12), retired
+]
+
 
 def _status(code: int, comment: str) -> Dataset:
     ds = Dataset()
@@ -120,7 +128,7 @@ class StorageListener:
         ae.dimse_timeout = s.dimse_timeout_s
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         return ae
 
     @property

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread, read_dataset
 from pydicom.tag import BaseTag, Tag
@@ -62,11 +61,12 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def _uid(ds: Dataset, keyword: str, name: str) -> str:
+    if keyword not in ds:
+        raise InvalidInstance(f"missing {name} ({keyword})")
     try:
-        elem: DataElement | None = ds.data_element(keyword)
-        value = elem.value if elem is not None else None
+        value = ds[keyword].value
     except Exception:
-        raise InvalidInstance(f"{name} cannot be read") from None
+        raise InvalidInstance(f"{name} ({keyword}) cannot be read") from None
     text = str(value or "").strip("\0 ")
     if not text:
         raise InvalidInstance(f"missing {name} ({keyword})")

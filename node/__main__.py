@@ -1,0 +1,5 @@
+"""`python -m node` runs the `ainode` command."""
+
+from node.cli import main
+
+main()

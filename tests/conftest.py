@@ -1,0 +1,163 @@
+"""Shared test helpers: peers that must exist in CI, free ports, a real `ainode serve`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# Public samples live beside the repository; a user's clone may not have them.
+SHARED_DATA = Path(os.environ.get("AINODE_SHARED_DATA", REPO.parent / "shared" / "data"))
+AINODE = [sys.executable, "-m", "node"]
+
+
+def missing_peer(reason: str) -> None:
+    """A peer the test needs is absent: a failure in CI, a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must provide it: run scripts/test)")
+    pytest.skip(reason)
+
+
+def dcmtk(tool: str) -> str:
+    """Full path of a dcmtk tool: the venv has pynetdicom scripts of the same names."""
+    for folder in ("/usr/bin", "/usr/local/bin"):
+        path = Path(folder) / tool
+        if path.exists():
+            return str(path)
+    missing_peer(f"dcmtk's {tool} is not installed (apt-get install dcmtk)")
+    raise AssertionError("unreachable")
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"public sample {name} not found under {SHARED_DATA} (set AINODE_SHARED_DATA)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peer_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"  # dcmtk leaves Nagle's algorithm on otherwise
+    return env
+
+
+@dataclass
+class Node:
+    """A real `ainode serve` process on loopback."""
+
+    data_dir: Path
+    port: int
+    config: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    preexec: object = None
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    log_offset: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"AINODE@127.0.0.1:{self.port}"
+
+    def command(self, *args: str) -> list[str]:
+        cmd = [*AINODE, *args, "--data-dir", str(self.data_dir)]
+        if self.config:
+            cmd += ["--config", str(self.config)]
+        return cmd
+
+    def start(self, timeout: float = 30.0) -> Node:
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
+        env = {**os.environ, **self.extra_env}
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command("serve", "--port", str(self.port), "--host", "127.0.0.1"),
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            preexec_fn=self.preexec,  # type: ignore[arg-type]
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ainode serve exited {self.proc.returncode}:\n{self.log()}")
+            # Wait for the start-up line rather than probing the port: a probe
+            # connection would itself occupy an association slot for a while.
+            if "AINode listening on" in self.log():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"ainode serve did not listen within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        """What the current (or last) run of the node logged."""
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes()[self.log_offset :].decode(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(self.command(*args), capture_output=True, text=True, cwd=REPO, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(f"ainode {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+        return result
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[object]:
+    """Start real node processes; every one still running is stopped at the end."""
+    nodes: list[Node] = []
+
+    def make(config_text: str | None = None, **kwargs: object) -> Node:
+        data_dir = tmp_path / f"node{len(nodes)}"
+        config = None
+        if config_text is not None:
+            config = tmp_path / f"node{len(nodes)}.toml"
+            config.write_text(config_text)
+        node = Node(data_dir=data_dir, port=free_port(), config=config, **kwargs)  # type: ignore[arg-type]
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+
+
+@pytest.fixture
+def node(node_factory: object) -> Node:
+    """One running node with the default configuration."""
+    return node_factory().start()  # type: ignore[operator,no-any-return]
+
+
+@pytest.fixture(scope="session")
+def storescu() -> str:
+    return dcmtk("storescu")
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None

@@ -1,0 +1,58 @@
+"""A small pynetdicom client for tests, sending datasets or files as they are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import dcmread
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+
+def associate(
+    port: int,
+    contexts: Iterable[tuple[str, str]] = (),
+    calling_ae: str = "TESTSCU",
+    called_ae: str = "AINODE",
+) -> Association:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(Verification)
+    for sop_class, ts in contexts:
+        ae.add_requested_context(sop_class, ts)
+    return ae.associate("127.0.0.1", port, ae_title=called_ae)
+
+
+def store_datasets(port: int, datasets: list[Dataset], calling_ae: str = "TESTSCU") -> list[int]:
+    """C-STORE each dataset (its file meta names the transfer syntax); the statuses."""
+    contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+    assoc = associate(port, sorted(contexts), calling_ae)
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def store_files_raw(port: int, files: list[Path]) -> list[int]:
+    """C-STORE files sending their encoded datasets byte for byte (no re-encoding)."""
+    contexts = []
+    for path in files:
+        meta = dcmread(path, stop_before_pixels=True)
+        contexts.append((str(meta.SOPClassUID), str(meta.file_meta.TransferSyntaxUID)))
+    statuses = []
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        for path, context in zip(files, contexts):
+            assoc = associate(port, [context])
+            assert assoc.is_established
+            status = assoc.send_c_store(path)
+            statuses.append(int(status.Status) if status else -1)
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+    return statuses
