@@ -80,9 +80,11 @@ def _why_not_established(assoc: Association) -> str:
         rsp = assoc.acceptor.primitive
         reason = getattr(rsp, "reason_str", "") if rsp is not None else ""
         return f"association rejected by the peer{': ' + reason if reason else ''}"
+    if assoc.acceptor.primitive is None:
+        return "no association: peer not reachable or not answering (check host and port)"
     if assoc.is_aborted:
         return "association aborted by the peer"
-    return "no association: peer not reachable or not answering"
+    return "no association established"
 
 
 # --- sending files -----------------------------------------------------------------

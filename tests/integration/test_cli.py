@@ -1,0 +1,132 @@
+"""The `ainode` command as a user runs it: config, echo, send, status, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from tests.conftest import AINODE, REPO, Node, free_port
+from tests.synthetic import write_ct_study
+
+pytestmark = pytest.mark.integration
+
+
+def _ainode(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AINODE, *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_config_show_merges_file_environment_and_flags(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('ae_title = "FROMFILE"\nport = 2000\nmax_associations = 3\n'
+                      '[[peers]]\nae_title = "CT01"\nhost = "10.0.0.0/24"\n')
+    result = _ainode("config", "show", "--config", str(config), "--data-dir", str(tmp_path / "d"),
+                     env={"AINODE_PORT": "3000", "AINODE_MAX_ASSOCIATIONS": "5"})
+    assert result.returncode == 0, result.stderr
+    shown = tomllib.loads(result.stdout)
+    assert shown["ae_title"] == "FROMFILE"
+    assert shown["port"] == 3000  # environment beats the file
+    assert shown["max_associations"] == 5
+    assert shown["data_dir"] == str(tmp_path / "d")  # the flag
+    assert shown["peers"] == [{"ae_title": "CT01", "host": "10.0.0.0/24"}]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--port", "70000"], {}, "setting 'port' (got 70000)"),
+        ([], {"AINODE_AE_TITLE": "A_TITLE_THAT_IS_TOO_LONG"}, "setting 'ae_title'"),
+        ([], {"AINODE_LOG_LEVEL": "LOUD"}, "setting 'log_level'"),
+    ],
+)
+def test_bad_setting_is_one_clear_line_and_exit_2(args, env, expected, tmp_path: Path) -> None:
+    result = _ainode("serve", "--data-dir", str(tmp_path), *args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0] and "fix it in" in lines[0]
+
+
+def test_unknown_setting_and_bad_toml_in_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("prot = 104\n")
+    result = _ainode("config", "show", "--config", str(config))
+    assert result.returncode == 2
+    assert "setting 'prot': unknown setting" in result.stderr
+    config.write_text("port = \n")
+    result = _ainode("config", "show", "--config", str(config))
+    assert result.returncode == 2
+    assert "is not valid TOML" in result.stderr
+
+
+def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
+    import re
+
+    from config.settings import Settings
+
+    example = REPO / "config" / "ainode.example.toml"
+    result = _ainode("config", "show", "--config", str(example))
+    assert result.returncode == 0, result.stderr
+    text = example.read_text()
+    for name in Settings.model_fields:
+        assert f"# {name} =" in text or f"# [[{name}]]" in text, f"{name} is not in the example"
+    # With every setting uncommented, the example is still a valid configuration.
+    setting = re.compile(r"^# (\[\[\w+\]\]|\w+ = .*)$")
+    uncommented = tmp_path / "uncommented.toml"
+    uncommented.write_text("\n".join(
+        m.group(1) if (m := setting.match(line)) else line for line in text.splitlines()))
+    result = _ainode("config", "show", "--config", str(uncommented))
+    assert result.returncode == 0, result.stderr
+    assert 'ae_title = "CT01"' in result.stdout
+
+
+def test_echo_and_send_to_a_node(node: Node, tmp_path: Path) -> None:
+    assert _ainode("echo", node.address).returncode == 0
+    unreachable = _ainode("echo", f"AINODE@127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 1 and "not reachable" in unreachable.stderr
+
+    study = tmp_path / "study"
+    write_ct_study(study, series=2, slices=4)
+    (study / "s01" / "notes.txt").write_text("not an image")
+    result = _ainode("send", str(study), "--to", node.address)
+    assert result.returncode == 1  # one file was not an image
+    assert "0x0000 success" in result.stdout and "8" in result.stdout
+    assert "notes.txt" in result.stderr
+    counts = json.loads(node.run("status", "--json").stdout)
+    assert (counts["studies"], counts["series"], counts["instances"]) == (1, 2, 8)
+
+    ok = _ainode("send", str(study / "s02"), "--to", node.address)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_bad_address_is_refused(tmp_path: Path) -> None:
+    result = _ainode("echo", "127.0.0.1:104")
+    assert result.returncode == 2 and "AE@HOST:PORT" in result.stderr
+
+
+def test_sigterm_finishes_and_exits_0_keeping_every_acknowledged_image(node_factory, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    write_ct_study(study, series=1, slices=400, size=128)
+    node: Node = node_factory().start()
+    sender = subprocess.Popen([*AINODE, "send", str(study), "--to", node.address],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    stop = threading.Timer(1.5, lambda: node.proc.send_signal(signal.SIGTERM))  # type: ignore[union-attr]
+    stop.start()
+    out, _err = sender.communicate(timeout=120)
+    stop.join()
+    assert node.stop() == 0
+    assert "AINode stopped" in node.log()
+    acknowledged = sum(int(line.split("│")[2]) for line in out.splitlines()
+                       if "0x0000 success" in line)
+    node.start()
+    counts = json.loads(node.run("status", "--json").stdout)
+    assert counts["instances"] >= acknowledged
+    assert len(list((node.data_dir / "studies").rglob("*.dcm"))) == counts["instances"]
+    assert "did not stop cleanly" not in node.log()
