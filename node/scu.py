@@ -51,9 +51,17 @@ def _nodelay(event: evt.Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _wake_waiters(event: evt.Event) -> None:
+    # pynetdicom leaves a requestor waiting for a response until the DIMSE timeout
+    # when the peer aborts or closes the connection; hand it "no response" now.
+    event.assoc.dimse.msg_queue.put((None, None))
+
+
 def _associate(ae: AE, peer: PeerAddress) -> Association:
     return ae.associate(
-        peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+        peer.host, peer.port, ae_title=peer.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_ABORTED, _wake_waiters),
+                      (evt.EVT_CONN_CLOSE, _wake_waiters)],
     )
 
 

@@ -83,8 +83,16 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         log.info("%s", listener.policy.describe())
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if stop.is_set():
+                if signum == signal.SIGINT:  # a second Ctrl-C: the operator insists
+                    log.warning("second SIGINT: exiting without waiting")
+                    os._exit(130)
+                return
             log.info("received %s: finishing C-STOREs in progress, then stopping",
                      signal.Signals(signum).name)
+            # A repeated SIGTERM (service managers send them) must not kill the
+            # process halfway through its orderly shutdown, nor while it exits.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             stop.set()
 
         if threading.current_thread() is threading.main_thread():

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, func, select
+from sqlalchemy import Engine, Table, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.header import InstanceHeader
@@ -27,14 +28,45 @@ class StoredFile:
     calling_ae_title: str | None
 
 
-def _upsert(conn: Connection, table: Table) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+def _upsert(dialect: Any, table: Table, key: str, keep_first: tuple[str, ...], update: tuple[str, ...]) -> Any:
+    """INSERT ... ON CONFLICT (key) DO UPDATE, parameters bound at execution.
+
+    ``keep_first`` columns keep a value already known and fill one that was missing;
+    ``update`` columns take the new value.
+    """
+    stmt = dialect.insert(table)
+    set_ = {c: func.coalesce(table.c[c], stmt.excluded[c]) for c in keep_first}
+    set_.update({c: stmt.excluded[c] for c in update})
+    return stmt.on_conflict_do_update(index_elements=[key], set_=set_)
 
 
-def _keep_first(table: Table, stmt: Any, *columns: str) -> dict[str, Any]:
-    """On conflict, keep a value already known and fill one that was missing."""
-    return {c: func.coalesce(table.c[c], stmt.excluded[c]) for c in columns}
+class _Statements:
+    """The three upserts, built once per dialect so each C-STORE only binds values."""
+
+    def __init__(self, dialect_name: str) -> None:
+        dialect = postgresql if dialect_name == "postgresql" else sqlite
+        self.study = _upsert(
+            dialect, _studies, "study_instance_uid",
+            ("study_date", "study_description", "accession_number"), ("last_received_at",),
+        ).returning(_studies.c.id)
+        self.series = _upsert(
+            dialect, _series, "series_instance_uid",
+            ("modality", "series_number", "series_description", "body_part_examined"),
+            ("last_received_at",),
+        ).returning(_series.c.id)
+        self.old_path = select(_instances.c.path).where(
+            _instances.c.sop_instance_uid == bindparam("sop_instance_uid")
+        )
+        self.instance = _upsert(
+            dialect, _instances, "sop_instance_uid", (),
+            ("series_id", "sop_class_uid", "instance_number", "transfer_syntax_uid",
+             "size_bytes", "path", "calling_ae_title", "received_at"),
+        )
+
+
+@functools.cache
+def _statements(dialect_name: str) -> _Statements:
+    return _Statements(dialect_name)
 
 
 def record_instance(
@@ -47,67 +79,30 @@ def record_instance(
     moved to another series) and should now be deleted; otherwise ``None``.
     """
     now = now or datetime.now(timezone.utc)
+    h = asdict(header)
+    sql = _statements(engine.dialect.name)
     with engine.begin() as conn:
-        stmt = _upsert(conn, _studies).values(
-            study_instance_uid=header.study_instance_uid,
-            study_date=header.study_date,
-            study_description=header.study_description,
-            accession_number=header.accession_number,
-            state="receiving",
-            first_received_at=now,
-            last_received_at=now,
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["study_instance_uid"],
-            set_={
-                "last_received_at": now,
-                **_keep_first(_studies, stmt, "study_date", "study_description", "accession_number"),
-            },
-        )
-        study_id = conn.execute(stmt.returning(_studies.c.id)).scalar_one()
-
-        stmt = _upsert(conn, _series).values(
-            study_id=study_id,
-            series_instance_uid=header.series_instance_uid,
-            modality=header.modality,
-            series_number=header.series_number,
-            series_description=header.series_description,
-            body_part_examined=header.body_part_examined,
-            calling_ae_title=stored.calling_ae_title,
-            first_received_at=now,
-            last_received_at=now,
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["series_instance_uid"],
-            set_={
-                "last_received_at": now,
-                **_keep_first(
-                    _series,
-                    stmt,
-                    "modality",
-                    "series_number",
-                    "series_description",
-                    "body_part_examined",
-                ),
-            },
-        )
-        series_id = conn.execute(stmt.returning(_series.c.id)).scalar_one()
-
+        study_id = conn.execute(sql.study, {
+            "study_instance_uid": h["study_instance_uid"], "study_date": h["study_date"],
+            "study_description": h["study_description"],
+            "accession_number": h["accession_number"], "state": "receiving",
+            "first_received_at": now, "last_received_at": now,
+        }).scalar_one()
+        series_id = conn.execute(sql.series, {
+            "study_id": study_id, "series_instance_uid": h["series_instance_uid"],
+            "modality": h["modality"], "series_number": h["series_number"],
+            "series_description": h["series_description"],
+            "body_part_examined": h["body_part_examined"],
+            "calling_ae_title": stored.calling_ae_title,
+            "first_received_at": now, "last_received_at": now,
+        }).scalar_one()
         old_path = conn.execute(
-            select(_instances.c.path).where(
-                _instances.c.sop_instance_uid == header.sop_instance_uid
-            )
+            sql.old_path, {"sop_instance_uid": h["sop_instance_uid"]}
         ).scalar_one_or_none()
-        values = dict(
-            series_id=series_id,
-            sop_class_uid=header.sop_class_uid,
-            instance_number=header.instance_number,
-            transfer_syntax_uid=stored.transfer_syntax_uid,
-            size_bytes=stored.size_bytes,
-            path=stored.path,
-            calling_ae_title=stored.calling_ae_title,
-            received_at=now,
-        )
-        stmt = _upsert(conn, _instances).values(sop_instance_uid=header.sop_instance_uid, **values)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["sop_instance_uid"], set_=values))
+        conn.execute(sql.instance, {
+            "sop_instance_uid": h["sop_instance_uid"], "series_id": series_id,
+            "sop_class_uid": h["sop_class_uid"], "instance_number": h["instance_number"],
+            "transfer_syntax_uid": stored.transfer_syntax_uid, "size_bytes": stored.size_bytes,
+            "path": stored.path, "calling_ae_title": stored.calling_ae_title, "received_at": now,
+        })
     return old_path if old_path is not None and old_path != stored.path else None

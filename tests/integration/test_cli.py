@@ -6,7 +6,7 @@ import json
 import os
 import signal
 import subprocess
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -117,16 +117,21 @@ def test_sigterm_finishes_and_exits_0_keeping_every_acknowledged_image(node_fact
     node: Node = node_factory().start()
     sender = subprocess.Popen([*AINODE, "send", str(study), "--to", node.address],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    stop = threading.Timer(1.5, lambda: node.proc.send_signal(signal.SIGTERM))  # type: ignore[union-attr]
-    stop.start()
+    studies_dir = node.data_dir / "studies"
+    while len(list(studies_dir.rglob("*.dcm"))) < 20:  # stop in the middle of the send
+        assert sender.poll() is None, "the send finished before the node could be stopped"
+        time.sleep(0.01)
+    node.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     out, _err = sender.communicate(timeout=120)
-    stop.join()
-    assert node.stop() == 0
+    assert node.proc.wait(60) == 0  # type: ignore[union-attr]
+    node.proc = None
+    assert sender.returncode == 1  # the images after the stop were not acknowledged
     assert "AINode stopped" in node.log()
     acknowledged = sum(int(line.split("│")[2]) for line in out.splitlines()
                        if "0x0000 success" in line)
     node.start()
     counts = json.loads(node.run("status", "--json").stdout)
+    assert 0 < acknowledged < 400
     assert counts["instances"] >= acknowledged
     assert len(list((node.data_dir / "studies").rglob("*.dcm"))) == counts["instances"]
     assert "did not stop cleanly" not in node.log()
