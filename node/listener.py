@@ -21,7 +21,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import Settings
@@ -29,6 +29,7 @@ from node.access import AccessPolicy
 from storage.files import FileStore, encode_file_meta
 from storage.header import InvalidInstance, read_header
 from storage.ingest import StoredFile, record_instance
+from storage.models import Instance
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,19 @@ class StorageListener:
         self._ae.shutdown()
         return drained
 
+    def _forget_unrecorded(self, relative: str) -> None:
+        """After a failed commit, remove the file unless a row already points at it
+        (a resend whose earlier copy was recorded keeps its file)."""
+        try:
+            with self._engine.connect() as conn:
+                recorded = conn.execute(
+                    select(Instance.id).where(Instance.path == relative)
+                ).first()
+        except SQLAlchemyError:
+            return  # cannot tell: keep the (complete) file rather than risk an acknowledged one
+        if recorded is None:
+            self._store.remove(relative)
+
     # --- event handlers -------------------------------------------------------------
 
     def _on_connection(self, event: evt.Event) -> None:
@@ -211,14 +225,14 @@ class StorageListener:
             )
             return _status(DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class differs from the context")
 
-        meta = event.file_meta
-        meta.SourceApplicationEntityTitle = calling_ae or "UNKNOWN"
+        meta = encode_file_meta(
+            header.sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_ae or "UNKNOWN"
+        )
         relative = self._store.relative_path(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
-        existed = self._store.absolute(relative).exists()
         try:
-            size = self._store.write(relative, [encode_file_meta(meta), encoded])
+            size = self._store.write(relative, [meta, encoded])
         except OSError as exc:
             log.error(
                 "C-STORE of instance %s failed: cannot write the file (%s)",
@@ -234,8 +248,7 @@ class StorageListener:
                 "C-STORE of instance %s failed: cannot record it in the database (%s)",
                 header.sop_instance_uid, type(exc.orig or exc).__name__,
             )
-            if not existed:
-                self._store.remove(relative)
+            self._forget_unrecorded(relative)
             return _status(OUT_OF_RESOURCES, "cannot record in the database")
         if old_path is not None:
             self._store.remove(old_path)

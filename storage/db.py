@@ -15,8 +15,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 def _sqlite_on_connect(busy_timeout_ms: int) -> Any:
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # The driver must not open transactions itself: we emit BEGIN IMMEDIATE so
-        # a writer takes the write lock up front instead of failing on upgrade.
+        # The driver must not open transactions itself: `_sqlite_begin` does.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -32,7 +31,18 @@ def _sqlite_on_connect(busy_timeout_ms: int) -> Any:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers (see `writing`) take the write lock up front, so that two writers do
+    # not both read and then fail to upgrade; readers begin deferred and never block.
+    mode = "IMMEDIATE" if conn.get_execution_options().get("ainode_write") else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def writing(engine: Engine) -> Any:
+    """A write transaction: ``with writing(engine) as conn: ...`` commits at the end.
+
+    On SQLite it starts with BEGIN IMMEDIATE; elsewhere it is a plain transaction.
+    """
+    return engine.execution_options(ainode_write=True).begin()
 
 
 def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:

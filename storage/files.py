@@ -12,15 +12,15 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
-from io import BytesIO
+import struct
 from pathlib import Path
-
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 PREAMBLE = b"\x00" * 128 + b"DICM"
 SUFFIX = ".dcm"
+# Recorded in the File Meta Information of every file the node writes.
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1234.1"
+IMPLEMENTATION_VERSION_NAME = "AINODE_010"
 
 
 def safe_name(uid: str) -> str:
@@ -31,12 +31,46 @@ def safe_name(uid: str) -> str:
     return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
-def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information group, ready to prepend."""
-    buf = BytesIO()
-    buf.write(PREAMBLE)
-    write_file_meta_info(buf, file_meta, enforce_standard=True)  # type: ignore[arg-type]
-    return buf.getvalue()
+def _element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of group 0002 (2-byte length VRs)."""
+    return struct.pack("<HH2sH", 0x0002, group_elem, vr, len(value)) + value
+
+
+def _ui(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def encode_file_meta(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    source_ae_title: str,
+    implementation_class_uid: str = IMPLEMENTATION_CLASS_UID,
+    implementation_version_name: str = IMPLEMENTATION_VERSION_NAME,
+) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1).
+
+    Encoded directly because it runs for every received image and pydicom's general
+    writer costs more than the rest of the header work; a unit test checks the
+    result byte for byte against pydicom's ``write_file_meta_info``.
+    """
+    body = b"".join((
+        struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+        _element(0x0002, b"UI", _ui(sop_class_uid)),
+        _element(0x0003, b"UI", _ui(sop_instance_uid)),
+        _element(0x0010, b"UI", _ui(transfer_syntax_uid)),
+        _element(0x0012, b"UI", _ui(implementation_class_uid)),
+        _element(0x0013, b"SH", _text(implementation_version_name)),
+        _element(0x0016, b"AE", _text(source_ae_title)),
+    ))
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return PREAMBLE + group_length + body
 
 
 def _fsync_dir(path: Path) -> None:
@@ -92,8 +126,11 @@ class FileStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._ensure_dir(final.parent)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:  # first instance of its series: make the folders
+                self._ensure_dir(final.parent)
+                os.replace(tmp, final)
             _fsync_dir(final.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)

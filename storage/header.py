@@ -93,19 +93,35 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
     )
 
 
+_PREFIX = 64 * 1024  # the indexed attributes nearly always lie in the first 64 KiB
+
+
+def _parse(data: bytes, ts: UID) -> tuple[Dataset, bool]:
+    """Parse up to Instance Number; also say whether the parse stopped before the end."""
+    fp = BytesIO(data)
+    ds = read_dataset(
+        fp,
+        is_implicit_VR=ts.is_implicit_VR,
+        is_little_endian=ts.is_little_endian,
+        stop_when=_stop_after_indexed,
+    )
+    return ds, fp.tell() < len(data)
+
+
 def read_header(encoded: bytes | memoryview, transfer_syntax_uid: str) -> InstanceHeader:
-    """Parse the header of a dataset as received in a C-STORE (no file meta)."""
+    """Parse the header of a dataset as received in a C-STORE (no file meta).
+
+    Only a prefix is parsed when it holds every indexed attribute, so that the
+    pixel data of a large image is not copied for nothing.
+    """
     ts = UID(transfer_syntax_uid)
     try:
-        data = bytes(encoded)
         if ts == DeflatedExplicitVRLittleEndian:
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
-        ds = read_dataset(
-            BytesIO(data),
-            is_implicit_VR=ts.is_implicit_VR,
-            is_little_endian=ts.is_little_endian,
-            stop_when=_stop_after_indexed,
-        )
+            ds, _ = _parse(zlib.decompress(encoded, -zlib.MAX_WBITS), ts)
+        else:
+            ds, complete = _parse(bytes(encoded[:_PREFIX]), ts)
+            if not complete and len(encoded) > _PREFIX:
+                ds, _ = _parse(bytes(encoded), ts)
     except Exception as exc:
         raise InvalidInstance(f"dataset cannot be parsed ({type(exc).__name__})") from None
     return header_from_dataset(ds)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, Table, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.db import writing
 from storage.header import InstanceHeader
 from storage.models import Instance, Series, Study
 
@@ -81,7 +82,7 @@ def record_instance(
     now = now or datetime.now(timezone.utc)
     h = asdict(header)
     sql = _statements(engine.dialect.name)
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         study_id = conn.execute(sql.study, {
             "study_instance_uid": h["study_instance_uid"], "study_date": h["study_date"],
             "study_description": h["study_description"],

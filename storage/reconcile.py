@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, delete, exists, select
 
+from storage.db import writing
 from storage.files import FileStore
 from storage.header import read_file_header
 from storage.ingest import StoredFile, record_instance
@@ -63,7 +64,7 @@ def reconcile(store: FileStore, engine: Engine) -> ReconcileReport:
         indexed += 1
 
     missing = sorted(known - on_disk)
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         for start in range(0, len(missing), 500):
             conn.execute(delete(Instance).where(Instance.path.in_(missing[start : start + 500])))
         conn.execute(delete(Series).where(~exists().where(Instance.series_id == Series.id)))

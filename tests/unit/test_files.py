@@ -52,3 +52,27 @@ def test_remove_prunes_empty_folders(tmp_path: Path) -> None:
     store.write(rel, [b"x"])
     store.remove(rel)
     assert list(store.studies_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("ae", ["CT01", "ODD", "A"])
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.4.90"])
+def test_file_meta_matches_pydicom(ae: str, ts: str) -> None:
+    from io import BytesIO
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+
+    from storage.files import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PREAMBLE, encode_file_meta
+
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.10.1234.77"
+    meta.TransferSyntaxUID = ts
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    meta.SourceApplicationEntityTitle = ae
+    expected = BytesIO()
+    write_file_meta_info(expected, meta, enforce_standard=True)
+    ours = encode_file_meta(meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, ts, ae)
+    assert ours == PREAMBLE + expected.getvalue()
