@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Largest PDU the node receives, in bytes; 0 means no limit.",
     )
+    listener_processes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Processes receiving DICOM on the port; 0 means one per CPU core, at most 4.",
+    )
     network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association timeout.")
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
@@ -216,6 +222,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         )
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return cls(**given)
+        merged = cls(**given)
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe_error(e) for e in exc.errors())) from None
+    # A plain Settings (not the per-file subclass) so that it pickles for the
+    # listener processes; every value is given, so nothing is read a second time.
+    return Settings(**merged.model_dump())

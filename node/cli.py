@@ -70,14 +70,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
 ) -> None:
     """Run the node in the foreground (SIGINT/SIGTERM stop it cleanly)."""
-    from node.serve import DataDirInUse
+    from node.serve import DataDirInUse, StartupError
     from node.serve import serve as run
 
     settings = _settings(config, data_dir, port=port, ae_title=ae_title, host=host)
     setup_logging(settings.log_level)
     try:
         code = run(settings)
-    except DataDirInUse as exc:
+    except (DataDirInUse, StartupError) as exc:
         _fail(str(exc), 1)
     except OSError as exc:
         _fail(

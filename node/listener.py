@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import socketserver
 import threading
 import time
 from dataclasses import dataclass
@@ -55,13 +56,74 @@ def _status(code: int, comment: str) -> Dataset:
     return ds
 
 
-class _AccessControlledACSE(ACSE):
-    """pynetdicom's ACSE with the node's access policy checked before negotiation."""
+# A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation), local limit exceeded
+REJECT_LIMIT = (0x02, 0x03, 0x02)
 
-    def __init__(self, assoc: Association, policy: AccessPolicy, host: str) -> None:
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the socket options the node needs.
+
+    SO_REUSEPORT lets several listener processes share the port (the kernel spreads
+    connections over them); TCP_NODELAY avoids stalls with dcmtk-based peers, which
+    otherwise wait on Nagle's algorithm and delayed ACKs (~18 images/s).
+    """
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+    def shutdown(self) -> None:
+        # Made with AE.make_server, so not in the AE's own list of servers that
+        # pynetdicom's shutdown() would update.
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+
+class AssociationSlots:
+    """Associations open across all listener processes, one counter per process in
+    shared memory, so that ``max_associations`` holds for the node as a whole."""
+
+    def __init__(self, counters: Any, index: int, maximum: int) -> None:
+        self._counters = counters
+        self._index = index
+        self._maximum = maximum
+        self._lock = threading.Lock()
+
+    def opened(self) -> None:
+        with self._lock:
+            self._counters[self._index] += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self._counters[self._index] -= 1
+
+    def over_limit(self) -> bool:
+        return sum(self._counters[:]) > self._maximum
+
+
+class _AccessControlledACSE(ACSE):
+    """pynetdicom's ACSE with the node's access policy and association limit checked
+    before negotiation."""
+
+    def __init__(
+        self, assoc: Association, policy: AccessPolicy, slots: AssociationSlots, host: str
+    ) -> None:
         super().__init__(assoc)
         self._policy = policy
+        self._slots = slots
         self._host = host
+
+    def _reject(self, calling: str, reason: str, rsd: tuple[int, int, int]) -> None:
+        log.warning("association rejected: %s", reason)
+        self.requestor.ae_title = calling
+        self.send_reject(*rsd)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
 
     def _negotiate_as_acceptor(self) -> None:
         request = self.requestor.primitive
@@ -70,11 +132,15 @@ class _AccessControlledACSE(ACSE):
         decision = self._policy.decide(calling, called, self._host)
         if not decision.allowed:
             assert decision.reject is not None
-            log.warning("association rejected: %s", decision.reason)
-            self.requestor.ae_title = calling
-            self.send_reject(*decision.reject)
-            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
-            self.assoc.kill()
+            self._reject(calling, decision.reason, decision.reject)
+            return
+        if self._slots.over_limit():
+            self._reject(
+                calling,
+                f"{calling!r} from {self._host}: max_associations reached; raise it if the "
+                "peers need more",
+                REJECT_LIMIT,
+            )
             return
         super()._negotiate_as_acceptor()
 
@@ -110,11 +176,18 @@ class _InFlight:
 class StorageListener:
     """Receives images over DICOM into the file store and the database."""
 
-    def __init__(self, settings: Settings, engine: Engine, store: FileStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        store: FileStore,
+        slots: AssociationSlots | None = None,
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._store = store
         self.policy = AccessPolicy(settings.ae_title, tuple(settings.peers), settings.accept_any)
+        self._slots = slots or AssociationSlots([0], 0, settings.max_associations)
         self._in_flight = _InFlight()
         self._server: ThreadedAssociationServer | None = None
         self._ae = self._build_ae()
@@ -132,6 +205,11 @@ class StorageListener:
             ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         return ae
 
+    @staticmethod
+    def describe_access(settings: Settings) -> str:
+        """Who may send, for the start-up log."""
+        return AccessPolicy(settings.ae_title, tuple(settings.peers), settings.accept_any).describe()
+
     @property
     def port(self) -> int:
         """The port actually bound (useful when configured as 0 in tests)."""
@@ -142,12 +220,15 @@ class StorageListener:
         """Bind and serve in background threads."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = self._ae.start_server(
-            (self._settings.host, self._settings.port), block=False, evt_handlers=handlers
+        server = self._ae.make_server(
+            (self._settings.host, self._settings.port), evt_handlers=handlers, server_class=_Server
         )
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="ainode-accept", daemon=True).start()
 
     def stop(self, drain_timeout_s: float = 30.0) -> bool:
         """Stop accepting, let C-STOREs in progress finish, then close associations.
@@ -159,9 +240,10 @@ class StorageListener:
         server, self._server = self._server, None
         # Stop accepting and close the listening socket; established associations
         # go on until the C-STOREs in progress have finished, then are aborted.
-        server.shutdown()
+        server.shutdown()  # the accept loop ends and the listening socket closes
         drained = self._in_flight.close_and_wait(drain_timeout_s)
-        self._ae.shutdown()
+        for assoc in server.active_associations:
+            assoc.abort()
         return drained
 
     def _forget_unrecorded(self, relative: str) -> None:
@@ -180,14 +262,12 @@ class StorageListener:
     # --- event handlers -------------------------------------------------------------
 
     def _on_connection(self, event: evt.Event) -> None:
-        assoc = event.assoc
-        sock = assoc.dul.socket.socket if assoc.dul.socket else None
-        if sock is not None:
-            # Without TCP_NODELAY, exchanges with dcmtk-based peers stall on Nagle's
-            # algorithm (delayed ACKs) at ~18 images/s.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._slots.opened()
         host = str(event.address[0]) if event.address else ""
-        assoc.acse = _AccessControlledACSE(assoc, self.policy, host)
+        event.assoc.acse = _AccessControlledACSE(event.assoc, self.policy, self._slots, host)
+
+    def _on_close(self, event: evt.Event) -> None:
+        self._slots.closed()
 
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS

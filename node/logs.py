@@ -14,7 +14,7 @@ def setup_logging(level: str) -> None:
     """Configure the root logger once for the process."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        logging.Formatter("%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,26 +1,46 @@
-"""`ainode serve`: start-up checks, reconciliation, the listener, orderly shutdown."""
+"""`ainode serve`: start-up checks, reconciliation, listener processes, orderly shutdown.
+
+The main process owns the data directory (lock, reconciliation, migrations) and
+supervises the listener processes. Each listener process runs pynetdicom on the
+same port (SO_REUSEPORT): one Python process is bound by its interpreter lock to
+about one core, so several let concurrent senders use the machine.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import logging
+import multiprocessing
 import os
 import signal
+import socket
 import threading
+import time
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from config.settings import Settings
-from node.listener import StorageListener
-from storage.db import open_database
+from node.listener import AssociationSlots, StorageListener
+from node.logs import setup_logging
+from storage.db import make_engine, open_database
 from storage.files import FileStore
 from storage.reconcile import reconcile
 
 log = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1
+
 
 class DataDirInUse(RuntimeError):
     """Another node process already serves this data directory."""
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message says why and what to do."""
 
 
 class RunMarker:
@@ -60,6 +80,132 @@ class RunMarker:
             self._lock_fd = None
 
 
+def listener_process_count(settings: Settings) -> int:
+    """How many listener processes to run: the setting, or one per core up to 4."""
+    if settings.listener_processes:
+        return settings.listener_processes
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _check_port_free(host: str, port: int, wait_s: float = 5.0) -> None:
+    """Fail early, and clearly, when something else listens on the port: with
+    SO_REUSEPORT a second node of the same user would otherwise share it silently."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+                return
+            except OSError as exc:
+                # Listener processes of a node killed a moment ago may still be exiting.
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise StartupError(
+                        f"cannot listen on {host}:{port}: {exc.strerror}; choose another "
+                        "--port or stop what uses it"
+                    ) from None
+        time.sleep(0.2)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the node's main process dies (even by
+    SIGKILL), so that no orphan keeps the port or writes to the data directory."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the supervisor's shutdown still applies
+        pass
+
+
+def run_listener(settings: Settings, counters: Any, index: int, ready: Any) -> None:
+    """Body of one listener process."""
+    _die_with_parent()
+    setup_logging(settings.log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
+        slots = AssociationSlots(counters, index, settings.max_associations)
+        listener = StorageListener(settings, engine, FileStore(settings.data_dir), slots)
+        listener.start()
+    except Exception as exc:
+        ready.put((index, f"{type(exc).__name__}: {exc}"))
+        raise
+    ready.put((index, None))
+    stop.wait()
+    if not listener.stop():
+        log.warning("C-STOREs were still running at the shutdown timeout; they were not acknowledged")
+    engine.dispose()
+
+
+class ListenerPool:
+    """The listener processes: started, watched, restarted if one dies, stopped."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self._settings = settings
+        self._ctx = multiprocessing.get_context("spawn")
+        self._counters = self._ctx.Array("i", count, lock=False)
+        self._ready = self._ctx.Queue()
+        self._processes: list[SpawnProcess | None] = [None] * count
+
+    def _spawn(self, index: int) -> None:
+        self._counters[index] = 0
+        process = self._ctx.Process(
+            target=run_listener,
+            args=(self._settings, self._counters, index, self._ready),
+            name=f"listener-{index + 1}",
+            daemon=False,
+        )
+        process.start()
+        self._processes[index] = process
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        for index in range(len(self._processes)):
+            self._spawn(index)
+        self._wait_ready(len(self._processes), timeout_s)
+
+    def _wait_ready(self, expected: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for _ in range(expected):
+            try:
+                index, error = self._ready.get(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception:
+                raise StartupError("listener processes did not start in time") from None
+            if error:
+                raise StartupError(f"listener process {index + 1} could not start: {error}")
+
+    def watch(self) -> None:
+        """Restart any listener process that died (the others kept serving)."""
+        for index, process in enumerate(self._processes):
+            if process is not None and not process.is_alive():
+                log.error(
+                    "listener process %d exited unexpectedly (status %s); restarting it",
+                    index + 1, process.exitcode,
+                )
+                self._spawn(index)
+                self._wait_ready(1, 60.0)
+
+    def stop(self, timeout_s: float) -> None:
+        live = [p for p in self._processes if p is not None and p.is_alive()]
+        for process in live:
+            os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in live:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("listener process %s did not stop; killing it", process.name)
+                process.kill()
+                process.join()
+
+
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     """Run the node in the foreground until SIGINT/SIGTERM (or ``stop``); exit status."""
     stop = stop or threading.Event()
@@ -73,14 +219,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         if unclean:
             log.warning("the previous run did not stop cleanly; reconciling files and database")
             reconcile(store, engine)
-        listener = StorageListener(settings, engine, store)
-        listener.start()
-        log.info(
-            "AINode listening on %s:%d as AE %s; data in %s; database %s",
-            settings.host, listener.port, settings.ae_title, settings.data_dir.resolve(),
-            engine.url.render_as_string(hide_password=True),
-        )
-        log.info("%s", listener.policy.describe())
+        engine.dispose()
+        _check_port_free(settings.host, settings.port)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             if stop.is_set():
@@ -98,11 +238,23 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_signal)
             signal.signal(signal.SIGTERM, on_signal)
-        stop.wait()
-        drained = listener.stop()
-        engine.dispose()
-        if not drained:
-            log.warning("C-STOREs were still running at the shutdown timeout; they were not acknowledged")
+
+        count = listener_process_count(settings)
+        pool = ListenerPool(settings, count)
+        try:
+            pool.start()
+            log.info(
+                "AINode listening on %s:%d as AE %s (%d listener process%s); data in %s; "
+                "database %s",
+                settings.host, settings.port, settings.ae_title, count, "" if count == 1 else "es",
+                settings.data_dir.resolve(),
+                engine.url.render_as_string(hide_password=True),
+            )
+            log.info("%s", StorageListener.describe_access(settings))
+            while not stop.wait(1.0):
+                pool.watch()
+        finally:
+            pool.stop(timeout_s=settings.dimse_timeout_s + 5)
         log.info("AINode stopped")
         clean = True
     finally:
