@@ -80,11 +80,16 @@ class RunMarker:
             self._lock_fd = None
 
 
-def listener_process_count(settings: Settings) -> int:
-    """How many listener processes to run: the setting, or one per core up to 4."""
+def listener_process_count(settings: Settings, cpu_count: int | None = None) -> int:
+    """How many listener processes to run: the setting, or two per core, at most 8.
+
+    More processes than cores, because the kernel hands each new connection to a
+    process by a hash, not by load: with few senders, two of them often land on the
+    same process, which then serves both on one core.
+    """
     if settings.listener_processes:
         return settings.listener_processes
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(2, min(8, 2 * (cpu_count or os.cpu_count() or 1)))
 
 
 def _check_port_free(host: str, port: int, wait_s: float = 5.0) -> None:
@@ -228,12 +233,12 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
                     log.warning("second SIGINT: exiting without waiting")
                     os._exit(130)
                 return
-            log.info("received %s: finishing C-STOREs in progress, then stopping",
-                     signal.Signals(signum).name)
+            stop.set()
             # A repeated SIGTERM (service managers send them) must not kill the
             # process halfway through its orderly shutdown, nor while it exits.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            stop.set()
+            log.info("received %s: finishing C-STOREs in progress, then stopping",
+                     signal.Signals(signum).name)
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_signal)

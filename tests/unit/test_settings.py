@@ -53,3 +53,12 @@ def test_bad_values_name_the_setting(tmp_path: Path, text: str, fragment: str) -
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_listener_processes_default_and_override() -> None:
+    from node.serve import listener_process_count
+
+    assert listener_process_count(load_settings(), cpu_count=1) == 2
+    assert listener_process_count(load_settings(), cpu_count=2) == 4
+    assert listener_process_count(load_settings(), cpu_count=64) == 8
+    assert listener_process_count(load_settings(listener_processes=3), cpu_count=64) == 3
