@@ -107,7 +107,7 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=64,
-        description="Processes receiving DICOM on the port; 0 means two per CPU core, at most 8.",
+        description="Processes receiving DICOM on the port; 0 means one per CPU core (2 to 8).",
     )
     network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association timeout.")
     acse_timeout_s: float = Field(default=30.0, gt=0)

@@ -81,15 +81,16 @@ class RunMarker:
 
 
 def listener_process_count(settings: Settings, cpu_count: int | None = None) -> int:
-    """How many listener processes to run: the setting, or two per core, at most 8.
+    """How many listener processes to run: the setting, or one per core, 2 to 8.
 
-    More processes than cores, because the kernel hands each new connection to a
-    process by a hash, not by load: with few senders, two of them often land on the
-    same process, which then serves both on one core.
+    At least two even on one core: the kernel hands each new connection to a
+    process by a hash of its addresses, not by load, and a second process keeps a
+    slow association from holding up every other sender. Each process costs about
+    100 MB of memory (Python with pydicom, pynetdicom, SQLAlchemy loaded).
     """
     if settings.listener_processes:
         return settings.listener_processes
-    return max(2, min(8, 2 * (cpu_count or os.cpu_count() or 1)))
+    return max(2, min(8, cpu_count or os.cpu_count() or 1))
 
 
 def _check_port_free(host: str, port: int, wait_s: float = 5.0) -> None:

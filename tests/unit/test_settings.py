@@ -59,6 +59,6 @@ def test_listener_processes_default_and_override() -> None:
     from node.serve import listener_process_count
 
     assert listener_process_count(load_settings(), cpu_count=1) == 2
-    assert listener_process_count(load_settings(), cpu_count=2) == 4
+    assert listener_process_count(load_settings(), cpu_count=4) == 4
     assert listener_process_count(load_settings(), cpu_count=64) == 8
     assert listener_process_count(load_settings(listener_processes=3), cpu_count=64) == 3
