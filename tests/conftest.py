@@ -155,6 +155,38 @@ def node(node_factory: object) -> Node:
 
 
 @pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (fails in CI when not installed)."""
+    from tests.postgres import postgres_server
+
+    try:
+        server = postgres_server(free_port())
+        url = server.__enter__()
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        missing_peer(f"PostgreSQL server not available: {exc}")
+        raise
+    yield url
+    server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A new, empty database on the session's server for one test."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
 def storescu() -> str:
     return dcmtk("storescu")
 
