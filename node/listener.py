@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 # C-STORE statuses (PS3.4 B.2.3, PS3.7 C)
 SUCCESS = 0x0000
+PROCESSING_FAILURE = 0x0110
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
@@ -277,6 +278,11 @@ class StorageListener:
             return _status(OUT_OF_RESOURCES, "node is shutting down; send again later")
         try:
             return self._receive(event)
+        except Exception as exc:  # never let one bad dataset take the association down
+            # The type only: messages from parsers may quote attribute values.
+            log.error("C-STORE failed unexpectedly (%s); answered 0x0110", type(exc).__name__)
+            log.debug("C-STORE failure detail", exc_info=True)
+            return _status(PROCESSING_FAILURE, "processing failure")
         finally:
             self._in_flight.leave()
 
