@@ -138,8 +138,11 @@ def send(
     data_dir: DataDirOpt = None,
     calling_ae: Annotated[str | None, typer.Option(help="Calling AE title (default: the node's).")] = None,
 ) -> None:
-    """Send DICOM files to a peer with C-STORE; exit 1 if any image failed."""
-    from node.scu import FAILURE, WARNING, collect_files, send_files
+    """Send DICOM files to a peer with C-STORE; exit 1 if any image failed.
+
+    Files that are not DICOM (READMEs, licences) are skipped and listed.
+    """
+    from node.scu import FAILURE, SKIPPED, WARNING, collect_files, send_files
 
     settings = _settings(config, data_dir)
     peer = _address(to)
@@ -158,8 +161,9 @@ def send(
             files, peer, calling_ae or settings.ae_title, on_outcome=lambda _o: progress.advance(task)
         )
     for outcome in report.outcomes:
-        if outcome.category in (FAILURE, WARNING):
-            err.print(f"{outcome.category}: {outcome.path}: {outcome.detail}", markup=False, highlight=False)
+        if outcome.category in (FAILURE, WARNING, SKIPPED):
+            err.print(f"{outcome.path}: {outcome.detail}", markup=False, highlight=False,
+                      soft_wrap=True)
     table = Table(title=f"{len(files)} file(s) to {peer}")
     table.add_column("status")
     table.add_column("files", justify="right")

@@ -97,13 +97,13 @@ def _why_not_established(assoc: Association) -> str:
 
 # --- sending files -----------------------------------------------------------------
 
-SUCCESS, WARNING, FAILURE = "success", "warning", "failure"
+SUCCESS, WARNING, FAILURE, SKIPPED = "success", "warning", "failure", "skipped"
 
 
 @dataclass(frozen=True)
 class SendOutcome:
     path: Path
-    category: str  # success | warning | failure
+    category: str  # success | warning | failure | skipped (not a DICOM file)
     detail: str
 
 
@@ -175,7 +175,7 @@ def send_files(
             ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
             items.append(_Item(path, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
         except (InvalidDicomError, AttributeError, OSError, ValueError, EOFError) as exc:
-            record(SendOutcome(path, FAILURE, f"not a readable DICOM file ({type(exc).__name__})"))
+            record(SendOutcome(path, SKIPPED, f"skipped: not a DICOM file ({type(exc).__name__})"))
 
     contexts = sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in items})
     for start in range(0, len(contexts), MAX_CONTEXTS):

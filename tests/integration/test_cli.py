@@ -13,7 +13,9 @@ import pytest
 import tomllib
 
 from tests.conftest import AINODE, REPO, Node, free_port
-from tests.synthetic import write_ct_study
+from pydicom.uid import generate_uid
+
+from tests.synthetic import TEST_UID_ROOT, ct_slice, write_ct_study
 
 pytestmark = pytest.mark.integration
 
@@ -96,14 +98,20 @@ def test_echo_and_send_to_a_node(node: Node, tmp_path: Path) -> None:
     write_ct_study(study, series=2, slices=4)
     (study / "s01" / "notes.txt").write_text("not an image")
     result = _ainode("send", str(study), "--to", node.address)
-    assert result.returncode == 1  # one file was not an image
-    assert "0x0000 success" in result.stdout and "8" in result.stdout
-    assert "notes.txt" in result.stderr
+    assert result.returncode == 0, result.stderr  # a non-DICOM file is skipped, not failed
+    assert "0x0000 success" in result.stdout and "│     8 │" in result.stdout
+    assert "notes.txt: skipped: not a DICOM file" in result.stderr
     counts = json.loads(node.run("status", "--json").stdout)
     assert (counts["studies"], counts["series"], counts["instances"]) == (1, 2, 8)
 
-    ok = _ainode("send", str(study / "s02"), "--to", node.address)
-    assert ok.returncode == 0, ok.stderr
+    # An image the node refuses makes the command fail, after sending the rest.
+    bad = ct_slice(generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT), 0)
+    del bad.StudyInstanceUID
+    bad.save_as(study / "s02" / "bad.dcm", enforce_file_format=True)
+    result = _ainode("send", str(study / "s02"), "--to", node.address)
+    assert result.returncode == 1
+    assert "bad.dcm: 0xC000 failure (missing Study Instance UID" in result.stderr
+    assert "│     4 │" in result.stdout
 
 
 def test_bad_address_is_refused(tmp_path: Path) -> None:
