@@ -161,6 +161,9 @@ class ListenerPool:
         self._counters = self._ctx.Array("i", count, lock=False)
         self._ready = self._ctx.Queue()
         self._processes: list[SpawnProcess | None] = [None] * count
+        #: A listener died: files it was writing may lack rows, so the next start
+        #: must reconcile even after a clean stop.
+        self.had_crash = False
 
     def _spawn(self, index: int) -> None:
         self._counters[index] = 0
@@ -196,8 +199,10 @@ class ListenerPool:
                     "listener process %d exited unexpectedly (status %s); restarting it",
                     index + 1, process.exitcode,
                 )
+                self.had_crash = True
                 self._spawn(index)
                 self._wait_ready(1, 60.0)
+                log.info("listener process %d restarted", index + 1)
 
     def stop(self, timeout_s: float) -> None:
         live = [p for p in self._processes if p is not None and p.is_alive()]
@@ -262,7 +267,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         finally:
             pool.stop(timeout_s=settings.dimse_timeout_s + 5)
         log.info("AINode stopped")
-        clean = True
+        clean = not pool.had_crash
     finally:
         marker.release(clean)
     return 0

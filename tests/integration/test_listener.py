@@ -119,3 +119,39 @@ def test_echo(node: Node) -> None:
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0
     assoc.release()
+
+
+def _listener_pids(node: Node) -> list[int]:
+    assert node.proc is not None
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == node.proc.pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_a_killed_listener_process_is_replaced_and_the_node_keeps_serving(node_factory) -> None:
+    import os
+    import signal
+    import time
+
+    node: Node = node_factory("listener_processes = 2\n").start()
+    listeners = _listener_pids(node)
+    assert len([p for p in listeners if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]) == 2
+    victim = next(p for p in listeners if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text())
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while "restarted" not in node.log():
+        assert time.monotonic() < deadline, node.log()
+        time.sleep(0.1)
+    study, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
+    for i in range(6):  # new associations reach whichever processes are alive
+        assert store_datasets(node.port, [ct_slice(study, series, i)]) == [0]
+    assert _counts(node)["instances"] == 6
+    assert node.stop() == 0
+    node.start()
+    assert "did not stop cleanly" in node.log()  # files of the dead process get reconciled
