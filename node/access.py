@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from config.settings import Peer
+from config.settings import Peer, Settings
 
 # A-ASSOCIATE-RJ (result, source, reason) as PS3.8 9.3.4 defines them.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognized
@@ -50,6 +50,10 @@ class AccessPolicy:
     own_ae_title: str
     peers: tuple[Peer, ...] = ()
     accept_any: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AccessPolicy:
+        return cls(settings.ae_title, tuple(settings.peers), settings.accept_any)
 
     def decide(self, calling_ae: str, called_ae: str, host: str) -> Decision:
         calling_ae, called_ae = calling_ae.strip(), called_ae.strip()

@@ -187,7 +187,7 @@ class StorageListener:
         self._settings = settings
         self._engine = engine
         self._store = store
-        self.policy = AccessPolicy(settings.ae_title, tuple(settings.peers), settings.accept_any)
+        self.policy = AccessPolicy.from_settings(settings)
         self._slots = slots or AssociationSlots([0], 0, settings.max_associations)
         self._in_flight = _InFlight()
         self._server: ThreadedAssociationServer | None = None
@@ -205,11 +205,6 @@ class StorageListener:
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         return ae
-
-    @staticmethod
-    def describe_access(settings: Settings) -> str:
-        """Who may send, for the start-up log."""
-        return AccessPolicy(settings.ae_title, tuple(settings.peers), settings.accept_any).describe()
 
     @property
     def port(self) -> int:

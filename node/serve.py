@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 from config.settings import Settings
+from node.access import AccessPolicy
 from node.listener import AssociationSlots, StorageListener
 from node.logs import setup_logging
 from storage.db import make_engine, open_database
@@ -261,7 +262,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
                 settings.data_dir.resolve(),
                 engine.url.render_as_string(hide_password=True),
             )
-            log.info("%s", StorageListener.describe_access(settings))
+            log.info("%s", AccessPolicy.from_settings(settings).describe())
             while not stop.wait(1.0):
                 pool.watch()
         finally:
