@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, func, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    select,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 
 
@@ -30,6 +42,11 @@ class Study(Base):
     state: Mapped[str] = mapped_column(String(16), default="receiving")
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    #: Raised each time the study completes; results and jobs carry the version they
+    #: were made from, so a study reopened by a late image never mixes two versions.
+    results_version: Mapped[int] = mapped_column(Integer, default=0)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completion_reason: Mapped[str | None] = mapped_column(String(32))
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
 
@@ -44,6 +61,10 @@ class Series(Base):
     series_number: Mapped[int | None] = mapped_column(Integer)
     series_description: Mapped[str | None] = mapped_column(String(64))
     body_part_examined: Mapped[str | None] = mapped_column(String(16))
+    sop_class_uid: Mapped[str | None] = mapped_column(UID)
+    slice_thickness: Mapped[float | None] = mapped_column(Double)
+    convolution_kernel: Mapped[str | None] = mapped_column(String(64))
+    orientation: Mapped[str | None] = mapped_column(String(8))
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -92,3 +113,37 @@ Study.total_bytes = column_property(  # type: ignore[attr-defined]
     .where(Series.study_id == Study.id)
     .scalar_subquery()
 )
+
+
+class Job(Base):
+    """A unit of work in the durable queue; only ``storage.queue`` changes its state.
+
+    Times are seconds since the epoch (UTC), compared in SQL the same way on SQLite
+    and PostgreSQL. ``sort_key`` is the enqueue time minus ``priority`` times the
+    aging step, so claiming in ``sort_key`` order serves urgent work first while
+    routine work that has waited long enough overtakes newer urgent work.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_claim", "state", "sort_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
+    study_id: Mapped[int | None] = mapped_column(
+        ForeignKey("studies.id", ondelete="SET NULL"), index=True
+    )
+    results_version: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    priority: Mapped[int] = mapped_column(Integer)
+    sort_key: Mapped[float] = mapped_column(Double)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    run_after: Mapped[float] = mapped_column(Double)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[float | None] = mapped_column(Double)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+    finished_at: Mapped[float | None] = mapped_column(Double)

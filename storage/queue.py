@@ -1,0 +1,254 @@
+"""The durable job queue: the only code that writes job state.
+
+States (an explicit state machine)::
+
+    queued --claim--> running --complete--> succeeded
+       ^                 |  \\--fail (attempts left)--> queued (after a backoff)
+       |                 |   \\-fail (no attempts left)--> dead
+       |                 \\--lease expired (reaper)--> queued | dead
+       \\-------------- retry (operator) --------------- dead
+
+A claim takes the job with the smallest ``sort_key`` among queued jobs that are due,
+under a lease that the worker's heartbeat extends. A worker that dies stops
+heartbeating; the reaper returns its job to the queue when the lease expires. Every
+transition checks the state it starts from (and the lease owner), so a worker that
+lost its lease cannot overwrite what happened since.
+
+SQLite: writers start with BEGIN IMMEDIATE and claim in one UPDATE ... RETURNING.
+PostgreSQL: the candidate row is locked with FOR UPDATE SKIP LOCKED, so concurrent
+workers never wait for each other or claim the same job.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, Row, Table, and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.db import writing
+from storage.models import Job
+
+QUEUED, RUNNING, SUCCEEDED, DEAD = "queued", "running", "succeeded", "dead"
+STATES = (QUEUED, RUNNING, SUCCEEDED, DEAD)
+LIVE_STATES = (QUEUED, RUNNING)
+
+_jobs: Table = Job.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, up to a maximum number of attempts."""
+
+    max_attempts: int = 5
+    base_delay_s: float = 10.0
+    max_delay_s: float = 600.0
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` >= 1 failed)."""
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+        return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """How the queue orders and leases work."""
+
+    #: Seconds of waiting that are worth one priority level: a routine job queued
+    #: this long before an urgent one (one level higher) is claimed first.
+    aging_s_per_priority: float = 300.0
+    lease_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    study_id: int | None
+    results_version: int | None
+    attempts: int
+    max_attempts: int
+    lease_owner: str
+
+
+@dataclass
+class NewJob:
+    """What to enqueue; ``dedupe_key`` makes enqueueing idempotent."""
+
+    kind: str
+    dedupe_key: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    study_id: int | None = None
+    results_version: int | None = None
+    max_attempts: int = 5
+
+
+def _insert(engine_or_conn: Any) -> Any:
+    dialect = postgresql if engine_or_conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(_jobs)
+
+
+class JobQueue:
+    """Operations on the ``jobs`` table. ``now`` is injectable for tests."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: QueueSettings | None = None,
+        clock: Any = time.time,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings or QueueSettings()
+        self._clock = clock
+
+    # --- producers ------------------------------------------------------------------
+
+    def enqueue(self, job: NewJob, conn: Any = None) -> int | None:
+        """Add a job unless one with the same ``dedupe_key`` exists; its id, or None.
+
+        With ``conn``, the job is added inside the caller's transaction (so a study
+        is marked complete and its jobs queued atomically).
+        """
+        if conn is None:
+            with writing(self.engine) as own:
+                return self.enqueue(job, own)
+        now = self._clock()
+        stmt = _insert(conn).values(
+            kind=job.kind, state=QUEUED, dedupe_key=job.dedupe_key, study_id=job.study_id,
+            results_version=job.results_version, payload=job.payload, priority=job.priority,
+            sort_key=now - job.priority * self.settings.aging_s_per_priority,
+            attempts=0, max_attempts=job.max_attempts, run_after=now,
+            created_at=now, updated_at=now,
+        ).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(_jobs.c.id)
+        return conn.execute(stmt).scalar_one_or_none()
+
+    # --- workers ---------------------------------------------------------------------
+
+    def claim(self, worker: str, kinds: Sequence[str]) -> ClaimedJob | None:
+        """Take the next due job of one of ``kinds`` under a lease, or None."""
+        now = self._clock()
+        candidate = (
+            select(_jobs.c.id)
+            .where(_jobs.c.state == QUEUED, _jobs.c.run_after <= now, _jobs.c.kind.in_(kinds))
+            .order_by(_jobs.c.sort_key, _jobs.c.id)
+            .limit(1)
+        )
+        if self.engine.dialect.name == "postgresql":
+            candidate = candidate.with_for_update(skip_locked=True)
+        stmt = (
+            update(_jobs)
+            .where(_jobs.c.id == candidate.scalar_subquery(), _jobs.c.state == QUEUED)
+            .values(state=RUNNING, lease_owner=worker, lease_expires_at=now + self.settings.lease_s,
+                    attempts=_jobs.c.attempts + 1, updated_at=now)
+            .returning(_jobs.c.id, _jobs.c.kind, _jobs.c.payload, _jobs.c.study_id,
+                       _jobs.c.results_version, _jobs.c.attempts, _jobs.c.max_attempts)
+        )
+        with writing(self.engine) as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        return ClaimedJob(row.id, row.kind, row.payload, row.study_id, row.results_version,
+                          row.attempts, row.max_attempts, worker)
+
+    def _owned(self, job: ClaimedJob) -> Any:
+        return and_(_jobs.c.id == job.id, _jobs.c.state == RUNNING,
+                    _jobs.c.lease_owner == job.lease_owner)
+
+    def heartbeat(self, job: ClaimedJob) -> bool:
+        """Extend the lease; False when the worker no longer holds it."""
+        now = self._clock()
+        with writing(self.engine) as conn:
+            result = conn.execute(update(_jobs).where(self._owned(job)).values(
+                lease_expires_at=now + self.settings.lease_s, updated_at=now))
+        return result.rowcount == 1
+
+    def complete(self, job: ClaimedJob) -> bool:
+        """Mark the job succeeded; False when the lease was lost (another attempt owns it)."""
+        now = self._clock()
+        with writing(self.engine) as conn:
+            result = conn.execute(update(_jobs).where(self._owned(job)).values(
+                state=SUCCEEDED, lease_owner=None, lease_expires_at=None, finished_at=now,
+                updated_at=now, last_error=None))
+        return result.rowcount == 1
+
+    def fail(self, job: ClaimedJob, error: str, policy: RetryPolicy | None = None) -> str | None:
+        """Record a failed attempt: back to the queue after a backoff, or dead.
+
+        ``error`` is shown to operators: it must not contain patient data. Returns
+        the new state, or None when the lease was lost.
+        """
+        policy = policy or RetryPolicy(max_attempts=job.max_attempts)
+        now = self._clock()
+        dead = job.attempts >= job.max_attempts
+        values: dict[str, Any] = dict(lease_owner=None, lease_expires_at=None, updated_at=now,
+                                      last_error=error[:2000])
+        if dead:
+            values.update(state=DEAD, finished_at=now)
+        else:
+            values.update(state=QUEUED, run_after=now + policy.delay(job.attempts))
+        with writing(self.engine) as conn:
+            result = conn.execute(update(_jobs).where(self._owned(job)).values(**values))
+        if result.rowcount != 1:
+            return None
+        return DEAD if dead else QUEUED
+
+    # --- maintenance -----------------------------------------------------------------
+
+    def reap(self) -> int:
+        """Return running jobs whose lease expired to the queue (or to dead when they
+        have used all their attempts); the number of jobs reaped."""
+        now = self._clock()
+        expired = and_(_jobs.c.state == RUNNING, _jobs.c.lease_expires_at < now)
+        with writing(self.engine) as conn:
+            died = conn.execute(
+                update(_jobs).where(expired, _jobs.c.attempts >= _jobs.c.max_attempts).values(
+                    state=DEAD, lease_owner=None, lease_expires_at=None, finished_at=now,
+                    updated_at=now, last_error="worker stopped (lease expired) on the last attempt"))
+            requeued = conn.execute(
+                update(_jobs).where(expired).values(
+                    state=QUEUED, lease_owner=None, lease_expires_at=None, run_after=now,
+                    updated_at=now, last_error="worker stopped (lease expired); retried"))
+        return int(died.rowcount) + int(requeued.rowcount)
+
+    def retry(self, job_id: int | None = None, all_dead: bool = False) -> int:
+        """Operator's retry: dead (or, by id, also a queued-with-backoff) jobs become due
+        now with their attempts reset. Returns how many jobs were requeued."""
+        now = self._clock()
+        if all_dead:
+            where = _jobs.c.state == DEAD
+        elif job_id is not None:
+            where = and_(_jobs.c.id == job_id, _jobs.c.state.in_((DEAD, QUEUED)))
+        else:
+            raise ValueError("give a job id or all_dead=True")
+        with writing(self.engine) as conn:
+            result = conn.execute(update(_jobs).where(where).values(
+                state=QUEUED, attempts=0, run_after=now, finished_at=None, updated_at=now))
+        return int(result.rowcount)
+
+    # --- reading ---------------------------------------------------------------------
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs by kind, then by state (every state present, zero when none)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_jobs.c.kind, _jobs.c.state, func.count()).group_by(_jobs.c.kind, _jobs.c.state)
+            ).all()
+        out: dict[str, dict[str, int]] = {}
+        for kind, state, n in rows:
+            out.setdefault(kind, dict.fromkeys(STATES, 0))[state] = n
+        return out
+
+    def list(self, states: Sequence[str] = (), kinds: Sequence[str] = (), limit: int = 200) -> list[Row[Any]]:
+        query = select(_jobs).order_by(_jobs.c.id.desc()).limit(limit)
+        if states:
+            query = query.where(_jobs.c.state.in_(states))
+        if kinds:
+            query = query.where(_jobs.c.kind.in_(kinds))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).all())
