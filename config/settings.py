@@ -9,6 +9,7 @@ program receives a :class:`Settings` object and never reads the environment.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +68,78 @@ class Peer(BaseModel):
         return value
 
 
+def _check_regex(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a valid regular expression ({exc})") from None
+    return value
+
+
+class SeriesMatch(BaseModel):
+    """Conditions on a series (and its study); every condition given must hold.
+
+    Text conditions are regular expressions searched case-insensitively; lists
+    match any of their values.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: list[str] = Field(default_factory=list, description="e.g. [\"CT\"]")
+    sop_class: list[str] = Field(default_factory=list, description="SOP Class UIDs")
+    body_part: str | None = Field(default=None, description="regex on Body Part Examined")
+    study_description: str | None = None
+    series_description: str | None = None
+    min_instances: int = Field(default=1, ge=1)
+    slice_thickness_min: float | None = Field(default=None, ge=0)
+    slice_thickness_max: float | None = Field(default=None, ge=0)
+    orientation: list[Literal["AXIAL", "CORONAL", "SAGITTAL", "OBLIQUE"]] = Field(default_factory=list)
+    calling_ae: list[str] = Field(default_factory=list)
+
+    _check_regexes = field_validator("body_part", "study_description", "series_description")(
+        _check_regex
+    )
+
+
+class Route(BaseModel):
+    """A routing rule (one ``[[routes]]`` table): which series go to which model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=64, description="model name, e.g. ct-chest")
+    match: SeriesMatch = Field(default_factory=SeriesMatch)
+    select: Literal["smoothest_kernel", "thinnest", "most_instances", "all"] = Field(
+        default="thinnest",
+        description="which matching series the model takes when several match",
+    )
+    destinations: list[str] = Field(default_factory=list)
+    priority: int = Field(default=0, ge=-10, le=10, description="higher is claimed sooner")
+    quiet_period_s: float | None = Field(default=None, gt=0)
+    expect_series: list[SeriesMatch] = Field(
+        default_factory=list,
+        description="complete the study early once a series matches each of these",
+    )
+    enabled: bool = True
+
+
+def default_routes() -> list[Route]:
+    """The built-in route: chest CT to the built-in ct-chest model."""
+    return [
+        Route(
+            name="ct-chest",
+            model="ct-chest",
+            match=SeriesMatch(
+                modality=["CT"], orientation=["AXIAL"], min_instances=40,
+                slice_thickness_max=5.0,
+            ),
+            select="smoothest_kernel",
+        )
+    ]
+
+
 class Settings(BaseSettings):
     """Every setting of the node, with its default."""
 
@@ -119,6 +192,16 @@ class Settings(BaseSettings):
     )
     peers: list[Peer] = Field(default_factory=list)
 
+    quiet_period_s: float = Field(
+        default=30.0, gt=0, description="A study is complete after this long without new images."
+    )
+    force_complete_after_s: float = Field(
+        default=3600.0, gt=0,
+        description="A study still receiving this long after its first image is completed anyway.",
+    )
+    completion_sweep_s: float = Field(default=2.0, gt=0, le=60)
+    routes: list[Route] = Field(default_factory=default_routes)
+
     _check_ae = field_validator("ae_title")(validate_ae_title)
 
     @field_validator("host")
@@ -143,6 +226,14 @@ class Settings(BaseSettings):
         if value and not (value.startswith("sqlite") or value.startswith("postgresql")):
             raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
         return value
+
+    @model_validator(mode="after")
+    def _unique_route_names(self) -> Settings:
+        names = [r.name for r in self.routes]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"route name {name!r} is used twice; give each [[routes]] its own")
+        return self
 
     @model_validator(mode="after")
     def _no_duplicate_peers(self) -> Settings:

@@ -12,8 +12,8 @@ from pydicom.filereader import dcmread, read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
-# Everything we index has a tag at or below Instance Number (0020,0013).
-_LAST_TAG = Tag(0x0020, 0x0013)
+# Everything we index has a tag at or below Image Orientation (Patient) (0020,0037).
+_LAST_TAG = Tag(0x0020, 0x0037)
 
 
 def _stop_after_indexed(tag: BaseTag, _vr: str | None, _length: int) -> bool:
@@ -40,6 +40,9 @@ class InstanceHeader:
     series_description: str | None = None
     body_part_examined: str | None = None
     instance_number: int | None = None
+    slice_thickness: float | None = None
+    convolution_kernel: str | None = None
+    orientation: str | None = None  # AXIAL, CORONAL, SAGITTAL or OBLIQUE
 
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
@@ -56,6 +59,46 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
+    except Exception:
+        return None
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        return float(value) if value not in (None, "") else None
+    except Exception:
+        return None
+
+
+def _kernel(ds: Dataset) -> str | None:
+    try:
+        value = ds.get("ConvolutionKernel")
+    except Exception:
+        return None
+    if value in (None, ""):
+        return None
+    parts = [str(v).strip() for v in value] if not isinstance(value, str) else [value.strip()]
+    return "\\".join(p for p in parts if p)[:64] or None
+
+
+def plane_of(orientation: list[float]) -> str:
+    """AXIAL, CORONAL, SAGITTAL or OBLIQUE from the six direction cosines of
+    Image Orientation (Patient): the axis the slice normal mostly points along."""
+    r, c = orientation[:3], orientation[3:6]
+    normal = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+    largest = max(range(3), key=lambda i: abs(normal[i]))
+    if abs(normal[largest]) < 0.8:
+        return "OBLIQUE"
+    return ("SAGITTAL", "CORONAL", "AXIAL")[largest]
+
+
+def _orientation(ds: Dataset) -> str | None:
+    try:
+        value = ds.get("ImageOrientationPatient")
+        if value is None or len(value) != 6:
+            return None
+        return plane_of([float(v) for v in value])
     except Exception:
         return None
 
@@ -90,6 +133,9 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
         series_description=_text(ds, "SeriesDescription", 64),
         body_part_examined=_text(ds, "BodyPartExamined", 16),
         instance_number=_int(ds, "InstanceNumber"),
+        slice_thickness=_float(ds, "SliceThickness"),
+        convolution_kernel=_kernel(ds),
+        orientation=_orientation(ds),
     )
 
 

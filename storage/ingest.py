@@ -48,11 +48,15 @@ class _Statements:
         dialect = postgresql if dialect_name == "postgresql" else sqlite
         self.study = _upsert(
             dialect, _studies, "study_instance_uid",
-            ("study_date", "study_description", "accession_number"), ("last_received_at",),
+            ("study_date", "study_description", "accession_number"),
+            # A late image reopens a completed study: its next completion is a new
+            # results version.
+            ("last_received_at", "state"),
         ).returning(_studies.c.id)
         self.series = _upsert(
             dialect, _series, "series_instance_uid",
-            ("modality", "series_number", "series_description", "body_part_examined"),
+            ("modality", "series_number", "series_description", "body_part_examined",
+             "sop_class_uid", "slice_thickness", "convolution_kernel", "orientation"),
             ("last_received_at",),
         ).returning(_series.c.id)
         self.old_path = select(_instances.c.path).where(
@@ -94,6 +98,8 @@ def record_instance(
             "modality": h["modality"], "series_number": h["series_number"],
             "series_description": h["series_description"],
             "body_part_examined": h["body_part_examined"],
+            "sop_class_uid": h["sop_class_uid"], "slice_thickness": h["slice_thickness"],
+            "convolution_kernel": h["convolution_kernel"], "orientation": h["orientation"],
             "calling_ae_title": stored.calling_ae_title,
             "first_received_at": now, "last_received_at": now,
         }).scalar_one()

@@ -51,3 +51,20 @@ def test_missing_uid_is_named(keyword: str) -> None:
 def test_garbage_is_invalid() -> None:
     with pytest.raises(InvalidInstance):
         read_header(b"\x08\x00\x16\x00\xff\xff\xff\x7f" + b"x" * 10, "1.2.840.10008.1.2")
+
+
+def test_series_attributes_for_routing() -> None:
+    ds = ct_slice(generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT), 0)
+    ds.ConvolutionKernel = ["B70f", "HEAD"]
+    h = read_header(_encode(ds, True), "1.2.840.10008.1.2")
+    assert (h.slice_thickness, h.convolution_kernel, h.orientation) == (1.0, "B70f\\HEAD", "AXIAL")
+
+
+def test_plane_of() -> None:
+    from storage.header import plane_of
+
+    assert plane_of([1, 0, 0, 0, 1, 0]) == "AXIAL"
+    assert plane_of([1, 0, 0, 0, 0, -1]) == "CORONAL"
+    assert plane_of([0, 1, 0, 0, 0, -1]) == "SAGITTAL"
+    assert plane_of([1, 0, 0, 0, 0.7071, 0.7071]) == "OBLIQUE"
+    assert plane_of([1, 0, 0, 0, 0.9848, 0.1736]) == "AXIAL"  # 10 degree gantry tilt

@@ -1,0 +1,148 @@
+"""Study completion: deciding when a study has arrived, and queueing its work.
+
+The decision (:func:`completion_reason`) is a pure function. The sweep applies it
+to studies still receiving; a study that completes is marked complete with a new
+results version, and its ``infer`` jobs are queued, in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.orm import Session
+
+from config.settings import Route, Settings
+from node.routing import SeriesView, StudyView, expected_series_present, route_study
+from storage.db import writing
+from storage.models import Series, Study
+from storage.queue import JobQueue, NewJob
+
+log = logging.getLogger(__name__)
+
+COMPLETE, DONE, RECEIVING = "complete", "done", "receiving"
+
+
+@dataclass(frozen=True)
+class CompletionPolicy:
+    quiet_period_s: float
+    force_complete_after_s: float
+    routes: tuple[Route, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CompletionPolicy:
+        return cls(settings.quiet_period_s, settings.force_complete_after_s, tuple(settings.routes))
+
+    def quiet_period_for(self, study: StudyView) -> float:
+        """The shortest quiet period among the rules that take a series of the study
+        (a rule may ask for less than the default), else the default."""
+        periods = [
+            d.route.quiet_period_s for d in route_study(self.routes, study)
+            if d.matched and d.route.quiet_period_s is not None
+        ]
+        return min(periods, default=self.quiet_period_s)
+
+
+def completion_reason(
+    policy: CompletionPolicy,
+    study: StudyView,
+    first_received: datetime,
+    last_received: datetime,
+    now: datetime,
+) -> str | None:
+    """Why the study is complete now ("expected-series", "quiet", "forced"), or None."""
+    if any(expected_series_present(r, study) for r in policy.routes if r.enabled):
+        return "expected-series"
+    if (now - last_received).total_seconds() >= policy.quiet_period_for(study):
+        return "quiet"
+    if (now - first_received).total_seconds() >= policy.force_complete_after_s:
+        return "forced"
+    return None
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def load_study_view(conn: Connection, study_id: int) -> StudyView:
+    """The routing view of a stored study, with instance counts per series."""
+    session = Session(bind=conn)
+    study = session.get_one(Study, study_id)
+    rows = session.scalars(
+        select(Series).where(Series.study_id == study_id)
+        .order_by(Series.series_number, Series.series_instance_uid)
+    ).all()
+    series = tuple(
+        SeriesView(
+            s.series_instance_uid, s.modality, s.sop_class_uid, s.series_number,
+            s.series_description, s.body_part_examined, s.slice_thickness, s.convolution_kernel,
+            s.orientation, int(s.instance_count), s.calling_ae_title,  # type: ignore[attr-defined]
+        )
+        for s in rows
+    )
+    return StudyView(study.study_instance_uid, study.study_description, series)
+
+
+class CompletionSweep:
+    """Completes studies that are ready and queues their jobs (run periodically)."""
+
+    def __init__(self, engine: Engine, queue: JobQueue, policy: CompletionPolicy) -> None:
+        self._engine = engine
+        self._queue = queue
+        self._policy = policy
+
+    def run(self, now: datetime | None = None) -> list[str]:
+        """One sweep; the UIDs of the studies it completed."""
+        now = now or datetime.now(timezone.utc)
+        with self._engine.connect() as conn:
+            candidates = list(conn.execute(select(Study.id).where(Study.state == RECEIVING)).scalars())
+        completed = []
+        for study_id in candidates:
+            uid = self._try_complete(study_id, now)
+            if uid:
+                completed.append(uid)
+        return completed
+
+    def _try_complete(self, study_id: int, now: datetime) -> str | None:
+        # One write transaction per study: on SQLite BEGIN IMMEDIATE keeps new images
+        # out until it commits; on PostgreSQL the row lock makes their upsert wait.
+        # Either way a late image reopens the study after, never during, completion.
+        with writing(self._engine) as conn:
+            row = conn.execute(
+                select(Study.state, Study.first_received_at, Study.last_received_at,
+                       Study.results_version, Study.study_instance_uid)
+                .where(Study.id == study_id).with_for_update()
+            ).one_or_none()
+            if row is None or row.state != RECEIVING:
+                return None
+            view = load_study_view(conn, study_id)
+            reason = completion_reason(
+                self._policy, view, _utc(row.first_received_at), _utc(row.last_received_at), now
+            )
+            if reason is None:
+                return None
+            version = row.results_version + 1
+            decisions = [d for d in route_study(self._policy.routes, view) if d.matched]
+            conn.execute(update(Study).where(Study.id == study_id).values(
+                state=COMPLETE if decisions else DONE, results_version=version,
+                completed_at=now, completion_reason=reason))
+            for decision in decisions:
+                route = decision.route
+                self._queue.enqueue(NewJob(
+                    kind="infer",
+                    dedupe_key=f"infer:{view.study_instance_uid}:{route.model}:v{version}",
+                    payload={
+                        "model": route.model, "route": route.name,
+                        "series": [s.series_instance_uid for s in decision.chosen],
+                        "destinations": list(route.destinations),
+                    },
+                    priority=route.priority, study_id=study_id, results_version=version,
+                ), conn)
+        log.info(
+            "study %s complete (%s), results version %d: %s", view.study_instance_uid, reason,
+            version, ", ".join(f"{d.route.name} -> {d.route.model} on {len(d.chosen)} series"
+                               for d in decisions) or "no route matched",
+        )
+        return view.study_instance_uid

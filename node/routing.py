@@ -1,0 +1,148 @@
+"""Routing: which series of a completed study go to which model. Pure functions of
+data, so that `ainode route test` and the completion sweep decide identically."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from config.settings import Route, SeriesMatch
+
+
+@dataclass(frozen=True)
+class SeriesView:
+    """What routing knows of a series."""
+
+    series_instance_uid: str
+    modality: str | None
+    sop_class_uid: str | None
+    series_number: int | None
+    series_description: str | None
+    body_part_examined: str | None
+    slice_thickness: float | None
+    convolution_kernel: str | None
+    orientation: str | None
+    instance_count: int
+    calling_ae_title: str | None
+
+
+@dataclass(frozen=True)
+class StudyView:
+    study_instance_uid: str
+    study_description: str | None
+    series: tuple[SeriesView, ...]
+
+
+@dataclass
+class RouteDecision:
+    """One rule applied to one study: the series it takes, and why others were not."""
+
+    route: Route
+    chosen: list[SeriesView] = field(default_factory=list)
+    matching: list[SeriesView] = field(default_factory=list)
+    rejected: dict[str, list[str]] = field(default_factory=dict)  # series UID -> reasons
+
+    @property
+    def matched(self) -> bool:
+        return bool(self.chosen)
+
+
+def _search(pattern: str, value: str | None) -> bool:
+    return value is not None and re.search(pattern, value, re.IGNORECASE) is not None
+
+
+def mismatches(match: SeriesMatch, study: StudyView, series: SeriesView) -> list[str]:
+    """Every condition of ``match`` that ``series`` fails, in words; empty if it matches."""
+    why: list[str] = []
+    if match.modality and (series.modality or "").upper() not in {m.upper() for m in match.modality}:
+        why.append(f"modality {series.modality or 'absent'} not in {match.modality}")
+    if match.sop_class and series.sop_class_uid not in match.sop_class:
+        why.append(f"SOP class {series.sop_class_uid} not listed")
+    if match.body_part and not _search(match.body_part, series.body_part_examined):
+        why.append(f"body part {series.body_part_examined or 'absent'} !~ /{match.body_part}/")
+    if match.study_description and not _search(match.study_description, study.study_description):
+        why.append(f"study description !~ /{match.study_description}/")
+    if match.series_description and not _search(match.series_description, series.series_description):
+        why.append(f"series description {series.series_description!r} !~ /{match.series_description}/")
+    if series.instance_count < match.min_instances:
+        why.append(f"{series.instance_count} instances < {match.min_instances}")
+    thickness = series.slice_thickness
+    if match.slice_thickness_min is not None and (thickness is None or thickness < match.slice_thickness_min):
+        why.append(f"slice thickness {thickness} < {match.slice_thickness_min}")
+    if match.slice_thickness_max is not None and (thickness is None or thickness > match.slice_thickness_max):
+        why.append(f"slice thickness {thickness} > {match.slice_thickness_max}")
+    if match.orientation and series.orientation not in match.orientation:
+        why.append(f"orientation {series.orientation or 'unknown'} not in {match.orientation}")
+    if match.calling_ae and series.calling_ae_title not in match.calling_ae:
+        why.append(f"sent by {series.calling_ae_title or 'unknown AE'}, not {match.calling_ae}")
+    return why
+
+
+# Reconstruction kernels by sharpness, from the vendors' naming. Higher is sharper.
+_NAMED_KERNELS = {
+    "SOFT": 1, "SMOOTH": 1, "STANDARD": 2, "STND": 2, "DETAIL": 4, "CHEST": 5, "LUNG": 6,
+    "BONE": 6, "BONEPLUS": 7, "EDGE": 7, "SHARP": 6,
+    # Philips single letters: A-C soft/standard, D-E sharp, L lung, Y* enhanced sharp
+    "A": 1, "B": 2, "C": 3, "D": 5, "E": 6, "L": 6, "YA": 5, "YB": 6, "YC": 6, "YD": 7,
+}
+
+
+def kernel_sharpness(kernel: str | None) -> float:
+    """A rough sharpness rank of a Convolution Kernel value (unknown: middle).
+
+    Siemens (B30f, Br40d, Bl57, I70f) and Canon (FC03, FC51) carry the sharpness
+    in their number; GE and Philips use names and letters.
+    """
+    if not kernel:
+        return 3.0
+    first = kernel.split("\\")[0].strip().upper()
+    if first in _NAMED_KERNELS:
+        return float(_NAMED_KERNELS[first])
+    digits = re.search(r"(\d{2})", first)
+    if digits:
+        number = int(digits.group(1))
+        if first.startswith("FC"):  # Canon: FC01-FC30 body, FC50+ lung/bone
+            return 2.0 if number < 30 else 6.0
+        return number / 10.0  # Siemens: B30 -> 3, B70 -> 7
+    return 3.0
+
+
+def _choose(select: str, candidates: Sequence[SeriesView]) -> list[SeriesView]:
+    if not candidates or select == "all":
+        return list(candidates)
+    thick = lambda s: s.slice_thickness if s.slice_thickness is not None else 1e9  # noqa: E731
+    if select == "smoothest_kernel":
+        key = lambda s: (kernel_sharpness(s.convolution_kernel), thick(s), -s.instance_count)  # noqa: E731
+    elif select == "thinnest":
+        key = lambda s: (thick(s), -s.instance_count)  # noqa: E731
+    else:  # most_instances
+        key = lambda s: (-s.instance_count, thick(s))  # noqa: E731
+    return [min(candidates, key=lambda s: (*key(s), s.series_instance_uid))]
+
+
+def route_study(routes: Iterable[Route], study: StudyView) -> list[RouteDecision]:
+    """Apply every enabled rule to the study."""
+    decisions = []
+    for route in routes:
+        if not route.enabled:
+            continue
+        decision = RouteDecision(route)
+        for series in study.series:
+            why = mismatches(route.match, study, series)
+            if why:
+                decision.rejected[series.series_instance_uid] = why
+            else:
+                decision.matching.append(series)
+        decision.chosen = _choose(route.select, decision.matching)
+        decisions.append(decision)
+    return decisions
+
+
+def expected_series_present(route: Route, study: StudyView) -> bool:
+    """True when the route expects series and a series matches each expectation."""
+    if not route.expect_series:
+        return False
+    return all(
+        any(not mismatches(expected, study, s) for s in study.series) for expected in route.expect_series
+    )

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from config.settings import Route, SeriesMatch, default_routes
+from node.completion import CompletionPolicy, completion_reason
+from node.routing import SeriesView, StudyView, kernel_sharpness, route_study
+
+
+def _series(uid: str, kernel: str | None = "B", thickness: float | None = 5.0, n: int = 64,
+            modality: str = "CT", orientation: str = "AXIAL", description: str = "5mm") -> SeriesView:
+    return SeriesView(uid, modality, "1.2.840.10008.5.1.4.1.1.2", 1, description, None, thickness,
+                      kernel, orientation, n, "CT01")
+
+
+CHEST = StudyView("1.2.3", "Chest", (_series("lung", kernel="L"), _series("soft", kernel="B"),
+                                      _series("scout", thickness=None, n=2)))
+
+
+def test_builtin_route_takes_the_smoothest_kernel_series() -> None:
+    [decision] = route_study(default_routes(), CHEST)
+    assert [s.series_instance_uid for s in decision.chosen] == ["soft"]
+    assert [s.series_instance_uid for s in decision.matching] == ["lung", "soft"]
+    assert decision.rejected["scout"] == ["2 instances < 40", "slice thickness None > 5.0"]
+
+
+def test_kernel_sharpness_orders_vendors_kernels() -> None:
+    assert kernel_sharpness("B30f") < kernel_sharpness("B70f")
+    assert kernel_sharpness("STANDARD") < kernel_sharpness("LUNG")
+    assert kernel_sharpness("B") < kernel_sharpness("L")
+    assert kernel_sharpness("FC03") < kernel_sharpness("FC51")
+
+
+def test_selection_modes_and_reasons() -> None:
+    study = StudyView("1", "CT abdomen", (_series("thin", thickness=1.0, n=300),
+                                          _series("thick", thickness=5.0, n=80),
+                                          _series("mr", modality="MR")))
+    thinnest = Route(name="t", model="m", match=SeriesMatch(modality=["CT"]), select="thinnest")
+    everything = Route(name="a", model="m2", match=SeriesMatch(modality=["CT"]), select="all")
+    described = Route(name="d", model="m3", match=SeriesMatch(study_description="chest"))
+    t, a, d = route_study([thinnest, everything, described], study)
+    assert [s.series_instance_uid for s in t.chosen] == ["thin"]
+    assert [s.series_instance_uid for s in a.chosen] == ["thin", "thick"]
+    assert t.rejected["mr"] == ["modality MR not in ['CT']"]
+    assert not d.matched and d.rejected["thin"] == ["study description !~ /chest/"]
+
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+
+
+def test_completion_quiet_expected_and_forced() -> None:
+    policy = CompletionPolicy(30, 3600, tuple(default_routes()))
+    first = NOW - timedelta(seconds=100)
+    assert completion_reason(policy, CHEST, first, NOW - timedelta(seconds=29), NOW) is None
+    assert completion_reason(policy, CHEST, first, NOW - timedelta(seconds=30), NOW) == "quiet"
+    busy_since = NOW - timedelta(hours=2)
+    assert completion_reason(policy, CHEST, busy_since, NOW, NOW) == "forced"
+
+    expecting = Route(name="two", model="m", expect_series=[
+        SeriesMatch(modality=["CT"], min_instances=64, series_description="5mm"),
+        SeriesMatch(modality=["CT"], min_instances=2, slice_thickness_max=1.0)])
+    policy = CompletionPolicy(30, 3600, (expecting,))
+    assert completion_reason(policy, CHEST, first, NOW, NOW) is None  # no thin series yet
+    with_thin = StudyView("1.2.3", "Chest", (*CHEST.series, _series("thin", thickness=1.0, n=3)))
+    assert completion_reason(policy, with_thin, first, NOW, NOW) == "expected-series"
+
+
+def test_route_quiet_period_overrides_the_default() -> None:
+    fast = Route(name="fast", model="m", match=SeriesMatch(modality=["CT"]), quiet_period_s=5)
+    policy = CompletionPolicy(30, 3600, (fast,))
+    assert completion_reason(policy, CHEST, NOW - timedelta(seconds=60), NOW - timedelta(seconds=6), NOW) == "quiet"
