@@ -202,6 +202,22 @@ class Settings(BaseSettings):
     completion_sweep_s: float = Field(default=2.0, gt=0, le=60)
     routes: list[Route] = Field(default_factory=default_routes)
 
+    workers: int = Field(
+        default=1, ge=0, le=64,
+        description="Processes running queued jobs other than inference (0: none here).",
+    )
+    job_lease_s: float = Field(
+        default=60.0, ge=1,
+        description="A running job whose worker stops heartbeating for this long is retried.",
+    )
+    job_max_attempts: int = Field(default=5, ge=1, le=100)
+    job_retry_base_delay_s: float = Field(default=10.0, gt=0)
+    job_retry_max_delay_s: float = Field(default=600.0, gt=0)
+    job_aging_s_per_priority: float = Field(
+        default=300.0, gt=0,
+        description="Waiting this long counts as one priority level, so routine work never starves.",
+    )
+
     _check_ae = field_validator("ae_title")(validate_ae_title)
 
     @field_validator("host")

@@ -1,9 +1,11 @@
-"""`ainode serve`: start-up checks, reconciliation, listener processes, orderly shutdown.
+"""`ainode serve`: start-up checks, reconciliation, the node's processes, orderly shutdown.
 
-The main process owns the data directory (lock, reconciliation, migrations) and
-supervises the listener processes. Each listener process runs pynetdicom on the
-same port (SO_REUSEPORT): one Python process is bound by its interpreter lock to
-about one core, so several let concurrent senders use the machine.
+The main process owns the data directory (lock, reconciliation, migrations), runs
+the periodic tasks (completion sweep, lease reaper) and supervises the other
+processes: listeners, which run pynetdicom on the same port (SO_REUSEPORT; one
+Python process is bound by its interpreter lock to about one core, so several let
+concurrent senders use the machine), and job workers. Every arrow between them
+goes through the database.
 """
 
 from __future__ import annotations
@@ -18,14 +20,21 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine
+
 from config.settings import Settings
 from node.access import AccessPolicy
+from node.completion import CompletionPolicy, CompletionSweep
 from node.listener import AssociationSlots, StorageListener
+from node.workers import Worker, job_handlers, queue_for
 from node.logs import setup_logging
 from storage.db import make_engine, open_database
 from storage.files import FileStore
@@ -125,12 +134,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_listener(settings: Settings, counters: Any, index: int, ready: Any) -> None:
-    """Body of one listener process."""
-    _die_with_parent()
-    setup_logging(settings.log_level)
-    stop = threading.Event()
-
+def _child_signals(stop: threading.Event) -> None:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -138,84 +142,134 @@ def run_listener(settings: Settings, counters: Any, index: int, ready: Any) -> N
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+
+def run_listener(settings: Settings, name: str, ready: Any, counters: Any, index: int) -> None:
+    """Body of one listener process."""
+    _die_with_parent()
+    setup_logging(settings.log_level)
+    stop = threading.Event()
+    _child_signals(stop)
     try:
         engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
+        counters[index] = 0  # a restarted listener starts with no associations
         slots = AssociationSlots(counters, index, settings.max_associations)
         listener = StorageListener(settings, engine, FileStore(settings.data_dir), slots)
         listener.start()
     except Exception as exc:
-        ready.put((index, f"{type(exc).__name__}: {exc}"))
+        ready.put((name, f"{type(exc).__name__}: {exc}"))
         raise
-    ready.put((index, None))
+    ready.put((name, None))
     stop.wait()
     if not listener.stop():
         log.warning("C-STOREs were still running at the shutdown timeout; they were not acknowledged")
     engine.dispose()
 
 
-class ListenerPool:
-    """The listener processes: started, watched, restarted if one dies, stopped."""
+def run_worker(settings: Settings, name: str, ready: Any) -> None:
+    """Body of one job worker process: finishes its current job on SIGTERM."""
+    _die_with_parent()
+    setup_logging(settings.log_level)
+    stop = threading.Event()
+    _child_signals(stop)
+    engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
+    worker = Worker(name, settings, engine, job_handlers(settings))
+    ready.put((name, None))
+    worker.run(stop)
+    engine.dispose()
 
-    def __init__(self, settings: Settings, count: int) -> None:
+
+@dataclass(frozen=True)
+class Role:
+    """One supervised process: its name and what it runs."""
+
+    name: str
+    target: Callable[..., None]
+    args: tuple[Any, ...] = ()
+
+
+class Supervisor:
+    """The node's processes: started, watched, restarted if one dies, stopped."""
+
+    def __init__(self, settings: Settings, roles: list[Role]) -> None:
         self._settings = settings
         self._ctx = multiprocessing.get_context("spawn")
-        self._counters = self._ctx.Array("i", count, lock=False)
         self._ready = self._ctx.Queue()
-        self._processes: list[SpawnProcess | None] = [None] * count
-        #: A listener died: files it was writing may lack rows, so the next start
+        self._roles = roles
+        self._processes: dict[str, SpawnProcess] = {}
+        #: A process died: files it was writing may lack rows, so the next start
         #: must reconcile even after a clean stop.
         self.had_crash = False
 
-    def _spawn(self, index: int) -> None:
-        self._counters[index] = 0
+    def _spawn(self, role: Role) -> None:
         process = self._ctx.Process(
-            target=run_listener,
-            args=(self._settings, self._counters, index, self._ready),
-            name=f"listener-{index + 1}",
-            daemon=False,
+            target=role.target, args=(self._settings, role.name, self._ready, *role.args),
+            name=role.name, daemon=False,
         )
         process.start()
-        self._processes[index] = process
+        self._processes[role.name] = process
 
     def start(self, timeout_s: float = 60.0) -> None:
-        for index in range(len(self._processes)):
-            self._spawn(index)
-        self._wait_ready(len(self._processes), timeout_s)
+        for role in self._roles:
+            self._spawn(role)
+        self._wait_ready(len(self._roles), timeout_s)
 
     def _wait_ready(self, expected: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         for _ in range(expected):
             try:
-                index, error = self._ready.get(timeout=max(0.1, deadline - time.monotonic()))
+                name, error = self._ready.get(timeout=max(0.1, deadline - time.monotonic()))
             except Exception:
-                raise StartupError("listener processes did not start in time") from None
+                raise StartupError("the node's processes did not start in time") from None
             if error:
-                raise StartupError(f"listener process {index + 1} could not start: {error}")
+                raise StartupError(f"{name} could not start: {error}")
 
     def watch(self) -> None:
-        """Restart any listener process that died (the others kept serving)."""
-        for index, process in enumerate(self._processes):
-            if process is not None and not process.is_alive():
-                log.error(
-                    "listener process %d exited unexpectedly (status %s); restarting it",
-                    index + 1, process.exitcode,
-                )
+        """Restart any process that died (the others kept working)."""
+        for role in self._roles:
+            process = self._processes[role.name]
+            if not process.is_alive():
+                log.error("%s exited unexpectedly (status %s); restarting it",
+                          role.name, process.exitcode)
                 self.had_crash = True
-                self._spawn(index)
+                self._spawn(role)
                 self._wait_ready(1, 60.0)
-                log.info("listener process %d restarted", index + 1)
+                log.info("%s restarted", role.name)
 
     def stop(self, timeout_s: float) -> None:
-        live = [p for p in self._processes if p is not None and p.is_alive()]
+        live = [p for p in self._processes.values() if p.is_alive()]
         for process in live:
             os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         for process in live:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
-                log.error("listener process %s did not stop; killing it", process.name)
+                log.error("%s did not stop; killing it", process.name)
                 process.kill()
                 process.join()
+
+
+def _scheduler(settings: Settings, engine: Engine) -> BackgroundScheduler:
+    """The periodic tasks of the main process: completion sweep and lease reaper."""
+    queue = queue_for(settings, engine)
+    sweep = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings))
+
+    def guarded(task: Callable[[], Any], name: str) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                task()
+            except Exception as exc:  # a busy or unreachable database: next tick retries
+                log.warning("%s failed (%s); will retry", name, type(exc).__name__)
+        return run
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.add_job(guarded(sweep.run, "completion sweep"), "interval",
+                      seconds=settings.completion_sweep_s, max_instances=1, coalesce=True,
+                      id="completion")
+    scheduler.add_job(guarded(queue.reap, "lease reaper"), "interval",
+                      seconds=max(1.0, settings.job_lease_s / 4), max_instances=1, coalesce=True,
+                      id="reaper")
+    return scheduler
 
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
@@ -231,7 +285,6 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         if unclean:
             log.warning("the previous run did not stop cleanly; reconciling files and database")
             reconcile(store, engine)
-        engine.dispose()
         _check_port_free(settings.host, settings.port)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -244,31 +297,41 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
             # A repeated SIGTERM (service managers send them) must not kill the
             # process halfway through its orderly shutdown, nor while it exits.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            log.info("received %s: finishing C-STOREs in progress, then stopping",
+            log.info("received %s: finishing C-STOREs and jobs in progress, then stopping",
                      signal.Signals(signum).name)
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_signal)
             signal.signal(signal.SIGTERM, on_signal)
 
-        count = listener_process_count(settings)
-        pool = ListenerPool(settings, count)
+        listeners = listener_process_count(settings)
+        ctx = multiprocessing.get_context("spawn")
+        counters = ctx.Array("i", listeners, lock=False)
+        roles = [Role(f"listener-{i + 1}", run_listener, (counters, i)) for i in range(listeners)]
+        roles += [Role(f"worker-{i + 1}", run_worker) for i in range(settings.workers)]
+        supervisor = Supervisor(settings, roles)
+        scheduler = _scheduler(settings, engine)
         try:
-            pool.start()
+            supervisor.start()
+            scheduler.start()
             log.info(
-                "AINode listening on %s:%d as AE %s (%d listener process%s); data in %s; "
-                "database %s",
-                settings.host, settings.port, settings.ae_title, count, "" if count == 1 else "es",
-                settings.data_dir.resolve(),
+                "AINode listening on %s:%d as AE %s (%d listener process%s, %d job worker%s); "
+                "data in %s; database %s",
+                settings.host, settings.port, settings.ae_title, listeners,
+                "" if listeners == 1 else "es", settings.workers,
+                "" if settings.workers == 1 else "s", settings.data_dir.resolve(),
                 engine.url.render_as_string(hide_password=True),
             )
             log.info("%s", AccessPolicy.from_settings(settings).describe())
             while not stop.wait(1.0):
-                pool.watch()
+                supervisor.watch()
         finally:
-            pool.stop(timeout_s=settings.dimse_timeout_s + 5)
+            if scheduler.running:
+                scheduler.shutdown(wait=True)
+            supervisor.stop(timeout_s=settings.dimse_timeout_s + 5)
+            engine.dispose()
         log.info("AINode stopped")
-        clean = not pool.had_crash
+        clean = not supervisor.had_crash
     finally:
         marker.release(clean)
     return 0
