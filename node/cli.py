@@ -26,8 +26,9 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-err = Console(stderr=True)
-out = Console()
+# Piped output is not cut to 80 columns: tables stay whole for grep and logs.
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 ConfigOpt = Annotated[
     Path | None,
@@ -98,18 +99,23 @@ def status(
     from storage.db import open_database
     from storage.inventory import inventory
 
+    from storage.queue import JobQueue
+
     settings = _settings(config, data_dir)
     engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
     counts = inventory(engine)
+    jobs = JobQueue(engine).counts()
     engine.dispose()
     if as_json:
-        out.print_json(json.dumps(dict(counts)))
+        out.print_json(json.dumps({**counts, "jobs": jobs}))
         return
     table = Table(title=f"AINode data in {settings.data_dir}")
     for name in ("studies", "series", "instances", "bytes"):
         table.add_column(name, justify="right")
     table.add_row(*(f"{counts[k]:,}" for k in ("studies", "series", "instances", "bytes")))
     out.print(table)
+    if jobs:
+        out.print(_jobs_by_state_table(jobs))
 
 
 @app.command()
@@ -172,6 +178,153 @@ def send(
     out.print(table)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _jobs_by_state_table(jobs: dict[str, dict[str, int]]) -> Table:
+    from storage.queue import STATES
+
+    table = Table(title="jobs")
+    table.add_column("kind")
+    for state in STATES:
+        table.add_column(state, justify="right")
+    for kind, by_state in sorted(jobs.items()):
+        table.add_row(kind, *(str(by_state[state]) for state in STATES))
+    return table
+
+
+def _when(epoch: float | None) -> str:
+    from datetime import datetime, timezone
+
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command()
+def jobs(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    state: Annotated[list[str] | None, typer.Option(help="queued, running, succeeded or dead.")] = None,
+    kind: Annotated[list[str] | None, typer.Option(help="infer, send, ...")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List jobs, newest first, with their last error."""
+    from storage.db import open_database
+    from storage.queue import STATES, JobQueue
+
+    for s_ in state or []:
+        if s_ not in STATES:
+            _fail(f"--state {s_!r}: use one of {', '.join(STATES)}", 2)
+    settings = _settings(config, data_dir)
+    engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
+    rows = JobQueue(engine).list(states=state or (), kinds=kind or (), limit=limit)
+    engine.dispose()
+    fields = ("id", "kind", "state", "priority", "attempts", "max_attempts", "results_version",
+              "dedupe_key", "payload", "last_error", "created_at", "run_after", "finished_at")
+    if as_json:
+        out.print_json(json.dumps([{f: getattr(r, f) for f in fields} for r in rows]))
+        return
+    table = Table(title=f"{len(rows)} job(s)")
+    for name in ("id", "kind", "state", "pri", "attempts", "job", "created (UTC)", "last error"):
+        table.add_column(name)
+    for r in rows:
+        table.add_row(str(r.id), r.kind, r.state, str(r.priority), f"{r.attempts}/{r.max_attempts}",
+                      r.dedupe_key, _when(r.created_at), r.last_error or "")
+    out.print(table)
+
+
+@app.command()
+def retry(
+    job: Annotated[int | None, typer.Argument(help="The job id to run again.")] = None,
+    dead: Annotated[bool, typer.Option("--dead", help="Requeue every dead job.")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Put a dead job (or every dead job) back in the queue, attempts reset."""
+    from storage.db import open_database
+    from storage.queue import JobQueue
+
+    if (job is None) == (not dead):
+        _fail("give either a job id or --dead", 2)
+    settings = _settings(config, data_dir)
+    engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
+    n = JobQueue(engine).retry(job_id=job, all_dead=dead)
+    engine.dispose()
+    if job is not None and n == 0:
+        _fail(f"job {job} does not exist or is not dead or queued", 1)
+    out.print(f"requeued {n} job(s)")
+
+
+selftest_app = typer.Typer(help="Check that the node's parts work.", no_args_is_help=True)
+app.add_typer(selftest_app, name="selftest")
+
+
+@selftest_app.command("queue")
+def selftest_queue(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    jobs_: Annotated[int, typer.Option("--jobs", min=1, help="How many no-op jobs.")] = 10,
+    seconds: Annotated[float, typer.Option(min=0, help="How long each job takes.")] = 0.1,
+    fail: Annotated[bool, typer.Option("--fail", help="Jobs that always fail (to see retries).")] = False,
+    wait: Annotated[float, typer.Option(help="Wait up to this many seconds for them to end.")] = 0,
+) -> None:
+    """Queue no-op jobs for the running node's workers (they touch no study)."""
+    import time as _time
+    import uuid
+
+    from storage.db import open_database
+    from storage.queue import DEAD, SUCCEEDED, JobQueue, NewJob
+
+    settings = _settings(config, data_dir)
+    engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
+    queue = JobQueue(engine)
+    batch = uuid.uuid4().hex[:8]
+    ids = [queue.enqueue(NewJob("noop", f"noop:{batch}:{i}", {"seconds": seconds, "fail": fail},
+                                max_attempts=settings.job_max_attempts)) for i in range(jobs_)]
+    out.print(f"queued {len(ids)} no-op job(s), batch {batch}")
+    deadline = _time.monotonic() + wait
+    while wait and _time.monotonic() < deadline:
+        rows = [r for r in queue.list(kinds=["noop"], limit=100_000) if r.id in ids]
+        if all(r.state in (SUCCEEDED, DEAD) for r in rows):
+            break
+        _time.sleep(0.2)
+    if wait:
+        rows = [r for r in queue.list(kinds=["noop"], limit=100_000) if r.id in ids]
+        done = {st: sum(1 for r in rows if r.state == st) for st in (SUCCEEDED, DEAD)}
+        out.print(f"succeeded {done[SUCCEEDED]}, dead {done[DEAD]}, "
+                  f"unfinished {len(rows) - sum(done.values())}")
+        if done[SUCCEEDED] != len(ids):
+            engine.dispose()
+            raise typer.Exit(1)
+    engine.dispose()
+
+
+route_app = typer.Typer(help="Routing rules.", no_args_is_help=True)
+app.add_typer(route_app, name="route")
+
+
+@route_app.command("test")
+def route_test(
+    target: Annotated[str, typer.Argument(help="A folder or file of DICOM images, or a stored Study Instance UID.")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Dry-run the routing rules: which rule takes which series, and why others do not."""
+    from node.route_test import explain, views_from_database, views_from_files
+
+    settings = _settings(config, data_dir)
+    path = Path(target)
+    if path.exists():
+        studies = views_from_files(path)
+        if not studies:
+            _fail(f"no DICOM images found in {path}", 1)
+    else:
+        studies = views_from_database(settings, target)
+        if not studies:
+            _fail(f"{target} is neither a file or folder nor a stored Study Instance UID", 1)
+    for study in studies:
+        out.print(explain(settings.routes, study), highlight=False, markup=False, soft_wrap=True)
 
 
 @config_app.command("show")

@@ -1,0 +1,127 @@
+"""Completion, routing and the job queue in a real `ainode serve`, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA, Node, peer_env
+from tests.synthetic import write_ct_study
+
+pytestmark = pytest.mark.integration
+
+
+def _jobs(node: Node, *args: str) -> list[dict]:
+    return json.loads(node.run("jobs", "--json", *args).stdout)
+
+
+def _wait(predicate, timeout: float = 60, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _chest_ct(tmp_path: Path) -> Path:
+    public = SHARED_DATA / "ct-chest-tcia-a0001"
+    if public.exists():
+        return public
+    folder = tmp_path / "synthetic-chest"
+    write_ct_study(folder, series=2, slices=64)
+    return folder
+
+
+def _storescu(storescu: str, node: Node, *paths: Path) -> None:
+    sent = subprocess.run([storescu, "-aec", "AINODE", "-aet", "CT01", "+sd", "+r", "+sp", "*.dcm",
+                           "127.0.0.1", str(node.port), *map(str, paths)],
+                          capture_output=True, text=True, env=peer_env(), timeout=300)
+    assert sent.returncode == 0, sent.stderr
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_config(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return ""
+    return f'database_url = "{request.getfixturevalue("fresh_postgres_url")}"\n'
+
+
+def test_chest_ct_completes_once_and_a_resend_makes_a_new_version(
+    node_factory, storescu: str, tmp_path: Path, database_config: str
+) -> None:
+    study = _chest_ct(tmp_path)
+    node: Node = node_factory(database_config + "quiet_period_s = 3\ncompletion_sweep_s = 0.5\n"
+                              "workers = 0\n").start()
+    sent_at = time.monotonic()
+    _storescu(storescu, node, study)
+    [job] = _wait(lambda: _jobs(node, "--kind", "infer"), what="the infer job")
+    assert time.monotonic() - sent_at >= 3  # not before the quiet period
+    assert job["state"] == "queued" and job["results_version"] == 1
+    assert job["payload"]["model"] == "ct-chest" and len(job["payload"]["series"]) == 1
+    time.sleep(2)  # later sweeps do not complete it again
+    assert len(_jobs(node, "--kind", "infer")) == 1
+    assert node.log().count("complete (quiet), results version 1") == 1
+
+    one = sorted(study.rglob("*.dcm"))[0]
+    _storescu(storescu, node, one)  # a late resend reopens the study
+    def two_versions() -> list[dict] | None:
+        jobs = _jobs(node, "--kind", "infer")
+        return jobs if len(jobs) == 2 else None
+
+    jobs = _wait(two_versions, what="the second version's job")
+    assert sorted(j["results_version"] for j in jobs) == [1, 2]
+    counts = json.loads(node.run("status", "--json").stdout)
+    assert counts["instances"] == 128 and counts["jobs"]["infer"]["queued"] == 2
+
+
+def test_route_test_names_rule_and_series(tmp_path: Path) -> None:
+    from tests.conftest import AINODE, REPO
+
+    study = _chest_ct(tmp_path)
+    result = subprocess.run([*AINODE, "route", "test", str(study)], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "rule 'ct-chest' -> model ct-chest: MATCHED, takes series" in result.stdout
+    if study.name == "ct-chest-tcia-a0001":  # the soft-tissue kernel (B), not the lung kernel (L)
+        assert "takes series 3" in result.stdout and "kernel L" in result.stdout
+
+
+def test_sigkill_while_jobs_run_every_job_succeeds_once(node_factory, database_config: str) -> None:
+    node: Node = node_factory(database_config + "workers = 2\njob_lease_s = 2\n").start()
+    result = node.run("selftest", "queue", "--jobs", "20", "--seconds", "0.6")
+    assert "queued 20" in result.stdout
+    _wait(lambda: sum(j["state"] == "succeeded" for j in _jobs(node)) >= 3, what="some jobs done")
+    node.kill()  # the workers die with the main process, each in the middle of a job
+
+    node.start()
+    _wait(lambda: all(j["state"] == "succeeded" for j in _jobs(node)), timeout=120,
+          what="every job to succeed")
+    jobs = _jobs(node)
+    assert len(jobs) == 20 and {j["state"] for j in jobs} == {"succeeded"}
+    runs = (node.data_dir / "selftest-runs.log").read_text().split("\n")
+    assert {int(line.split()[0]) for line in runs if line} == {j["id"] for j in jobs}
+    # The jobs the killed workers held were reclaimed after their lease expired.
+    assert any(j["attempts"] > 1 for j in jobs)
+
+
+def test_failing_job_ends_dead_with_its_error_and_retry_revives_it(node_factory) -> None:
+    node: Node = node_factory("workers = 1\njob_max_attempts = 2\njob_retry_base_delay_s = 0.2\n"
+                              "job_retry_max_delay_s = 0.5\n").start()
+    node.run("selftest", "queue", "--jobs", "1", "--fail")
+    [dead] = _wait(lambda: _jobs(node, "--state", "dead"), what="the job to die")
+    assert dead["attempts"] == 2 and dead["last_error"] == "RuntimeError: self-test job told to fail"
+    table = node.run("jobs", "--state", "dead").stdout
+    assert "self-test job told to fail" in table
+
+    assert "requeued 1" in node.run("retry", "--dead").stdout
+    assert _jobs(node, "--state", "dead") == [] or _jobs(node)[0]["attempts"] < 2
+    again = _wait(lambda: _jobs(node, "--state", "dead"), what="the retried job to die again")
+    assert again[0]["id"] == dead["id"] and again[0]["attempts"] == 2
+    missing = node.run("retry", "999", check=False)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
