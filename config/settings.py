@@ -202,6 +202,12 @@ class Settings(BaseSettings):
     completion_sweep_s: float = Field(default=2.0, gt=0, le=60)
     routes: list[Route] = Field(default_factory=default_routes)
 
+    retention_days: float = Field(
+        default=30.0, ge=0,
+        description="Studies whose last image is older than this are removed; 0 keeps them forever.",
+    )
+    retention_sweep_s: float = Field(default=3600.0, gt=0)
+
     workers: int = Field(
         default=1, ge=0, le=64,
         description="Processes running queued jobs other than inference (0: none here).",

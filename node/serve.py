@@ -11,6 +11,7 @@ goes through the database.
 from __future__ import annotations
 
 import ctypes
+from datetime import datetime, timedelta, timezone
 import errno
 import fcntl
 import logging
@@ -39,6 +40,7 @@ from node.logs import setup_logging
 from storage.db import make_engine, open_database
 from storage.files import FileStore
 from storage.reconcile import reconcile
+from storage.retention import purge_older_than
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +252,8 @@ class Supervisor:
 
 
 def _scheduler(settings: Settings, engine: Engine) -> BackgroundScheduler:
-    """The periodic tasks of the main process: completion sweep and lease reaper."""
+    """The periodic tasks of the main process: completion sweep, retention cleanup
+    and lease reaper."""
     queue = queue_for(settings, engine)
     sweep = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings))
 
@@ -266,6 +269,16 @@ def _scheduler(settings: Settings, engine: Engine) -> BackgroundScheduler:
     scheduler.add_job(guarded(sweep.run, "completion sweep"), "interval",
                       seconds=settings.completion_sweep_s, max_instances=1, coalesce=True,
                       id="completion")
+    if settings.retention_days > 0:
+        store = FileStore(settings.data_dir)
+
+        def purge() -> None:
+            cutoff = datetime.now(timezone.utc) - timedelta(days=settings.retention_days)
+            purge_older_than(engine, store, cutoff)
+
+        scheduler.add_job(guarded(purge, "retention cleanup"), "interval",
+                          seconds=settings.retention_sweep_s, max_instances=1, coalesce=True,
+                          id="retention", next_run_time=datetime.now(timezone.utc))
     scheduler.add_job(guarded(queue.reap, "lease reaper"), "interval",
                       seconds=max(1.0, settings.job_lease_s / 4), max_instances=1, coalesce=True,
                       id="reaper")

@@ -10,6 +10,7 @@ empty series and studies.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, delete, exists, select
@@ -60,7 +61,11 @@ def reconcile(store: FileStore, engine: Engine) -> ReconcileReport:
             # new file: this one is the old copy whose deletion the crash prevented.
             store.remove(relative)
             continue
-        record_instance(engine, header, StoredFile(relative, path.stat().st_size, ts, None))
+        stat = path.stat()
+        # The file's time, not now: what it records is when the image arrived (and a
+        # file left behind by a retention purge is still old enough to go again).
+        received = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+        record_instance(engine, header, StoredFile(relative, stat.st_size, ts, None), now=received)
         indexed += 1
 
     missing = sorted(known - on_disk)

@@ -80,3 +80,48 @@ def test_study_without_matching_route_is_done_without_jobs(engine: Engine) -> No
     with engine.connect() as conn:
         assert conn.execute(select(Study.state)).scalar_one() == "done"
     assert queue.list() == []
+
+
+def test_retention_removes_old_studies_without_live_jobs(engine: Engine, tmp_path: Path) -> None:
+    from storage.files import FileStore
+    from storage.inventory import inventory
+    from storage.queue import NewJob
+    from storage.retention import purge_older_than
+
+    store = FileStore(tmp_path / "data")
+    store.prepare()
+    queue = JobQueue(engine)
+
+    def study_at(at: datetime) -> tuple[str, int]:
+        uid, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
+        for i in range(3):
+            ds = ct_slice(uid, series, i)
+            rel = store.relative_path(uid, series, ds.SOPInstanceUID)
+            store.write(rel, [b"x"])
+            record_instance(engine, header_from_dataset(ds),
+                            StoredFile(rel, 1, "1.2.840.10008.1.2", None), now=at)
+        with engine.connect() as conn:
+            return uid, conn.execute(select(Study.id).where(Study.study_instance_uid == uid)).scalar_one()
+
+    old, _ = study_at(T0 - timedelta(days=40))
+    busy, busy_id = study_at(T0 - timedelta(days=40))
+    finished, finished_id = study_at(T0 - timedelta(days=40))
+    recent, _ = study_at(T0 - timedelta(days=2))
+    queue.enqueue(NewJob("noop", "live", study_id=busy_id))
+    done = queue.enqueue(NewJob("noop", "over", study_id=finished_id))
+    job = queue.claim("w", ["noop"])
+    while job is not None and job.id != done:
+        job = queue.claim("w", ["noop"])
+    assert job is not None and queue.complete(job)
+    assert next(j for j in queue.list() if j.dedupe_key == "live").state == "running"  # live
+
+    report = purge_older_than(engine, store, T0 - timedelta(days=30))
+    assert (report.studies, report.files) == (2, 6)
+    with engine.connect() as conn:
+        left = set(conn.execute(select(Study.study_instance_uid)).scalars())
+    assert left == {busy, recent}
+    assert inventory(engine)["instances"] == 6
+    assert len(list(store.iter_files())) == 6
+    assert not (store.studies_dir / old).exists()
+    # The finished job's history stays, detached from the removed study.
+    assert next(j for j in queue.list() if j.id == done).study_id is None
