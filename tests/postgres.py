@@ -28,8 +28,12 @@ def _as_server_user(cmd: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_server(port: int) -> Iterator[str]:
-    """Start a cluster; yield its SQLAlchemy URL; stop and delete it afterwards."""
+def postgres_server(port: int, durable: bool = False) -> Iterator[str]:
+    """Start a cluster; yield its SQLAlchemy URL; stop and delete it afterwards.
+
+    Tests run it with fsync off (faster, nothing to keep); benchmarks with
+    ``durable=True``, as a hospital would run it.
+    """
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     if not initdb or not pg_ctl:
         raise FileNotFoundError("PostgreSQL server binaries (apt-get install postgresql)")
@@ -44,7 +48,8 @@ def postgres_server(port: int) -> Iterator[str]:
                        check=True, capture_output=True)
         subprocess.run(_as_server_user([
             pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60", "-o",
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+            + ("" if durable else " -c fsync=off"), "start",
         ]), check=True, capture_output=True)
         yield f"postgresql+psycopg://{user}@127.0.0.1:{port}/postgres"
     finally:
