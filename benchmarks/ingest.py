@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import socket
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.procs import child_pids  # noqa: E402
 from tests.synthetic import write_ct_study  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"
@@ -55,23 +55,10 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            child = int(stat.parent.name)
-            found += [child, *_children(child)]
-    return found
-
-
 def peak_rss_mib(pid: int) -> float:
     """Peak resident memory (VmHWM) of a process and all its descendants, summed."""
     total = 0
-    for each in [pid, *_children(pid)]:
+    for each in [pid, *child_pids(pid, recursive=True)]:
         try:
             for line in Path(f"/proc/{each}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):

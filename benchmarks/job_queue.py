@@ -10,11 +10,9 @@ Writes benchmarks/results/queue.md.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
-import shutil
 import socket
 import statistics
 import subprocess

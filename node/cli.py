@@ -98,7 +98,6 @@ def status(
     """What the node holds: studies, series and instances."""
     from storage.db import open_database
     from storage.inventory import inventory
-
     from storage.queue import JobQueue
 
     settings = _settings(config, data_dir)

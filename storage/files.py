@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import struct
 import uuid
 from collections.abc import Iterator
-import struct
 from pathlib import Path
 
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread, read_dataset
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 # Everything we index has a tag at or below Image Orientation (Patient) (0020,0037).
 _LAST_TAG = Tag(0x0020, 0x0037)

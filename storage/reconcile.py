@@ -10,8 +10,8 @@ empty series and studies.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from sqlalchemy import Engine, delete, exists, select
 

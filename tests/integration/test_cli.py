@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
-
-from tests.conftest import AINODE, REPO, Node, free_port
 from pydicom.uid import generate_uid
 
+from tests.conftest import AINODE, REPO, Node, free_port
 from tests.synthetic import TEST_UID_ROOT, ct_slice, write_ct_study
 
 pytestmark = pytest.mark.integration

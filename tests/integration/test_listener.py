@@ -11,8 +11,9 @@ from pydicom import dcmread
 from pydicom.filereader import read_preamble
 from pydicom.uid import generate_uid
 
-from tests.conftest import Node, SHARED_DATA
+from tests.conftest import SHARED_DATA, Node
 from tests.integration.scu import associate, store_datasets, store_files_raw
+from tests.procs import child_pids
 from tests.synthetic import TEST_UID_ROOT, ct_slice
 
 pytestmark = pytest.mark.integration
@@ -123,15 +124,7 @@ def test_echo(node: Node) -> None:
 
 def _listener_pids(node: Node) -> list[int]:
     assert node.proc is not None
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == node.proc.pid:
-            children.append(int(stat.parent.name))
-    return children
+    return child_pids(node.proc.pid)
 
 
 def test_a_killed_listener_process_is_replaced_and_the_node_keeps_serving(node_factory) -> None:

@@ -10,7 +10,16 @@ import pytest
 from sqlalchemy import Engine
 
 from storage.db import open_database
-from storage.queue import DEAD, QUEUED, RUNNING, SUCCEEDED, JobQueue, NewJob, QueueSettings, RetryPolicy
+from storage.queue import (
+    DEAD,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    JobQueue,
+    NewJob,
+    QueueSettings,
+    RetryPolicy,
+)
 
 pytestmark = pytest.mark.integration
 

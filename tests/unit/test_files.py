@@ -62,7 +62,12 @@ def test_file_meta_matches_pydicom(ae: str, ts: str) -> None:
     from pydicom.dataset import FileMetaDataset
     from pydicom.filewriter import write_file_meta_info
 
-    from storage.files import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PREAMBLE, encode_file_meta
+    from storage.files import (
+        IMPLEMENTATION_CLASS_UID,
+        IMPLEMENTATION_VERSION_NAME,
+        PREAMBLE,
+        encode_file_meta,
+    )
 
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"

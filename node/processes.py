@@ -1,0 +1,162 @@
+"""The node's processes: listeners and job workers, and the supervisor that starts,
+watches, restarts and stops them.
+
+Each process is started with ``spawn`` (no state inherited by accident), gets its
+configuration as an argument, reports when it is ready, and dies with the main
+process even when that is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.context import SpawnProcess
+from types import FrameType
+from typing import Any
+
+from config.settings import Settings
+from node.listener import AssociationSlots, StorageListener
+from node.logs import setup_logging
+from node.workers import Worker, job_handlers
+from storage.db import make_engine
+from storage.files import FileStore
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message says why and what to do."""
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the node's main process dies (even by
+    SIGKILL), so that no orphan keeps the port or writes to the data directory."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the supervisor's shutdown still applies
+        pass
+
+
+def _child_signals(stop: threading.Event) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def run_listener(settings: Settings, name: str, ready: Any, counters: Any, index: int) -> None:
+    """Body of one listener process."""
+    _die_with_parent()
+    setup_logging(settings.log_level)
+    stop = threading.Event()
+    _child_signals(stop)
+    try:
+        engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
+        counters[index] = 0  # a restarted listener starts with no associations
+        slots = AssociationSlots(counters, index, settings.max_associations)
+        listener = StorageListener(settings, engine, FileStore(settings.data_dir), slots)
+        listener.start()
+    except Exception as exc:
+        ready.put((name, f"{type(exc).__name__}: {exc}"))
+        raise
+    ready.put((name, None))
+    stop.wait()
+    if not listener.stop():
+        log.warning("C-STOREs were still running at the shutdown timeout; they were not acknowledged")
+    engine.dispose()
+
+
+def run_worker(settings: Settings, name: str, ready: Any) -> None:
+    """Body of one job worker process: finishes its current job on SIGTERM."""
+    _die_with_parent()
+    setup_logging(settings.log_level)
+    stop = threading.Event()
+    _child_signals(stop)
+    engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
+    worker = Worker(name, settings, engine, job_handlers(settings))
+    ready.put((name, None))
+    worker.run(stop)
+    engine.dispose()
+
+
+@dataclass(frozen=True)
+class Role:
+    """One supervised process: its name and what it runs."""
+
+    name: str
+    target: Callable[..., None]
+    args: tuple[Any, ...] = ()
+
+
+class Supervisor:
+    """The node's processes: started, watched, restarted if one dies, stopped."""
+
+    def __init__(self, settings: Settings, roles: list[Role]) -> None:
+        self._settings = settings
+        self._ctx = multiprocessing.get_context("spawn")
+        self._ready = self._ctx.Queue()
+        self._roles = roles
+        self._processes: dict[str, SpawnProcess] = {}
+        #: A process died: files it was writing may lack rows, so the next start
+        #: must reconcile even after a clean stop.
+        self.had_crash = False
+
+    def _spawn(self, role: Role) -> None:
+        process = self._ctx.Process(
+            target=role.target, args=(self._settings, role.name, self._ready, *role.args),
+            name=role.name, daemon=False,
+        )
+        process.start()
+        self._processes[role.name] = process
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        for role in self._roles:
+            self._spawn(role)
+        self._wait_ready(len(self._roles), timeout_s)
+
+    def _wait_ready(self, expected: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for _ in range(expected):
+            try:
+                name, error = self._ready.get(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception:
+                raise StartupError("the node's processes did not start in time") from None
+            if error:
+                raise StartupError(f"{name} could not start: {error}")
+
+    def watch(self) -> None:
+        """Restart any process that died (the others kept working)."""
+        for role in self._roles:
+            process = self._processes[role.name]
+            if not process.is_alive():
+                log.error("%s exited unexpectedly (status %s); restarting it",
+                          role.name, process.exitcode)
+                self.had_crash = True
+                self._spawn(role)
+                self._wait_ready(1, 60.0)
+                log.info("%s restarted", role.name)
+
+    def stop(self, timeout_s: float) -> None:
+        live = [p for p in self._processes.values() if p.is_alive()]
+        for process in live:
+            os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in live:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("%s did not stop; killing it", process.name)
+                process.kill()
+                process.join()
