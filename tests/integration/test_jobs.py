@@ -120,8 +120,12 @@ def test_failing_job_ends_dead_with_its_error_and_retry_revives_it(node_factory)
     assert "self-test job told to fail" in table
 
     assert "requeued 1" in node.run("retry", "--dead").stdout
-    assert _jobs(node, "--state", "dead") == [] or _jobs(node)[0]["attempts"] < 2
-    again = _wait(lambda: _jobs(node, "--state", "dead"), what="the retried job to die again")
+
+    def died_again() -> list[dict] | None:
+        rows = _jobs(node, "--state", "dead")
+        return rows if rows and rows[0]["finished_at"] > dead["finished_at"] else None
+
+    again = _wait(died_again, what="the retried job to run and die again")
     assert again[0]["id"] == dead["id"] and again[0]["attempts"] == 2
     missing = node.run("retry", "999", check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
