@@ -326,6 +326,43 @@ def route_test(
         out.print(explain(settings.routes, study), highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The installed models (entry-point group ainode.models) and what they declare."""
+    from ai.registry import installed_models
+
+    rows = []
+    for name, installed in sorted(installed_models().items()):
+        try:
+            m = installed.create()
+        except Exception as exc:
+            rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        rows.append({
+            "name": m.name, "version": m.version, "modalities": list(m.accepts.modalities),
+            "min_slices": m.accepts.min_slices, "gpu": m.device_needs.gpu,
+            "segments": [s.name for s in m.outputs.segments],
+            "measurements": [x.name for x in m.outputs.measurements],
+            "findings": [f.name for f in m.outputs.findings],
+        })
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"{len(rows)} model(s)")
+    for column in ("name", "version", "accepts", "gpu", "outputs"):
+        table.add_column(column)
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["name"], "", "", "", f"cannot load: {r['error']}")
+            continue
+        table.add_row(r["name"], r["version"], f"{'/'.join(r['modalities'])}, >= {r['min_slices']} slices",
+                      r["gpu"], f"{len(r['segments'])} segments, {len(r['measurements'])} measurements, "
+                      f"{len(r['findings'])} finding(s)")
+    out.print(table)
+
+
 @config_app.command("show")
 def config_show(
     config: ConfigOpt = None,

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ai.kernels import kernel_sharpness
 from config.settings import Route, SeriesMatch
 
 
@@ -77,35 +78,6 @@ def mismatches(match: SeriesMatch, study: StudyView, series: SeriesView) -> list
     if match.calling_ae and series.calling_ae_title not in match.calling_ae:
         why.append(f"sent by {series.calling_ae_title or 'unknown AE'}, not {match.calling_ae}")
     return why
-
-
-# Reconstruction kernels by sharpness, from the vendors' naming. Higher is sharper.
-_NAMED_KERNELS = {
-    "SOFT": 1, "SMOOTH": 1, "STANDARD": 2, "STND": 2, "DETAIL": 4, "CHEST": 5, "LUNG": 6,
-    "BONE": 6, "BONEPLUS": 7, "EDGE": 7, "SHARP": 6,
-    # Philips single letters: A-C soft/standard, D-E sharp, L lung, Y* enhanced sharp
-    "A": 1, "B": 2, "C": 3, "D": 5, "E": 6, "L": 6, "YA": 5, "YB": 6, "YC": 6, "YD": 7,
-}
-
-
-def kernel_sharpness(kernel: str | None) -> float:
-    """A rough sharpness rank of a Convolution Kernel value (unknown: middle).
-
-    Siemens (B30f, Br40d, Bl57, I70f) and Canon (FC03, FC51) carry the sharpness
-    in their number; GE and Philips use names and letters.
-    """
-    if not kernel:
-        return 3.0
-    first = kernel.split("\\")[0].strip().upper()
-    if first in _NAMED_KERNELS:
-        return float(_NAMED_KERNELS[first])
-    digits = re.search(r"(\d{2})", first)
-    if digits:
-        number = int(digits.group(1))
-        if first.startswith("FC"):  # Canon: FC01-FC30 body, FC50+ lung/bone
-            return 2.0 if number < 30 else 6.0
-        return number / 10.0  # Siemens: B30 -> 3, B70 -> 7
-    return 3.0
 
 
 def _choose(select: str, candidates: Sequence[SeriesView]) -> list[SeriesView]:

@@ -146,3 +146,11 @@ def test_sigterm_finishes_and_exits_0_keeping_every_acknowledged_image(node_fact
     assert counts["instances"] >= acknowledged
     assert len(list((node.data_dir / "studies").rglob("*.dcm"))) == counts["instances"]
     assert "did not stop cleanly" not in node.log()
+
+
+def test_models_lists_the_builtin_model() -> None:
+    result = _ainode("models", "--json")
+    assert result.returncode == 0, result.stderr
+    [ct_chest] = [m for m in json.loads(result.stdout) if m["name"] == "ct-chest"]
+    assert ct_chest["modalities"] == ["CT"] and "Left lung" in ct_chest["segments"]
+    assert "emphysema suspected" in ct_chest["findings"]

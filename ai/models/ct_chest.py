@@ -1,0 +1,263 @@
+"""Built-in model ``ct-chest``: body and lungs on chest CT, lung volume, density and
+emphysema index, without learned weights.
+
+Method (classic threshold-and-topology segmentation, in torch so it runs on a GPU):
+
+1. At about 1.5 mm in-plane (average pooling), the body is the largest connected
+   region above -500 HU, holes filled slice by slice.
+2. Air inside the body (below -400 HU) in large connected regions is lung plus
+   airways; bowel gas is left out by size.
+3. The trachea and main bronchi are tracked from the top slice downwards as
+   small air regions that continue from slice to slice; where a region suddenly
+   grows it has entered the lung and tracking stops. They are removed.
+4. Left and right: two separate regions are told apart by their side (+x is the
+   patient's left in DICOM's LPS space); lungs that touch are split at the valley of
+   the lung profile across the body.
+5. At full resolution a lung voxel is one of the lung region's voxels below -400 HU
+   or a vessel enclosed by lung in its slice; measurements are taken there.
+
+%LAA-950 is reliable only on a smooth/standard kernel with slices of at most
+``max_reliable_slice_thickness_mm``; otherwise it is reported as not reliable and
+no finding is raised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ai.kernels import is_smooth_kernel
+from ai.protocol import (
+    Accepts,
+    Code,
+    DeviceNeeds,
+    Finding,
+    FindingSpec,
+    Measurement,
+    MeasurementSpec,
+    Outputs,
+    Prediction,
+    SegmentSpec,
+)
+from ai.volume import Volume
+
+BODY, RIGHT_LUNG, LEFT_LUNG = 1, 2, 3
+
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+ML = Code("mL", "UCUM", "milliliter")
+HU = Code("[hnsf'U]", "UCUM", "Hounsfield unit")
+PERCENT = Code("%", "UCUM", "percent")
+VOLUME = Code("118565006", "SCT", "Volume")
+MEAN_DENSITY = Code("112031", "DCM", "Attenuation Coefficient")
+LAA950 = Code("LAA950", "99AINODE", "Percent of lung below -950 HU")
+EMPHYSEMA = Code("87433001", "SCT", "Pulmonary emphysema")
+
+OUTPUTS = Outputs(
+    segments=(
+        SegmentSpec(BODY, "Body", ANATOMICAL_STRUCTURE, Code("38266002", "SCT", "Entire body")),
+        SegmentSpec(RIGHT_LUNG, "Right lung", ANATOMICAL_STRUCTURE, Code("39607008", "SCT", "Lung"),
+                    Code("24028007", "SCT", "Right")),
+        SegmentSpec(LEFT_LUNG, "Left lung", ANATOMICAL_STRUCTURE, Code("39607008", "SCT", "Lung"),
+                    Code("7771000", "SCT", "Left")),
+    ),
+    measurements=tuple(
+        MeasurementSpec(f"{side} lung {what}", concept, unit, label)
+        for side, label in (("right", RIGHT_LUNG), ("left", LEFT_LUNG))
+        for what, concept, unit in (("volume", VOLUME, ML), ("mean density", MEAN_DENSITY, HU),
+                                    ("LAA-950", LAA950, PERCENT))
+    ),
+    findings=(FindingSpec("emphysema suspected", EMPHYSEMA),),
+)
+
+
+class LungSegmentationError(RuntimeError):
+    """No lungs where a chest CT should have them; the message says what was seen."""
+
+
+def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
+    out = np.empty_like(mask)
+    for i in range(mask.shape[0]):
+        out[i] = ndimage.binary_fill_holes(mask[i])
+    return out
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels, n = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return labels, sizes
+
+
+def _track_airways(air: np.ndarray, voxel_mm2: float) -> np.ndarray:
+    """Trachea and main bronchi: small air regions continuing down from the top slice."""
+    airway = np.zeros_like(air)
+    top = next((z for z in range(air.shape[0] - 1, -1, -1) if air[z].any()), None)
+    if top is None:
+        return airway
+    labels, n = ndimage.label(air[top])
+    if n == 0:
+        return airway
+    areas = np.bincount(labels.ravel())[1:] * voxel_mm2
+    # In the top slice the trachea is an air region of 0.5 to 8 cm^2 (apices may show too).
+    candidates = [i + 1 for i, a in enumerate(areas) if 50 <= a <= 800]
+    if not candidates:
+        return airway
+    centre = np.array(air.shape[1:]) / 2
+    trachea = min(candidates, key=lambda c: np.linalg.norm(
+        np.argwhere(labels == c).mean(axis=0) - centre))
+    current = [labels == trachea]
+    airway[top] = current[0]
+    for z in range(top - 1, -1, -1):
+        labels, n = ndimage.label(air[z])
+        if n == 0:
+            break
+        following = []
+        for region in current:
+            grown = ndimage.binary_dilation(region, iterations=2)
+            for c in np.unique(labels[grown & (labels > 0)]):
+                candidate = labels == c
+                if candidate.sum() <= 2.0 * region.sum() + 30:  # not (yet) in the lung
+                    following.append(candidate)
+        if not following:
+            break
+        current = following
+        for region in current:
+            airway[z] |= region
+    return airway
+
+
+def _split_left_right(lung: np.ndarray, column_x_sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """(right, left) lung masks. ``column_x_sign``: +1 when the column index grows
+    towards the patient's left (+x), -1 when towards the right."""
+    labels, sizes = _components(lung)
+    order = np.argsort(sizes)[::-1]
+    big = [i for i in order[:2] if sizes[i] > 0.15 * sizes[order[0]]]
+    if len(big) == 2:
+        a, b = (labels == big[0]), (labels == big[1])
+        ca, cb = np.argwhere(a)[:, 2].mean(), np.argwhere(b)[:, 2].mean()
+        left_first = (ca - cb) * column_x_sign > 0
+        return (b, a) if left_first else (a, b)
+    # One region: split at the emptiest column between the two halves.
+    profile = lung.sum(axis=(0, 1)).astype(np.float64)
+    cols = np.nonzero(profile)[0]
+    lo, hi = cols.min(), cols.max()
+    inner = slice(lo + (hi - lo) // 4, hi - (hi - lo) // 4 + 1)
+    split = inner.start + int(np.argmin(profile[inner]))
+    columns = np.arange(lung.shape[2])[None, None, :]
+    on_left = (columns > split) if column_x_sign > 0 else (columns <= split)
+    return lung & ~on_left, lung & on_left
+
+
+class CtChestModel:
+    """Body and lung segmentation with lung volume, density and %LAA-950."""
+
+    name = "ct-chest"
+    version = "1.0.0"
+    accepts = Accepts(modalities=("CT",), min_slices=20)
+    device_needs = DeviceNeeds(gpu="optional", gpu_memory_mb=2048, mixed_precision=False)
+    outputs = OUTPUTS
+
+    def __init__(self, emphysema_threshold_pct: float = 6.0,
+                 max_reliable_slice_thickness_mm: float = 3.0) -> None:
+        self.emphysema_threshold_pct = float(emphysema_threshold_pct)
+        self.max_reliable_slice_thickness_mm = float(max_reliable_slice_thickness_mm)
+        self.device = torch.device("cpu")
+
+    def load(self, device: str) -> None:
+        self.device = torch.device(device)
+
+    def predict(self, volume: Volume) -> Prediction:
+        hu = torch.from_numpy(volume.array).to(self.device)
+        dz, dy, dx = volume.spacing
+        factor = max(1, int(round(1.5 / min(dy, dx))))
+        coarse = F.avg_pool2d(hu[:, None], factor, ceil_mode=True)[:, 0] if factor > 1 else hu
+        c_dy, c_dx = dy * factor, dx * factor
+
+        body = self._body((coarse > -500).cpu().numpy())
+        air = (coarse < -400).cpu().numpy() & body
+        labels, sizes = _components(air)
+        voxel_ml = dz * c_dy * c_dx / 1000
+        if sizes.max(initial=0) * voxel_ml < 200:
+            raise LungSegmentationError(
+                f"no lungs found: the largest air region inside the body is "
+                f"{sizes.max(initial=0) * voxel_ml:.0f} mL")
+        keep = np.nonzero(sizes >= max(0.3 * sizes.max(), 100 / voxel_ml))[0]
+        lungs_and_airways = np.isin(labels, keep)
+        airways = _track_airways(lungs_and_airways, c_dy * c_dx)
+        lung = lungs_and_airways & ~airways
+        column_x_sign = float(np.sign(volume.direction[0, 0]) or 1.0)
+        right, left = _split_left_right(lung, column_x_sign)
+        right, left = _fill_holes_2d(right), _fill_holes_2d(left)
+
+        labelmap = self._full_resolution(hu, factor, body, right, left)
+        return self._measure(hu, labelmap, volume)
+
+    @staticmethod
+    def _body(candidate: np.ndarray) -> np.ndarray:
+        labels, sizes = _components(candidate)
+        if sizes.max(initial=0) == 0:
+            raise LungSegmentationError("no body found (nothing above -500 HU)")
+        return _fill_holes_2d(labels == int(np.argmax(sizes)))
+
+    def _full_resolution(self, hu: torch.Tensor, factor: int, body: np.ndarray,
+                         right: np.ndarray, left: np.ndarray) -> np.ndarray:
+        d, h, w = hu.shape
+        coarse = np.zeros(body.shape, dtype=np.uint8)
+        coarse[body] = BODY
+        coarse[right] = RIGHT_LUNG
+        coarse[left] = LEFT_LUNG
+        up = torch.from_numpy(coarse).to(hu.device)
+        if factor > 1:
+            up = up.repeat_interleave(factor, 1).repeat_interleave(factor, 2)[:, :h, :w]
+        labelmap = up.clone()
+        air = hu < -400
+        is_lung = (up == RIGHT_LUNG) | (up == LEFT_LUNG)
+        # Boundary voxels the coarse grid called lung but that are tissue go to the body.
+        labelmap[is_lung & ~air] = BODY
+        result = labelmap.cpu().numpy()
+        for label in (RIGHT_LUNG, LEFT_LUNG):  # vessels enclosed by lung are lung
+            filled = _fill_holes_2d(result == label)
+            result[filled & (result == BODY)] = label
+        return result
+
+    def _measure(self, hu: torch.Tensor, labelmap: np.ndarray, volume: Volume) -> Prediction:
+        voxel_ml = volume.voxel_volume_ml
+        kernel, thickness = volume.convolution_kernel, volume.slice_thickness or volume.spacing[0]
+        smooth = is_smooth_kernel(kernel)
+        problems = []
+        if smooth is False:
+            problems.append(f"sharp reconstruction kernel {kernel}")
+        elif smooth is None:
+            problems.append("reconstruction kernel unknown")
+        if thickness > self.max_reliable_slice_thickness_mm:
+            problems.append(f"{thickness:g} mm slices (reliable up to "
+                            f"{self.max_reliable_slice_thickness_mm:g} mm)")
+        reliable = not problems
+        note = "" if reliable else "not reliable: " + "; ".join(problems)
+        values = hu.cpu().numpy() if hu.device.type != "cpu" else hu.numpy()
+        measurements, laa_total, lung_total = [], 0, 0
+        for side, label in (("right", RIGHT_LUNG), ("left", LEFT_LUNG)):
+            voxels = values[labelmap == label]
+            count = int(voxels.size)
+            if count == 0:
+                raise LungSegmentationError(f"no {side} lung found")
+            low = int((voxels < -950).sum())
+            laa_total, lung_total = laa_total + low, lung_total + count
+            measurements += [
+                Measurement(f"{side} lung volume", count * voxel_ml),
+                Measurement(f"{side} lung mean density", float(voxels.mean())),
+                Measurement(f"{side} lung LAA-950", 100.0 * low / count, reliable, note),
+            ]
+        laa = 100.0 * laa_total / lung_total
+        present = reliable and laa > self.emphysema_threshold_pct
+        score = min(1.0, laa / (2 * self.emphysema_threshold_pct))
+        return Prediction(
+            labelmap=labelmap.astype(np.uint8),
+            measurements=measurements,
+            findings=[Finding("emphysema suspected", score if reliable else 0.0, present)],
+            provenance={"convolution_kernel": kernel, "slice_thickness_mm": thickness,
+                        "laa950_both_lungs_pct": laa, "laa950_reliable": reliable,
+                        "laa950_note": note},
+        )

@@ -1,0 +1,123 @@
+"""What a model is to the node: its identity, what it accepts, what it needs and
+what it produces, and the prediction it returns.
+
+Models depend on this module, numpy and torch only: never on pynetdicom or
+highdicom. The encoders turn a :class:`Prediction` into DICOM objects later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from ai.volume import Volume
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept: (value, coding scheme designator, meaning), e.g. SNOMED CT."""
+
+    value: str
+    scheme: str  # "SCT", "DCM", "UCUM", ...
+    meaning: str
+
+    def __post_init__(self) -> None:
+        if not (self.value and self.scheme and self.meaning):
+            raise ValueError("a code needs a value, a coding scheme and a meaning")
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One output segment: its label value in the label map and its coded description."""
+
+    label: int
+    name: str
+    category: Code
+    type: Code
+    laterality: Code | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.label <= 255:
+            raise ValueError(f"segment label {self.label} is outside 1-255")
+
+
+@dataclass(frozen=True)
+class MeasurementSpec:
+    name: str
+    concept: Code
+    unit: Code  # UCUM
+    segment: int | None = None  # the label it is measured on
+
+
+@dataclass(frozen=True)
+class FindingSpec:
+    name: str
+    concept: Code
+
+
+@dataclass(frozen=True)
+class Accepts:
+    modalities: tuple[str, ...]
+    min_slices: int = 1
+
+
+@dataclass(frozen=True)
+class DeviceNeeds:
+    """``gpu``: "none" (CPU only), "optional" (faster on a GPU) or "required"."""
+
+    gpu: Literal["none", "optional", "required"] = "optional"
+    gpu_memory_mb: int = 0  # peak GPU memory the model expects to use
+    mixed_precision: bool = False  # safe to run under autocast
+
+
+@dataclass(frozen=True)
+class Outputs:
+    segments: tuple[SegmentSpec, ...] = ()
+    measurements: tuple[MeasurementSpec, ...] = ()
+    findings: tuple[FindingSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str  # a MeasurementSpec's name
+    value: float
+    reliable: bool = True
+    note: str = ""  # why it is not reliable, shown to readers
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str  # a FindingSpec's name
+    score: float  # 0..1
+    present: bool
+
+
+@dataclass
+class Prediction:
+    """What a model returns for one volume."""
+
+    labelmap: np.ndarray | None  # uint8, the volume's shape; 0 = background
+    measurements: list[Measurement] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    #: Facts about the input the results depend on (kernel, slice thickness, ...).
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A model plugin. Registered in the entry-point group ``ainode.models``; the entry
+    point loads a class (or factory) called with no arguments."""
+
+    name: str
+    version: str
+    accepts: Accepts
+    device_needs: DeviceNeeds
+    outputs: Outputs
+
+    def load(self, device: str) -> None:
+        """Prepare to run on ``device`` ("cpu", "cuda:0", ...): weights, warm-up."""
+
+    def predict(self, volume: Volume) -> Prediction:
+        """Run on one volume (called under ``torch.inference_mode``)."""
