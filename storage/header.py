@@ -6,6 +6,7 @@ import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread, read_dataset
@@ -55,18 +56,11 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
     return str(value).strip()[:limit] or None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _number(ds: Dataset, keyword: str, kind: type[int] | type[float]) -> Any:
+    """The value as ``kind``, or None when absent or unreadable (never a refusal)."""
     try:
         value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except Exception:
-        return None
-
-
-def _float(ds: Dataset, keyword: str) -> float | None:
-    try:
-        value = ds.get(keyword)
-        return float(value) if value not in (None, "") else None
+        return kind(value) if value not in (None, "") else None
     except Exception:
         return None
 
@@ -129,11 +123,11 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
         study_date=_text(ds, "StudyDate", 8),
         study_description=_text(ds, "StudyDescription", 64),
         accession_number=_text(ds, "AccessionNumber", 16),
-        series_number=_int(ds, "SeriesNumber"),
+        series_number=_number(ds, "SeriesNumber", int),
         series_description=_text(ds, "SeriesDescription", 64),
         body_part_examined=_text(ds, "BodyPartExamined", 16),
-        instance_number=_int(ds, "InstanceNumber"),
-        slice_thickness=_float(ds, "SliceThickness"),
+        instance_number=_number(ds, "InstanceNumber", int),
+        slice_thickness=_number(ds, "SliceThickness", float),
         convolution_kernel=_kernel(ds),
         orientation=_orientation(ds),
     )
