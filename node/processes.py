@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import multiprocessing
 import os
 import signal
 import threading
@@ -104,9 +103,10 @@ class Role:
 class Supervisor:
     """The node's processes: started, watched, restarted if one dies, stopped."""
 
-    def __init__(self, settings: Settings, roles: list[Role]) -> None:
+    def __init__(self, settings: Settings, roles: list[Role], ctx: Any) -> None:
+        """``ctx``: the spawn context that also made any shared memory in ``roles``."""
         self._settings = settings
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = ctx
         self._ready = self._ctx.Queue()
         self._roles = roles
         self._processes: dict[str, SpawnProcess] = {}

@@ -189,7 +189,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         counters = ctx.Array("i", listeners, lock=False)
         roles = [Role(f"listener-{i + 1}", run_listener, (counters, i)) for i in range(listeners)]
         roles += [Role(f"worker-{i + 1}", run_worker) for i in range(settings.workers)]
-        supervisor = Supervisor(settings, roles)
+        supervisor = Supervisor(settings, roles, ctx)
         scheduler = _scheduler(settings, engine)
         try:
             supervisor.start()

@@ -54,7 +54,6 @@ def chest_phantom(slices: int = 160, size: int = 320, slice_mm: float = 1.0, pix
         emph = lung_any & (rng.random(lung_any.shape) < emphysema_fraction) & (hu < -700)
         hu[emph] = -980
     # Trachea from the top slice down to the carina, then two bronchi into the lungs.
-    top = slices * slice_mm
     carina = zc + 0.2 * slices * slice_mm
     radius = 9.0
     trachea = ((x - cx) ** 2 + (y - cy + 20) ** 2 <= radius ** 2) & (z >= carina)
@@ -64,7 +63,6 @@ def chest_phantom(slices: int = 160, size: int = 320, slice_mm: float = 1.0, pix
         bx = cx + side * t * 0.21 * size * pixel_mm * 0.6
         bronchus = ((x - bx) ** 2 + (y - cy + 20) ** 2 <= 6.0 ** 2) & (z < carina) & (z >= carina - 25)
         hu[bronchus & ~lung_any] = -1000
-    del top
     voxel_ml = slice_mm * pixel_mm * pixel_mm / 1000
     low = (hu < -950) & lung_any
     return ChestPhantom(hu, (slice_mm, pixel_mm, pixel_mm), float(right.sum() * voxel_ml),

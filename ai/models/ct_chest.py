@@ -236,7 +236,7 @@ class CtChestModel:
                             f"{self.max_reliable_slice_thickness_mm:g} mm)")
         reliable = not problems
         note = "" if reliable else "not reliable: " + "; ".join(problems)
-        values = hu.cpu().numpy() if hu.device.type != "cpu" else hu.numpy()
+        values = hu.cpu().numpy()
         measurements, laa_total, lung_total = [], 0, 0
         for side, label in (("right", RIGHT_LUNG), ("left", LEFT_LUNG)):
             voxels = values[labelmap == label]
