@@ -15,6 +15,11 @@ import numpy as np
 from ai.volume import Volume
 
 
+class ModelCannotRun(ValueError):
+    """The model cannot give a result for this input (e.g. no lungs in the volume):
+    running it again will not help. The message says why, without patient data."""
+
+
 @dataclass(frozen=True)
 class Code:
     """A coded concept: (value, coding scheme designator, meaning), e.g. SNOMED CT."""

@@ -125,6 +125,24 @@ class Route(BaseModel):
     enabled: bool = True
 
 
+class ModelSettings(BaseModel):
+    """Settings of one model (a ``[models.<name>]`` table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments the model is made with, e.g. emphysema_threshold_pct = 6.0",
+    )
+    gpu_memory_mb: int | None = Field(
+        default=None, ge=0,
+        description="GPU memory one run may use at most; unset: what the model declares; 0: no bound",
+    )
+
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
 def default_routes() -> list[Route]:
     """The built-in route: chest CT to the built-in ct-chest model."""
     return [
@@ -212,6 +230,24 @@ class Settings(BaseSettings):
         default=1, ge=0, le=64,
         description="Processes running queued jobs other than inference (0: none here).",
     )
+    inference_devices: list[str] = Field(
+        default_factory=list,
+        description='Devices for inference workers, e.g. ["cuda:0", "cuda:1"] or ["cpu"]; '
+                    "empty: every CUDA device present, else the CPU.",
+    )
+    inference_workers_per_device: int = Field(
+        default=1, ge=0, le=16,
+        description="Inference processes per device; 0: none here (another machine runs "
+                    "`ainode worker`).",
+    )
+    models: dict[str, ModelSettings] = Field(
+        default_factory=dict, description="Per-model settings, by model name.",
+    )
+    model_folders: list[Path] = Field(
+        default_factory=list,
+        description="Folders with TorchScript/ONNX models described by an ainode-model.toml "
+                    "(a model folder, or a folder of model folders).",
+    )
     job_lease_s: float = Field(
         default=60.0, ge=1,
         description="A running job whose worker stops heartbeating for this long is retried.",
@@ -247,6 +283,16 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str) -> str:
         if value and not (value.startswith("sqlite") or value.startswith("postgresql")):
             raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
+        return value
+
+    @field_validator("inference_devices")
+    @classmethod
+    def _check_devices(cls, value: list[str]) -> list[str]:
+        for device in value:
+            if not _DEVICE.match(device):
+                raise ValueError(f"{device!r} is not a device; write \"cpu\", \"cuda\" or \"cuda:N\"")
+        if len(set(value)) != len(value):
+            raise ValueError("a device is listed twice")
         return value
 
     @model_validator(mode="after")

@@ -90,6 +90,24 @@ def serve(
 
 
 @app.command()
+def worker(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run job and inference workers only (no listener): a compute machine sharing the
+    node's PostgreSQL database and data folder."""
+    from node.serve import StartupError, run_workers
+
+    settings = _settings(config, data_dir)
+    setup_logging(settings.log_level)
+    try:
+        code = run_workers(settings)
+    except StartupError as exc:
+        _fail(str(exc), 1)
+    raise typer.Exit(code)
+
+
+@app.command()
 def status(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -234,6 +252,50 @@ def jobs(
 
 
 @app.command()
+def predictions(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What the models found: the recorded predictions, newest first."""
+    from sqlalchemy import select
+
+    from storage.db import open_database
+    from storage.models import Prediction, Study
+
+    settings = _settings(config, data_dir)
+    engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(*Prediction.__table__.columns, Study.study_instance_uid)
+            .join(Study, Prediction.study_id == Study.id)
+            .order_by(Prediction.id.desc()).limit(limit)
+        ).all()
+    engine.dispose()
+    fields = ("id", "study_instance_uid", "results_version", "model", "model_version", "route",
+              "series_instance_uid", "device", "measurements", "findings", "provenance",
+              "labelmap_path", "load_seconds", "inference_seconds", "created_at")
+    records = [{f: getattr(r, f) for f in fields} for r in rows]
+    if as_json:
+        out.print_json(json.dumps(records))
+        return
+    table = Table(title=f"{len(records)} prediction(s)")
+    for name in ("id", "study", "model", "measurements", "findings", "seconds", "created (UTC)"):
+        table.add_column(name)
+    for r in records:
+        measured = "; ".join(f"{m['name']} {m['value']:.4g} {m['unit'] or ''}".rstrip()
+                             + ("" if m["reliable"] else " (not reliable)") for m in r["measurements"])
+        found = "; ".join(f"{f['name']} {f['score']:.2f}" + (" PRESENT" if f["present"] else "")
+                          for f in r["findings"])
+        table.add_row(str(r["id"]), f"{r['study_instance_uid']} v{r['results_version']}",
+                      f"{r['model']} {r['model_version']}", measured, found,
+                      f"{r['load_seconds']:.1f} + {r['inference_seconds']:.1f} ({r['device']})",
+                      _when(r["created_at"]))
+    out.print(table)
+
+
+@app.command()
 def retry(
     job: Annotated[int | None, typer.Argument(help="The job id to run again.")] = None,
     dead: Annotated[bool, typer.Option("--dead", help="Requeue every dead job.")] = False,
@@ -328,20 +390,30 @@ def route_test(
 
 @app.command()
 def models(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """The installed models (entry-point group ainode.models) and what they declare."""
-    from ai.registry import installed_models
+    """The installed models (entry-point group ainode.models, and model_folders) and
+    what they declare."""
+    from ai.registry import RegistryError, installed_models
 
+    settings = _settings(config, data_dir)
+    try:
+        available = installed_models(settings.model_folders)
+    except RegistryError as exc:
+        _fail(str(exc), 1)
     rows = []
-    for name, installed in sorted(installed_models().items()):
+    for name, installed in sorted(available.items()):
+        options = settings.models[name].options if name in settings.models else None
         try:
-            m = installed.create()
+            m = installed.create(options)
         except Exception as exc:
-            rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
+            rows.append({"name": name, "source": installed.source, "error": f"{type(exc).__name__}: {exc}"})
             continue
         rows.append({
-            "name": m.name, "version": m.version, "modalities": list(m.accepts.modalities),
+            "name": m.name, "version": m.version, "source": installed.source,
+            "modalities": list(m.accepts.modalities),
             "min_slices": m.accepts.min_slices, "gpu": m.device_needs.gpu,
             "segments": [s.name for s in m.outputs.segments],
             "measurements": [x.name for x in m.outputs.measurements],
@@ -351,15 +423,15 @@ def models(
         out.print_json(json.dumps(rows))
         return
     table = Table(title=f"{len(rows)} model(s)")
-    for column in ("name", "version", "accepts", "gpu", "outputs"):
+    for column in ("name", "version", "accepts", "gpu", "outputs", "source"):
         table.add_column(column)
     for r in rows:
         if "error" in r:
-            table.add_row(r["name"], "", "", "", f"cannot load: {r['error']}")
+            table.add_row(r["name"], "", "", "", f"cannot load: {r['error']}", r["source"])
             continue
         table.add_row(r["name"], r["version"], f"{'/'.join(r['modalities'])}, >= {r['min_slices']} slices",
                       r["gpu"], f"{len(r['segments'])} segments, {len(r['measurements'])} measurements, "
-                      f"{len(r['findings'])} finding(s)")
+                      f"{len(r['findings'])} finding(s)", r["source"])
     out.print(table)
 
 

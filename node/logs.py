@@ -19,7 +19,8 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pynetdicom logs every PDU at INFO and dumps datasets at DEBUG; keep it quiet.
+    # pynetdicom logs every PDU at INFO and dumps datasets at DEBUG, APScheduler every
+    # run of a periodic task: keep them quiet.
     quiet = max(logging.WARNING, logging.getLevelName(level))
-    for noisy in ("pynetdicom", "alembic"):
+    for noisy in ("pynetdicom", "alembic", "apscheduler"):
         logging.getLogger(noisy).setLevel(quiet)

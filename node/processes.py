@@ -56,12 +56,18 @@ def _child_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
-def run_listener(settings: Settings, name: str, ready: Any, counters: Any, index: int) -> None:
-    """Body of one listener process."""
+def _child_process(settings: Settings) -> threading.Event:
+    """What every node process does first; returns the event its signals set."""
     _die_with_parent()
     setup_logging(settings.log_level)
     stop = threading.Event()
     _child_signals(stop)
+    return stop
+
+
+def run_listener(settings: Settings, name: str, ready: Any, counters: Any, index: int) -> None:
+    """Body of one listener process."""
+    stop = _child_process(settings)
     try:
         engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
         counters[index] = 0  # a restarted listener starts with no associations
@@ -80,12 +86,28 @@ def run_listener(settings: Settings, name: str, ready: Any, counters: Any, index
 
 def run_worker(settings: Settings, name: str, ready: Any) -> None:
     """Body of one job worker process: finishes its current job on SIGTERM."""
-    _die_with_parent()
-    setup_logging(settings.log_level)
-    stop = threading.Event()
-    _child_signals(stop)
+    stop = _child_process(settings)
     engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
     worker = Worker(name, settings, engine, job_handlers(settings))
+    ready.put((name, None))
+    worker.run(stop)
+    engine.dispose()
+
+
+def run_inference_worker(settings: Settings, name: str, ready: Any, device: str,
+                         configured: bool) -> None:
+    """Body of one inference worker process: one device, its models loaded once."""
+    stop = _child_process(settings)
+    try:
+        from node.inference import InferenceRunner  # torch is imported here only
+
+        engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
+        runner = InferenceRunner.start(settings, engine, device, configured)
+    except Exception as exc:
+        ready.put((name, str(exc) if type(exc).__name__ == "InferenceStartupError"
+                   else f"{type(exc).__name__}: {exc}"))
+        return
+    worker = Worker(name, settings, engine, {"infer": runner})
     ready.put((name, None))
     worker.run(stop)
     engine.dispose()

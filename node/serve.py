@@ -31,7 +31,15 @@ from sqlalchemy import Engine
 from config.settings import Settings
 from node.access import AccessPolicy
 from node.completion import CompletionPolicy, CompletionSweep
-from node.processes import Role, StartupError, Supervisor, run_listener, run_worker
+from node.devices import inference_devices
+from node.processes import (
+    Role,
+    StartupError,
+    Supervisor,
+    run_inference_worker,
+    run_listener,
+    run_worker,
+)
 from node.workers import queue_for
 from storage.db import open_database
 from storage.files import FileStore
@@ -145,11 +153,73 @@ def _scheduler(settings: Settings, engine: Engine) -> BackgroundScheduler:
 
         scheduler.add_job(guarded(purge, "retention cleanup"), "interval",
                           seconds=settings.retention_sweep_s, max_instances=1, coalesce=True,
-                          id="retention", next_run_time=datetime.now(timezone.utc))
+                          id="retention", next_run_time=datetime.now(timezone.utc),
+                          misfire_grace_time=None)
     scheduler.add_job(guarded(queue.reap, "lease reaper"), "interval",
                       seconds=max(1.0, settings.job_lease_s / 4), max_instances=1, coalesce=True,
                       id="reaper")
     return scheduler
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT/SIGTERM set ``stop``: work in progress finishes, then the process exits."""
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            if signum == signal.SIGINT:  # a second Ctrl-C: the operator insists
+                log.warning("second SIGINT: exiting without waiting")
+                os._exit(130)
+            return
+        stop.set()
+        # A repeated SIGTERM (service managers send them) must not kill the
+        # process halfway through its orderly shutdown, nor while it exits.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log.info("received %s: finishing C-STOREs and jobs in progress, then stopping",
+                 signal.Signals(signum).name)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+
+
+def worker_roles(settings: Settings) -> list[Role]:
+    """Job workers: the general ones, and the inference ones on each device."""
+    roles = [Role(f"worker-{i + 1}", run_worker) for i in range(settings.workers)]
+    for device, configured in inference_devices(settings):
+        for i in range(settings.inference_workers_per_device):
+            roles.append(Role(f"inference-{device.replace(':', '')}-{i + 1}", run_inference_worker,
+                              (device, configured)))
+    return roles
+
+
+def _describe_workers(settings: Settings) -> str:
+    devices = [d for d, _ in inference_devices(settings)]
+    inference = len(devices) * settings.inference_workers_per_device
+    return (f"{settings.workers} job worker{'' if settings.workers == 1 else 's'}, "
+            f"{inference} inference worker{'' if inference == 1 else 's'}"
+            + (f" on {', '.join(devices)}" if inference else ""))
+
+
+def run_workers(settings: Settings, stop: threading.Event | None = None) -> int:
+    """``ainode worker``: job and inference workers only, for a machine that computes
+    against a shared PostgreSQL database and data folder; exit status."""
+    stop = stop or threading.Event()
+    roles = worker_roles(settings)
+    if not roles:
+        raise StartupError("no workers to run: set workers or inference_workers_per_device above 0")
+    engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
+    _stop_on_signals(stop)
+    supervisor = Supervisor(settings, roles, multiprocessing.get_context("spawn"))
+    try:
+        supervisor.start()
+        log.info("AINode workers running (%s); data in %s; database %s", _describe_workers(settings),
+                 settings.data_dir.resolve(), engine.url.render_as_string(hide_password=True))
+        while not stop.wait(1.0):
+            supervisor.watch()
+    finally:
+        supervisor.stop(timeout_s=settings.job_lease_s)
+        engine.dispose()
+    log.info("AINode workers stopped")
+    return 0
 
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
@@ -167,40 +237,24 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
             reconcile(store, engine)
         _check_port_free(settings.host, settings.port)
 
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            if stop.is_set():
-                if signum == signal.SIGINT:  # a second Ctrl-C: the operator insists
-                    log.warning("second SIGINT: exiting without waiting")
-                    os._exit(130)
-                return
-            stop.set()
-            # A repeated SIGTERM (service managers send them) must not kill the
-            # process halfway through its orderly shutdown, nor while it exits.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            log.info("received %s: finishing C-STOREs and jobs in progress, then stopping",
-                     signal.Signals(signum).name)
-
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, on_signal)
-            signal.signal(signal.SIGTERM, on_signal)
+        _stop_on_signals(stop)
 
         listeners = listener_process_count(settings)
         ctx = multiprocessing.get_context("spawn")
         counters = ctx.Array("i", listeners, lock=False)
         roles = [Role(f"listener-{i + 1}", run_listener, (counters, i)) for i in range(listeners)]
-        roles += [Role(f"worker-{i + 1}", run_worker) for i in range(settings.workers)]
+        roles += worker_roles(settings)
         supervisor = Supervisor(settings, roles, ctx)
         scheduler = _scheduler(settings, engine)
         try:
             supervisor.start()
             scheduler.start()
             log.info(
-                "AINode listening on %s:%d as AE %s (%d listener process%s, %d job worker%s); "
+                "AINode listening on %s:%d as AE %s (%d listener process%s, %s); "
                 "data in %s; database %s",
                 settings.host, settings.port, settings.ae_title, listeners,
-                "" if listeners == 1 else "es", settings.workers,
-                "" if settings.workers == 1 else "s", settings.data_dir.resolve(),
-                engine.url.render_as_string(hide_password=True),
+                "" if listeners == 1 else "es", _describe_workers(settings),
+                settings.data_dir.resolve(), engine.url.render_as_string(hide_password=True),
             )
             log.info("%s", AccessPolicy.from_settings(settings).describe())
             while not stop.wait(1.0):

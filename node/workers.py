@@ -35,6 +35,11 @@ class JobContext:
 Handler = Callable[[ClaimedJob, JobContext], None]
 
 
+class PermanentJobError(Exception):
+    """Retrying cannot help (the input is unusable, the model refuses it): the job is
+    dead at once, with this message as its reason, until an operator retries it."""
+
+
 def run_noop(job: ClaimedJob, ctx: JobContext) -> None:
     """The queue self-test job: waits ``seconds``, fails when told to, and appends
     one line per run to ``<data_dir>/selftest-runs.log`` so runs can be counted.
@@ -107,8 +112,9 @@ class Worker:
             self._handlers[job.kind](job, JobContext(self._settings, self._engine, cancelled))
         except Exception as exc:
             cancelled.set()
-            error = f"{type(exc).__name__}: {exc}"
-            state = self._queue.fail(job, error, self._policy)
+            permanent = isinstance(exc, PermanentJobError)
+            error = str(exc) if permanent else f"{type(exc).__name__}: {exc}"
+            state = self._queue.fail(job, error, self._policy, permanent=permanent)
             log.warning("job %d (%s) attempt %d failed: %s -> %s", job.id, job.kind, job.attempts,
                         error, state or "lease lost")
             return

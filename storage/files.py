@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import struct
 import uuid
 from collections.abc import Iterator
@@ -82,7 +83,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 class FileStore:
-    """Instances under ``<root>/studies/<study>/<series>/<sop>.dcm``."""
+    """Instances under ``<root>/studies/<study>/<series>/<sop>.dcm``; what the node
+    computes from a study under ``<root>/results/<study>/``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -101,6 +103,14 @@ class FileStore:
         return "/".join(
             ("studies", safe_name(study_uid), safe_name(series_uid), safe_name(sop_uid) + SUFFIX)
         )
+
+    def result_path(self, study_uid: str, name: str) -> str:
+        """Where a result file of a study lives, relative to the store root."""
+        return "/".join(("results", safe_name(study_uid), name))
+
+    def remove_results(self, study_uid: str) -> None:
+        """Delete every result file of a study."""
+        shutil.rmtree(self.root / "results" / safe_name(study_uid), ignore_errors=True)
 
     def absolute(self, relative: str) -> Path:
         return self.root / relative

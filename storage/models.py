@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     func,
     select,
 )
@@ -147,3 +148,36 @@ class Job(Base):
     created_at: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[float] = mapped_column(Double)
     finished_at: Mapped[float | None] = mapped_column(Double)
+
+
+class Prediction(Base):
+    """What a model found in one series of one results version of a study.
+
+    Written once, by the inference job, together with the label map file it points
+    to; a job run again finds the row and does nothing (unique key below).
+    """
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("study_id", "model", "results_version", "series_instance_uid",
+                         name="uq_predictions_run"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    results_version: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    route: Mapped[str | None] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    device: Mapped[str] = mapped_column(String(16))
+    #: [{name, value, unit, reliable, note}], [{name, score, present}], {fact: value}
+    measurements: Mapped[list] = mapped_column(JSON)  # type: ignore[type-arg]
+    findings: Mapped[list] = mapped_column(JSON)  # type: ignore[type-arg]
+    provenance: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    #: The label map and its geometry (``.npz``), relative to the data folder.
+    labelmap_path: Mapped[str | None] = mapped_column(String(400))
+    load_seconds: Mapped[float] = mapped_column(Double)
+    inference_seconds: Mapped[float] = mapped_column(Double)
+    created_at: Mapped[float] = mapped_column(Double)

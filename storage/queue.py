@@ -4,7 +4,7 @@ States (an explicit state machine)::
 
     queued --claim--> running --complete--> succeeded
        ^                 |  \\--fail (attempts left)--> queued (after a backoff)
-       |                 |   \\-fail (no attempts left)--> dead
+       |                 |   \\-fail (no attempts left, or permanent)--> dead
        |                 \\--lease expired (reaper)--> queued | dead
        \\-------------- retry (operator) --------------- dead
 
@@ -177,15 +177,18 @@ class JobQueue:
                 updated_at=now, last_error=None))
         return result.rowcount == 1
 
-    def fail(self, job: ClaimedJob, error: str, policy: RetryPolicy | None = None) -> str | None:
+    def fail(self, job: ClaimedJob, error: str, policy: RetryPolicy | None = None,
+             permanent: bool = False) -> str | None:
         """Record a failed attempt: back to the queue after a backoff, or dead.
 
-        ``error`` is shown to operators: it must not contain patient data. Returns
-        the new state, or None when the lease was lost.
+        ``permanent``: retrying cannot help (the input is unusable), so the job is dead
+        at once; an operator can still retry it after fixing the cause. ``error`` is
+        shown to operators: it must not contain patient data. Returns the new state,
+        or None when the lease was lost.
         """
         policy = policy or RetryPolicy(max_attempts=job.max_attempts)
         now = self._clock()
-        dead = job.attempts >= job.max_attempts
+        dead = permanent or job.attempts >= job.max_attempts
         values: dict[str, Any] = dict(lease_owner=None, lease_expires_at=None, updated_at=now,
                                       last_error=error[:2000])
         if dead:

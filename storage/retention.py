@@ -56,6 +56,7 @@ def purge_older_than(engine: Engine, store: FileStore, cutoff: datetime, limit: 
             conn.execute(delete(Study).where(Study.id == study_id))  # series, instances cascade
         for path in paths:
             store.remove(path)
+        store.remove_results(row.study_instance_uid)
         studies += 1
         files += len(paths)
         log.info("retention: removed study %s (%d files)", row.study_instance_uid, len(paths))

@@ -9,13 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # Public samples live beside the repository; a user's clone may not have them.
 SHARED_DATA = Path(os.environ.get("AINODE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -44,6 +46,17 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"public sample {name} not found under {SHARED_DATA} (set AINODE_SHARED_DATA)")
     return path
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 60, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port() -> int:
@@ -120,7 +133,8 @@ class Node:
         self.stop(signal.SIGKILL)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(self.command(*args), capture_output=True, text=True, cwd=REPO, timeout=120)
+        result = subprocess.run(self.command(*args), capture_output=True, text=True, cwd=REPO,
+                                timeout=120, env={**os.environ, **self.extra_env})
         if check and result.returncode != 0:
             raise AssertionError(f"ainode {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
         return result
@@ -131,8 +145,14 @@ def node_factory(tmp_path: Path) -> Iterator[object]:
     """Start real node processes; every one still running is stopped at the end."""
     nodes: list[Node] = []
 
-    def make(config_text: str | None = None, **kwargs: object) -> Node:
+    def make(config_text: str | None = None, inference: bool = False, **kwargs: object) -> Node:
+        """``inference``: start the inference workers too (off by default: they add
+        seconds to every start and most tests are about receiving and queueing)."""
         data_dir = tmp_path / f"node{len(nodes)}"
+        if not inference:
+            env = dict(kwargs.pop("extra_env", None) or {})  # type: ignore[call-overload]
+            env.setdefault("AINODE_INFERENCE_WORKERS_PER_DEVICE", "0")
+            kwargs["extra_env"] = env
         config = None
         if config_text is not None:
             config = tmp_path / f"node{len(nodes)}.toml"

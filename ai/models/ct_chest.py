@@ -37,6 +37,7 @@ from ai.protocol import (
     FindingSpec,
     Measurement,
     MeasurementSpec,
+    ModelCannotRun,
     Outputs,
     Prediction,
     SegmentSpec,
@@ -72,14 +73,32 @@ OUTPUTS = Outputs(
 )
 
 
-class LungSegmentationError(RuntimeError):
+class LungSegmentationError(ModelCannotRun):
     """No lungs where a chest CT should have them; the message says what was seen."""
 
 
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+
+
 def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
-    out = np.empty_like(mask)
-    for i in range(mask.shape[0]):
-        out[i] = ndimage.binary_fill_holes(mask[i])
+    """Fill holes slice by slice (as ``binary_fill_holes`` on each slice), in one pass:
+    background regions are labelled within their slice, and those that do not reach
+    the slice's edge are holes. Only the mask's bounding box is examined."""
+    found = np.nonzero(mask.any(axis=(1, 2)))[0]
+    if found.size == 0:
+        return mask.copy()
+    rows = np.nonzero(mask.any(axis=(0, 2)))[0]
+    cols = np.nonzero(mask.any(axis=(0, 1)))[0]
+    box = (slice(found[0], found[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    inner = mask[box]
+    labels, count = ndimage.label(~inner, _IN_PLANE)
+    reaches_edge = np.zeros(count + 1, dtype=bool)
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        reaches_edge[edge] = True
+    reaches_edge[0] = False  # label 0: the mask itself
+    out = mask.copy()
+    out[box] = ~reaches_edge[labels]
     return out
 
 

@@ -70,20 +70,24 @@ def test_unknown_setting_and_bad_toml_in_config_file(tmp_path: Path) -> None:
 def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
     import re
 
-    from config.settings import Route, SeriesMatch, Settings
+    from config.settings import ModelSettings, Route, SeriesMatch, Settings
 
     example = REPO / "config" / "ainode.example.toml"
     result = _ainode("config", "show", "--config", str(example))
     assert result.returncode == 0, result.stderr
     text = example.read_text()
     for name in Settings.model_fields:
-        assert f"# {name} =" in text or f"# [[{name}]]" in text, f"{name} is not in the example"
+        assert f"# {name} =" in text or f"# [[{name}]]" in text or f"# [{name}." in text, \
+            f"{name} is not in the example"
+    for name in ModelSettings.model_fields:
+        assert f"# {name} =" in text or f"# [models.ct-chest.{name}]" in text, \
+            f"model setting {name} is not in the example"
     for name in Route.model_fields:
         assert f"# {name} =" in text or f"# [routes.{name}]" in text, f"route {name} not in the example"
     for name in SeriesMatch.model_fields:
         assert f"# {name} =" in text, f"match {name} is not in the example"
     # With every setting uncommented, the example is still a valid configuration.
-    setting = re.compile(r"^# (\[\[?[\w.]+\]\]?|\w+ = .*)$")
+    setting = re.compile(r"^# (\[\[?[\w.-]+\]\]?|\w+ = .*)$")
     uncommented = tmp_path / "uncommented.toml"
     uncommented.write_text("\n".join(
         m.group(1) if (m := setting.match(line)) else line for line in text.splitlines()))

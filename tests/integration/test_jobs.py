@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA, Node, peer_env
+from tests.conftest import SHARED_DATA, Node, peer_env, wait_until
 from tests.synthetic import write_ct_study
 
 pytestmark = pytest.mark.integration
@@ -17,16 +17,6 @@ pytestmark = pytest.mark.integration
 
 def _jobs(node: Node, *args: str) -> list[dict]:
     return json.loads(node.run("jobs", "--json", *args).stdout)
-
-
-def _wait(predicate, timeout: float = 60, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _chest_ct(tmp_path: Path) -> Path:
@@ -60,7 +50,7 @@ def test_chest_ct_completes_once_and_a_resend_makes_a_new_version(
                               "workers = 0\n").start()
     sent_at = time.monotonic()
     _storescu(storescu, node, study)
-    [job] = _wait(lambda: _jobs(node, "--kind", "infer"), what="the infer job")
+    [job] = wait_until(lambda: _jobs(node, "--kind", "infer"), what="the infer job")
     assert time.monotonic() - sent_at >= 3  # not before the quiet period
     assert job["state"] == "queued" and job["results_version"] == 1
     assert job["payload"]["model"] == "ct-chest" and len(job["payload"]["series"]) == 1
@@ -74,7 +64,7 @@ def test_chest_ct_completes_once_and_a_resend_makes_a_new_version(
         jobs = _jobs(node, "--kind", "infer")
         return jobs if len(jobs) == 2 else None
 
-    jobs = _wait(two_versions, what="the second version's job")
+    jobs = wait_until(two_versions, what="the second version's job")
     assert sorted(j["results_version"] for j in jobs) == [1, 2]
     counts = json.loads(node.run("status", "--json").stdout)
     assert counts["instances"] == 128 and counts["jobs"]["infer"]["queued"] == 2
@@ -96,11 +86,11 @@ def test_sigkill_while_jobs_run_every_job_succeeds_once(node_factory, database_c
     node: Node = node_factory(database_config + "workers = 2\njob_lease_s = 2\n").start()
     result = node.run("selftest", "queue", "--jobs", "20", "--seconds", "0.6")
     assert "queued 20" in result.stdout
-    _wait(lambda: sum(j["state"] == "succeeded" for j in _jobs(node)) >= 3, what="some jobs done")
+    wait_until(lambda: sum(j["state"] == "succeeded" for j in _jobs(node)) >= 3, what="some jobs done")
     node.kill()  # the workers die with the main process, each in the middle of a job
 
     node.start()
-    _wait(lambda: all(j["state"] == "succeeded" for j in _jobs(node)), timeout=120,
+    wait_until(lambda: all(j["state"] == "succeeded" for j in _jobs(node)), timeout=120,
           what="every job to succeed")
     jobs = _jobs(node)
     assert len(jobs) == 20 and {j["state"] for j in jobs} == {"succeeded"}
@@ -114,7 +104,7 @@ def test_failing_job_ends_dead_with_its_error_and_retry_revives_it(node_factory)
     node: Node = node_factory("workers = 1\njob_max_attempts = 2\njob_retry_base_delay_s = 0.2\n"
                               "job_retry_max_delay_s = 0.5\n").start()
     node.run("selftest", "queue", "--jobs", "1", "--fail")
-    [dead] = _wait(lambda: _jobs(node, "--state", "dead"), what="the job to die")
+    [dead] = wait_until(lambda: _jobs(node, "--state", "dead"), what="the job to die")
     assert dead["attempts"] == 2 and dead["last_error"] == "RuntimeError: self-test job told to fail"
     table = node.run("jobs", "--state", "dead").stdout
     assert "self-test job told to fail" in table
@@ -125,7 +115,7 @@ def test_failing_job_ends_dead_with_its_error_and_retry_revives_it(node_factory)
         rows = _jobs(node, "--state", "dead")
         return rows if rows and rows[0]["finished_at"] > dead["finished_at"] else None
 
-    again = _wait(died_again, what="the retried job to run and die again")
+    again = wait_until(died_again, what="the retried job to run and die again")
     assert again[0]["id"] == dead["id"] and again[0]["attempts"] == 2
     missing = node.run("retry", "999", check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stderr

@@ -1,0 +1,253 @@
+"""Inference: the ``infer`` job, run by worker processes that each own one device and
+keep their models loaded.
+
+An ``infer`` job names a model and the series its route chose. For each series the
+worker loads the volume, runs the model under ``torch.inference_mode`` (autocast on
+a GPU when the model allows it, GPU memory bounded per model) and records a
+:class:`storage.models.Prediction` with its label map file. The job is idempotent: a
+prediction already recorded is not computed again, and a job whose study has since
+moved on to a newer results version does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ai.protocol import Model, ModelCannotRun, Prediction
+from ai.registry import RegistryError, installed_models
+from ai.volume import NotAVolume, Volume, load_volume
+from config.settings import Settings
+from node.workers import JobContext, PermanentJobError
+from storage.db import writing
+from storage.files import FileStore
+from storage.models import Instance, Series, Study
+from storage.models import Prediction as PredictionRow
+from storage.queue import ClaimedJob
+
+log = logging.getLogger(__name__)
+
+_MB = 2**20
+
+
+class InferenceStartupError(RuntimeError):
+    """The worker cannot start: a model is missing or broken, or its device is absent."""
+
+
+def _torch_device(device: str, configured: bool) -> torch.device:
+    wanted = torch.device(device)
+    if wanted.type != "cuda":
+        return wanted
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = wanted.index or 0
+    if index < available:
+        return torch.device("cuda", index)
+    if configured:
+        raise InferenceStartupError(
+            f"inference_devices names {device}, but torch sees {available} CUDA device(s); "
+            "fix inference_devices or the CUDA installation")
+    log.warning("%s was detected but torch cannot use it (a CPU-only torch build?); "
+                "running inference on the CPU", device)
+    return torch.device("cpu")
+
+
+@dataclass
+class LoadedModel:
+    model: Model
+    #: The most GPU memory one run may take beyond what is already held (MiB); 0: no bound.
+    memory_bound_mb: int
+
+
+@contextlib.contextmanager
+def gpu_memory_bound(device: torch.device, bound_mb: int) -> Iterator[None]:
+    """Cap the CUDA allocator at what the loaded models hold plus ``bound_mb`` for this
+    run, so that models sharing a card cannot take each other's memory."""
+    if device.type != "cuda" or bound_mb <= 0:
+        yield
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    held = torch.cuda.memory_allocated(device)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (held + bound_mb * _MB) / total), device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()
+
+
+def _save_labelmap(store: FileStore, relative: str, prediction: Prediction, volume: Volume) -> None:
+    """The label map with the geometry and source images it belongs to (``.npz``)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, labelmap=prediction.labelmap, spacing=np.array(volume.spacing),
+        origin=np.array(volume.origin), direction=volume.direction,
+        sop_instance_uids=np.array(volume.sop_instance_uids),
+        frame_numbers=np.array(volume.frame_numbers),
+        series_instance_uid=np.array(volume.series_instance_uid),
+    )
+    store.write(relative, [buffer.getbuffer()])
+
+
+def _insert_ignoring_duplicates(engine: Engine, values: dict[str, Any]) -> None:
+    table = PredictionRow.__table__
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()  # type: ignore[attr-defined]
+    with writing(engine) as conn:
+        conn.execute(statement)
+
+
+class InferenceRunner:
+    """The ``infer`` job handler of one worker process, with its models loaded."""
+
+    def __init__(self, settings: Settings, engine: Engine, device: torch.device,
+                 models: dict[str, LoadedModel]) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._store = FileStore(settings.data_dir)
+        self.device = device
+        self.models = models
+
+    @classmethod
+    def start(cls, settings: Settings, engine: Engine, device: str, configured: bool) -> InferenceRunner:
+        """Resolve the device and load every model an enabled route uses, once."""
+        torch_device = _torch_device(device, configured)
+        if torch_device.type == "cpu" and settings.inference_workers_per_device > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.inference_workers_per_device))
+        try:
+            available = installed_models(settings.model_folders)
+        except RegistryError as exc:
+            raise InferenceStartupError(str(exc)) from None
+        models = {}
+        for name in sorted({r.model for r in settings.routes if r.enabled}):
+            if name not in available:
+                raise InferenceStartupError(
+                    f"a route uses model {name!r}, which is not installed (installed: "
+                    f"{', '.join(sorted(available)) or 'none'}); fix the route or install the model")
+            config = settings.models.get(name)
+            try:
+                model = available[name].create(config.options if config else None)
+                if model.device_needs.gpu == "required" and torch_device.type != "cuda":
+                    raise InferenceStartupError(f"model {name} needs a GPU and this worker has none")
+                model.load(str(torch_device))
+            except InferenceStartupError:
+                raise
+            except Exception as exc:
+                raise InferenceStartupError(f"model {name} cannot be loaded: {type(exc).__name__}: {exc}") from None
+            bound = config.gpu_memory_mb if config and config.gpu_memory_mb is not None \
+                else model.device_needs.gpu_memory_mb
+            models[name] = LoadedModel(model, bound)
+        log.info("inference worker on %s with %s", torch_device,
+                 ", ".join(f"{n} {m.model.version}" for n, m in models.items()) or "no models")
+        return cls(settings, engine, torch_device, models)
+
+    def __call__(self, job: ClaimedJob, ctx: JobContext) -> None:
+        name = job.payload["model"]
+        loaded = self.models.get(name)
+        if loaded is None:
+            raise PermanentJobError(f"model {name!r} is not used by any enabled route of this worker")
+        with self._engine.connect() as conn:
+            study = conn.execute(
+                select(Study.id, Study.study_instance_uid, Study.results_version)
+                .where(Study.id == job.study_id)
+            ).one_or_none()
+        if study is None:
+            raise PermanentJobError("the study was removed before inference")
+        if study.results_version != job.results_version:
+            log.info("job %d: study %s moved on to results version %d; version %s is not computed",
+                     job.id, study.study_instance_uid, study.results_version, job.results_version)
+            return
+        for series_uid in job.payload["series"]:
+            if ctx.cancelled.is_set():
+                raise RuntimeError("cancelled")
+            self._run_series(job, study, series_uid, loaded)
+
+    def _already_done(self, study_id: int, model: str, version: int, series_uid: str) -> bool:
+        with self._engine.connect() as conn:
+            return conn.execute(select(PredictionRow.id).where(
+                PredictionRow.study_id == study_id, PredictionRow.model == model,
+                PredictionRow.results_version == version,
+                PredictionRow.series_instance_uid == series_uid,
+            )).first() is not None
+
+    def _series_files(self, series_uid: str) -> tuple[int | None, list[Path]]:
+        with self._engine.connect() as conn:
+            number = conn.execute(select(Series.series_number).where(
+                Series.series_instance_uid == series_uid)).scalar()
+            paths = conn.execute(
+                select(Instance.path).join(Series, Instance.series_id == Series.id)
+                .where(Series.series_instance_uid == series_uid)
+                .order_by(Instance.instance_number, Instance.id)
+            ).scalars().all()
+        return number, [self._store.absolute(p) for p in paths]
+
+    def _run_series(self, job: ClaimedJob, study: Any, series_uid: str, loaded: LoadedModel) -> None:
+        model = loaded.model
+        version = int(job.results_version or 0)
+        if self._already_done(study.id, model.name, version, series_uid):
+            return
+        number, paths = self._series_files(series_uid)
+        label = f"series {number if number is not None else '?'}"
+        if not paths:
+            raise PermanentJobError(f"{label} has no stored images (removed by retention?)")
+        started = time.perf_counter()
+        try:
+            volume = load_volume(paths, model.accepts.min_slices)
+        except NotAVolume as exc:
+            raise PermanentJobError(f"{label} cannot be used as a volume: {exc}") from None
+        if volume.modality not in model.accepts.modalities:
+            raise PermanentJobError(f"{label} is {volume.modality or 'of no modality'}; model "
+                                    f"{model.name} accepts {', '.join(model.accepts.modalities)}")
+        loaded_at = time.perf_counter()
+        prediction = self._predict(loaded, volume, label)
+        finished = time.perf_counter()
+        if prediction.labelmap is not None and prediction.labelmap.shape != volume.shape:
+            raise RuntimeError(f"model {model.name} returned a label map of shape "
+                               f"{prediction.labelmap.shape} for a volume of {volume.shape}")
+        relative = None
+        if prediction.labelmap is not None:
+            relative = self._store.result_path(
+                study.study_instance_uid, f"{model.name}-v{version}-{job.id}-{series_uid[-24:]}.npz")
+            _save_labelmap(self._store, relative, prediction, volume)
+        units = {m.name: m.unit.value for m in model.outputs.measurements}
+        _insert_ignoring_duplicates(self._engine, dict(
+            study_id=study.id, results_version=version, model=model.name,
+            model_version=model.version, route=job.payload.get("route"),
+            series_instance_uid=series_uid, job_id=job.id, device=str(self.device),
+            measurements=[dict(name=m.name, value=m.value, unit=units.get(m.name), reliable=m.reliable,
+                               note=m.note) for m in prediction.measurements],
+            findings=[dict(name=f.name, score=f.score, present=f.present) for f in prediction.findings],
+            provenance=prediction.provenance, labelmap_path=relative,
+            load_seconds=loaded_at - started, inference_seconds=finished - loaded_at,
+            created_at=time.time(),
+        ))
+        present = [f.name for f in prediction.findings if f.present]
+        log.info("study %s v%d: %s on %s (%d slices) in %.1f s load + %.1f s on %s; findings: %s",
+                 study.study_instance_uid, version, model.name, label, volume.shape[0],
+                 loaded_at - started, finished - loaded_at, self.device, ", ".join(present) or "none")
+
+    def _predict(self, loaded: LoadedModel, volume: Volume, label: str) -> Prediction:
+        model = loaded.model
+        autocast = self.device.type == "cuda" and model.device_needs.mixed_precision
+        try:
+            with torch.inference_mode(), \
+                    torch.autocast(self.device.type, enabled=autocast), \
+                    gpu_memory_bound(self.device, loaded.memory_bound_mb):
+                return model.predict(volume)
+        except ModelCannotRun as exc:
+            raise PermanentJobError(f"model {model.name} cannot run on {label}: {exc}") from None
+        except torch.cuda.OutOfMemoryError:
+            raise PermanentJobError(
+                f"model {model.name} needed more than its {loaded.memory_bound_mb} MiB of GPU memory "
+                f"on {label}; raise models.{model.name}.gpu_memory_mb") from None

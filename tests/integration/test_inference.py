@@ -1,0 +1,156 @@
+"""Inference in a real node: a chest CT from C-STORE to a recorded ct-chest prediction
+on the defaults, plugin and folder models, a worker crash, and `ainode worker`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import AINODE, REPO, SHARED_DATA, Node, peer_env, wait_until
+from tests.model_files import onnx_segmenter
+from tests.phantoms import chest_phantom, write_phantom_series
+from tests.synthetic import write_ct_study
+
+pytestmark = pytest.mark.integration
+
+PLUGINS = REPO / "tests" / "plugins"
+
+
+def _predictions(node: Node) -> list[dict]:
+    return json.loads(node.run("predictions", "--json").stdout)
+
+
+def _jobs(node: Node) -> list[dict]:
+    return json.loads(node.run("jobs", "--json", "--kind", "infer").stdout)
+
+
+def _storescu(storescu: str, node: Node, folder: Path) -> None:
+    sent = subprocess.run([storescu, "-aec", "AINODE", "-aet", "CT01", "+sd", "+r", "+sp", "*.dcm",
+                           "127.0.0.1", str(node.port), str(folder)],
+                          capture_output=True, text=True, env=peer_env(), timeout=300)
+    assert sent.returncode == 0, sent.stderr
+
+
+def _chest_study(tmp_path: Path) -> tuple[Path, tuple[float, float]]:
+    """The public chest CT (lung and soft-tissue kernel series) and its lung volumes
+    (right, left) in mL, or a phantom made the same way when the shared samples are
+    absent, with its true volumes."""
+    public = SHARED_DATA / "ct-chest-tcia-a0001"
+    if public.exists():
+        return public, (3177.0, 2273.0)  # ct-chest on it; plausibility: tests/unit/test_ct_chest.py
+    phantom = chest_phantom(slices=64, size=256, slice_mm=5.0, pixel_mm=1.3)
+    folder = tmp_path / "phantom-chest"
+    study_uid = "1.2.826.0.1.3680043.10.1234.77"
+    write_phantom_series(phantom, folder / "sharp", kernel="B70f", study_uid=study_uid)
+    write_phantom_series(phantom, folder / "soft", kernel="B30f", study_uid=study_uid)
+    return folder, (phantom.right_ml, phantom.left_ml)
+
+
+def test_chest_ct_from_c_store_to_a_ct_chest_prediction_on_the_defaults(
+    node_factory, storescu: str, tmp_path: Path
+) -> None:
+    node: Node = node_factory(inference=True).start()  # nothing configured but where to keep data
+    study, (right_ml, left_ml) = _chest_study(tmp_path)
+    _storescu(storescu, node, study)
+    # The default quiet period is 30 s; then the built-in route picks the soft-kernel series.
+    [prediction] = wait_until(lambda: _predictions(node), 150, "the ct-chest prediction")
+    assert (prediction["model"], prediction["route"], prediction["results_version"]) == \
+        ("ct-chest", "ct-chest", 1)
+    values = {m["name"]: m for m in prediction["measurements"]}
+    right, left = values["right lung volume"]["value"], values["left lung volume"]["value"]
+    assert right == pytest.approx(right_ml, rel=0.05) and left == pytest.approx(left_ml, rel=0.05)
+    assert -900 < values["right lung mean density"]["value"] < -700
+    assert prediction["provenance"]["convolution_kernel"] in ("B", "B30f")  # the smooth one
+    # 5 mm slices: the emphysema index is recorded but marked not reliable, no finding.
+    assert not values["right lung LAA-950"]["reliable"]
+    assert "5 mm slices" in values["right lung LAA-950"]["note"]
+    assert [f["present"] for f in prediction["findings"]] == [False]
+    labelmap = np.load(node.data_dir / prediction["labelmap_path"])["labelmap"]
+    assert labelmap.shape[0] == 64 and set(np.unique(labelmap)) == {0, 1, 2, 3}
+    [job] = _jobs(node)
+    assert (job["state"], job["attempts"]) == ("succeeded", 1)
+    assert "PHANTOM" not in node.log() and "Phantom" not in node.log()
+
+
+def _plugin_config(tmp_path: Path, extra: str = "") -> str:
+    models = tmp_path / "models"
+    onnx_segmenter(models / "dense")
+    return f"""\
+{extra}quiet_period_s = 1
+completion_sweep_s = 0.5
+job_lease_s = 3
+job_retry_base_delay_s = 0.5
+model_folders = ["{models}"]
+
+[models.crash-once.options]
+marker_dir = "{tmp_path}"
+
+[[routes]]
+name = "crash"
+model = "crash-once"
+[routes.match]
+modality = ["CT"]
+min_instances = 5
+
+[[routes]]
+name = "dense"
+model = "dense-onnx"
+[routes.match]
+modality = ["CT"]
+min_instances = 5
+"""
+
+
+def test_plugin_and_folder_models_and_a_worker_crash_costs_one_attempt(
+    node_factory, tmp_path: Path
+) -> None:
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))}
+    node: Node = node_factory(_plugin_config(tmp_path), inference=True, extra_env=env).start()
+    listed = {m["name"]: m for m in json.loads(node.run("models", "--json").stdout)}
+    assert listed["crash-once"]["source"] == "entry point ainode_test_models:CrashOnceModel"
+    assert listed["dense-onnx"]["source"].startswith("folder ")
+
+    write_ct_study(tmp_path / "study", series=1, slices=8)
+    node.run("send", str(tmp_path / "study"), "--to", node.address)
+    rows = wait_until(lambda: len(p := _predictions(node)) == 2 and p, 90, "both predictions")
+    assert {r["model"] for r in rows} == {"crash-once", "dense-onnx"}
+    attempts = {j["payload"]["model"]: (j["state"], j["attempts"]) for j in _jobs(node)}
+    # The first run of crash-once killed its worker: that attempt failed, the lease ran
+    # out, the job ran again on the restarted worker; the other job was not affected.
+    assert attempts == {"crash-once": ("succeeded", 2), "dense-onnx": ("succeeded", 1)}
+    assert "inference-cpu-1 exited unexpectedly" in node.log()
+    assert node.run("echo", node.address).returncode == 0
+
+
+def test_ainode_worker_computes_for_a_node_on_shared_postgresql(
+    node_factory, fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    config = _plugin_config(tmp_path, f'database_url = "{fresh_postgres_url}"\n').replace(
+        'name = "crash"\nmodel = "crash-once"', 'name = "crash"\nmodel = "crash-once"\nenabled = false')
+    node: Node = node_factory(config).start()  # receives, completes and queues; infers nothing
+    assert "0 inference workers" in node.log()
+    write_ct_study(tmp_path / "study", series=1, slices=8)
+    node.run("send", str(tmp_path / "study"), "--to", node.address)
+    wait_until(lambda: _jobs(node), 30, "the infer job")
+    time.sleep(2)
+    assert _predictions(node) == [] and _jobs(node)[0]["state"] == "queued"
+
+    log = open(tmp_path / "worker.log", "wb")
+    worker = subprocess.Popen([*AINODE, "worker", "--config", str(node.config), "--data-dir",
+                               str(node.data_dir)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        [row] = wait_until(lambda: _predictions(node), 60, "the prediction from `ainode worker`")
+        assert row["model"] == "dense-onnx" and row["device"] == "cpu"
+        assert _jobs(node)[0]["state"] == "succeeded"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    text = (tmp_path / "worker.log").read_text()
+    assert "AINode workers running" in text and "AINode workers stopped" in text
