@@ -126,3 +126,17 @@ class Model(Protocol):
 
     def predict(self, volume: Volume) -> Prediction:
         """Run on one volume (called under ``torch.inference_mode``)."""
+
+
+def outputs_from_dict(data: dict[str, Any]) -> Outputs:
+    """Rebuild :class:`Outputs` from ``dataclasses.asdict`` (as stored with predictions)."""
+    def code(c: dict[str, str] | None) -> Code | None:
+        return Code(**c) if c else None
+
+    return Outputs(
+        segments=tuple(SegmentSpec(s["label"], s["name"], Code(**s["category"]), Code(**s["type"]),
+                                   code(s.get("laterality"))) for s in data.get("segments", ())),
+        measurements=tuple(MeasurementSpec(m["name"], Code(**m["concept"]), Code(**m["unit"]),
+                                           m.get("segment")) for m in data.get("measurements", ())),
+        findings=tuple(FindingSpec(f["name"], Code(**f["concept"])) for f in data.get("findings", ())),
+    )

@@ -125,6 +125,31 @@ class Route(BaseModel):
     enabled: bool = True
 
 
+class Destination(BaseModel):
+    """Where results are sent (one ``[[destinations]]`` table), named by routes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="named in routes' destinations")
+    type: Literal["dicom", "dicomweb"] = Field(default="dicom", description="C-STORE or STOW-RS")
+    ae_title: str | None = Field(default=None, description="the archive's AE title (dicom)")
+    host: str | None = Field(default=None, description="its address (dicom)")
+    port: int | None = Field(default=None, ge=1, le=65535, description="its port (dicom)")
+    url: str | None = Field(default=None, description="STOW-RS base URL, e.g. http://pacs:8042/dicom-web")
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Destination:
+        if self.type == "dicom":
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) in (None, "")]
+            if missing:
+                raise ValueError(f"destination {self.name!r} (dicom) needs {', '.join(missing)}")
+            validate_ae_title(self.ae_title or "")
+        elif not (self.url and self.url.startswith(("http://", "https://"))):
+            raise ValueError(f"destination {self.name!r} (dicomweb) needs url = \"http(s)://...\"")
+        return self
+
+
 class ModelSettings(BaseModel):
     """Settings of one model (a ``[models.<name>]`` table)."""
 
@@ -240,6 +265,7 @@ class Settings(BaseSettings):
         description="Inference processes per device; 0: none here (another machine runs "
                     "`ainode worker`).",
     )
+    destinations: list[Destination] = Field(default_factory=list)
     models: dict[str, ModelSettings] = Field(
         default_factory=dict, description="Per-model settings, by model name.",
     )
@@ -301,6 +327,18 @@ class Settings(BaseSettings):
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"route name {name!r} is used twice; give each [[routes]] its own")
+        return self
+
+    @model_validator(mode="after")
+    def _known_destinations(self) -> Settings:
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError("two [[destinations]] have the same name")
+        for route in self.routes:
+            for name in route.destinations:
+                if name not in names:
+                    raise ValueError(f"route {route.name!r} sends to {name!r}, which is not in "
+                                     f"[[destinations]] ({', '.join(names) or 'none configured'})")
         return self
 
     @model_validator(mode="after")

@@ -137,16 +137,27 @@ def status(
 
 @app.command()
 def echo(
-    address: Annotated[str, typer.Argument(help="The peer as AE@HOST:PORT.")],
+    address: Annotated[str, typer.Argument(help="The peer as AE@HOST:PORT, or a destination's name.")],
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     calling_ae: Annotated[str | None, typer.Option(help="Calling AE title (default: the node's).")] = None,
 ) -> None:
-    """Check a peer with a C-ECHO."""
+    """Check a peer, or a configured [[destinations]] entry, with a C-ECHO."""
+    from node.scu import PeerAddress
     from node.scu import echo as c_echo
 
     settings = _settings(config, data_dir)
-    peer = _address(address)
+    named = {d.name: d for d in settings.destinations}
+    if "@" not in address and address in named:
+        destination = named[address]
+        if destination.type != "dicom":
+            _fail(f"destination {address!r} is DICOMweb ({destination.url}); C-ECHO checks DICOM peers", 2)
+        peer = PeerAddress(destination.ae_title or "", destination.host or "", int(destination.port or 0))
+    elif "@" not in address:
+        _fail(f"{address!r} is neither AE@HOST:PORT nor a configured destination "
+              f"({', '.join(named) or 'none configured'})", 2)
+    else:
+        peer = _address(address)
     ok, message = c_echo(peer, calling_ae or settings.ae_title)
     if not ok:
         _fail(f"{peer}: {message}", 1)

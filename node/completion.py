@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.orm import Session
@@ -146,3 +147,10 @@ class CompletionSweep:
                                for d in decisions) or "no route matched",
         )
         return view.study_instance_uid
+
+
+def encode_job(study_uid: str, model: str, version: int, payload: dict[str, Any], priority: int,
+               study_id: int) -> NewJob:
+    """The ``encode`` job that follows an ``infer`` job."""
+    return NewJob(kind="encode", dedupe_key=f"encode:{study_uid}:{model}:v{version}", payload=payload,
+                  priority=priority, study_id=study_id, results_version=version)

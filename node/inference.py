@@ -12,6 +12,7 @@ moved on to a newer results version does nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -30,7 +31,8 @@ from ai.protocol import Model, ModelCannotRun, Prediction
 from ai.registry import RegistryError, installed_models
 from ai.volume import NotAVolume, Volume, load_volume
 from config.settings import Settings
-from node.workers import JobContext, PermanentJobError
+from node.completion import encode_job
+from node.workers import JobContext, PermanentJobError, queue_for
 from storage.db import writing
 from storage.files import FileStore
 from storage.models import Instance, Series, Study
@@ -118,6 +120,7 @@ class InferenceRunner:
         self._store = FileStore(settings.data_dir)
         self.device = device
         self.models = models
+        self._queue = queue_for(settings, engine)
 
     @classmethod
     def start(cls, settings: Settings, engine: Engine, device: str, configured: bool) -> InferenceRunner:
@@ -172,6 +175,9 @@ class InferenceRunner:
             if ctx.cancelled.is_set():
                 raise RuntimeError("cancelled")
             self._run_series(job, study, series_uid, loaded)
+        # Then the results are encoded and sent (the dedupe key makes a rerun harmless).
+        self._queue.enqueue(encode_job(study.study_instance_uid, name, int(job.results_version or 0),
+                                       dict(job.payload), job.priority, study.id))
 
     def _already_done(self, study_id: int, model: str, version: int, series_uid: str) -> bool:
         with self._engine.connect() as conn:
@@ -225,6 +231,7 @@ class InferenceRunner:
             study_id=study.id, results_version=version, model=model.name,
             model_version=model.version, route=job.payload.get("route"),
             series_instance_uid=series_uid, job_id=job.id, device=str(self.device),
+            outputs=dataclasses.asdict(model.outputs),
             measurements=[dict(name=m.name, value=m.value, unit=units.get(m.name), reliable=m.reliable,
                                note=m.note) for m in prediction.measurements],
             findings=[dict(name=f.name, score=f.score, present=f.present) for f in prediction.findings],

@@ -88,7 +88,7 @@ def run_worker(settings: Settings, name: str, ready: Any) -> None:
     """Body of one job worker process: finishes its current job on SIGTERM."""
     stop = _child_process(settings)
     engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
-    worker = Worker(name, settings, engine, job_handlers(settings))
+    worker = Worker(name, settings, engine, job_handlers(settings, engine))
     ready.put((name, None))
     worker.run(stop)
     engine.dispose()

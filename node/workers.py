@@ -62,13 +62,18 @@ def run_noop(job: ClaimedJob, ctx: JobContext) -> None:
         os.close(fd)
 
 
-def job_handlers(settings: Settings) -> dict[str, Handler]:
-    """The job kinds this node can run, and their handlers."""
-    return {"noop": run_noop}
+def job_handlers(settings: Settings, engine: Engine) -> dict[str, Handler]:
+    """The job kinds a general worker runs, and their handlers (inference workers run
+    ``infer``)."""
+    from node.results import ResultsHandlers  # highdicom is loaded by workers only
+
+    results = ResultsHandlers(settings, engine)
+    return {"noop": run_noop, "encode": results.encode, "send": results.send}
 
 
 def queue_for(settings: Settings, engine: Engine) -> JobQueue:
-    return JobQueue(engine, QueueSettings(settings.job_aging_s_per_priority, settings.job_lease_s))
+    return JobQueue(engine, QueueSettings(settings.job_aging_s_per_priority, settings.job_lease_s,
+                                          settings.job_max_attempts))
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:

@@ -172,6 +172,9 @@ class Prediction(Base):
     series_instance_uid: Mapped[str] = mapped_column(UID)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     device: Mapped[str] = mapped_column(String(16))
+    #: What the model declares it produces (segments, measurements, findings with
+    #: their codes), so that results can be encoded without loading the model.
+    outputs: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
     #: [{name, value, unit, reliable, note}], [{name, score, present}], {fact: value}
     measurements: Mapped[list] = mapped_column(JSON)  # type: ignore[type-arg]
     findings: Mapped[list] = mapped_column(JSON)  # type: ignore[type-arg]
@@ -180,4 +183,24 @@ class Prediction(Base):
     labelmap_path: Mapped[str | None] = mapped_column(String(400))
     load_seconds: Mapped[float] = mapped_column(Double)
     inference_seconds: Mapped[float] = mapped_column(Double)
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class ResultObject(Base):
+    """A DICOM object the node made from a prediction (SEG, SR), kept under the data
+    folder until it is delivered and the study ages out. Its UIDs are deterministic, so
+    encoding again finds the same row."""
+
+    __tablename__ = "result_objects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    results_version: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))  # seg | sr
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    source_series_instance_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(String(400))
     created_at: Mapped[float] = mapped_column(Double)

@@ -62,6 +62,8 @@ class QueueSettings:
     #: this long before an urgent one (one level higher) is claimed first.
     aging_s_per_priority: float = 300.0
     lease_s: float = 60.0
+    #: Attempts of a job enqueued without its own maximum.
+    max_attempts: int = 5
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class ClaimedJob:
     attempts: int
     max_attempts: int
     lease_owner: str
+    priority: int = 0
 
 
 @dataclass
@@ -86,7 +89,7 @@ class NewJob:
     priority: int = 0
     study_id: int | None = None
     results_version: int | None = None
-    max_attempts: int = 5
+    max_attempts: int | None = None  # None: the queue's setting
 
 
 def _insert(engine_or_conn: Any) -> Any:
@@ -123,7 +126,7 @@ class JobQueue:
             kind=job.kind, state=QUEUED, dedupe_key=job.dedupe_key, study_id=job.study_id,
             results_version=job.results_version, payload=job.payload, priority=job.priority,
             sort_key=now - job.priority * self.settings.aging_s_per_priority,
-            attempts=0, max_attempts=job.max_attempts, run_after=now,
+            attempts=0, max_attempts=job.max_attempts or self.settings.max_attempts, run_after=now,
             created_at=now, updated_at=now,
         ).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(_jobs.c.id)
         return conn.execute(stmt).scalar_one_or_none()
@@ -147,14 +150,15 @@ class JobQueue:
             .values(state=RUNNING, lease_owner=worker, lease_expires_at=now + self.settings.lease_s,
                     attempts=_jobs.c.attempts + 1, updated_at=now)
             .returning(_jobs.c.id, _jobs.c.kind, _jobs.c.payload, _jobs.c.study_id,
-                       _jobs.c.results_version, _jobs.c.attempts, _jobs.c.max_attempts)
+                       _jobs.c.results_version, _jobs.c.attempts, _jobs.c.max_attempts,
+                       _jobs.c.priority)
         )
         with writing(self.engine) as conn:
             row = conn.execute(stmt).first()
         if row is None:
             return None
         return ClaimedJob(row.id, row.kind, row.payload, row.study_id, row.results_version,
-                          row.attempts, row.max_attempts, worker)
+                          row.attempts, row.max_attempts, worker, row.priority)
 
     def _owned(self, job: ClaimedJob) -> Any:
         return and_(_jobs.c.id == job.id, _jobs.c.state == RUNNING,

@@ -206,6 +206,18 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[object]:
+    """A real Orthanc on loopback (DICOM and HTTP with DICOMweb), stopped at the end."""
+    from tests.orthanc import ORTHANC, Orthanc
+
+    if not Path(ORTHANC).exists():
+        missing_peer("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+    server = Orthanc(tmp_path / "orthanc", free_port(), free_port()).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def storescu() -> str:
     return dcmtk("storescu")

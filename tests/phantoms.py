@@ -113,3 +113,20 @@ def write_phantom_series(phantom: ChestPhantom, folder: Path, kernel: str = "B30
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def chest_study(tmp_path: Path) -> tuple[Path, tuple[float, float]]:
+    """The public chest CT (lung and soft-tissue kernel series) and its lung volumes
+    (right, left) in mL, or a phantom made the same way when the shared samples are
+    absent, with its true volumes."""
+    from tests.conftest import SHARED_DATA
+
+    public = SHARED_DATA / "ct-chest-tcia-a0001"
+    if public.exists():
+        return public, (3177.0, 2273.0)  # ct-chest on it; plausibility: tests/unit/test_ct_chest.py
+    phantom = chest_phantom(slices=64, size=256, slice_mm=5.0, pixel_mm=1.3)
+    folder = tmp_path / "phantom-chest"
+    study_uid = "1.2.826.0.1.3680043.10.1234.77"
+    write_phantom_series(phantom, folder / "sharp", kernel="B70f", study_uid=study_uid)
+    write_phantom_series(phantom, folder / "soft", kernel="B30f", study_uid=study_uid)
+    return folder, (phantom.right_ml, phantom.left_ml)

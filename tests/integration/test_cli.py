@@ -70,7 +70,7 @@ def test_unknown_setting_and_bad_toml_in_config_file(tmp_path: Path) -> None:
 def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
     import re
 
-    from config.settings import ModelSettings, Route, SeriesMatch, Settings
+    from config.settings import Destination, ModelSettings, Route, SeriesMatch, Settings
 
     example = REPO / "config" / "ainode.example.toml"
     result = _ainode("config", "show", "--config", str(example))
@@ -79,6 +79,8 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
     for name in Settings.model_fields:
         assert f"# {name} =" in text or f"# [[{name}]]" in text or f"# [{name}." in text, \
             f"{name} is not in the example"
+    for name in Destination.model_fields:
+        assert f"# {name} =" in text, f"destination {name} is not in the example"
     for name in ModelSettings.model_fields:
         assert f"# {name} =" in text or f"# [models.ct-chest.{name}]" in text, \
             f"model setting {name} is not in the example"

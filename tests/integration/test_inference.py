@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import AINODE, REPO, SHARED_DATA, Node, peer_env, wait_until
+from tests.conftest import AINODE, REPO, Node, peer_env, wait_until
 from tests.model_files import onnx_segmenter
-from tests.phantoms import chest_phantom, write_phantom_series
+from tests.phantoms import chest_study
 from tests.synthetic import write_ct_study
 
 pytestmark = pytest.mark.integration
@@ -38,26 +38,11 @@ def _storescu(storescu: str, node: Node, folder: Path) -> None:
     assert sent.returncode == 0, sent.stderr
 
 
-def _chest_study(tmp_path: Path) -> tuple[Path, tuple[float, float]]:
-    """The public chest CT (lung and soft-tissue kernel series) and its lung volumes
-    (right, left) in mL, or a phantom made the same way when the shared samples are
-    absent, with its true volumes."""
-    public = SHARED_DATA / "ct-chest-tcia-a0001"
-    if public.exists():
-        return public, (3177.0, 2273.0)  # ct-chest on it; plausibility: tests/unit/test_ct_chest.py
-    phantom = chest_phantom(slices=64, size=256, slice_mm=5.0, pixel_mm=1.3)
-    folder = tmp_path / "phantom-chest"
-    study_uid = "1.2.826.0.1.3680043.10.1234.77"
-    write_phantom_series(phantom, folder / "sharp", kernel="B70f", study_uid=study_uid)
-    write_phantom_series(phantom, folder / "soft", kernel="B30f", study_uid=study_uid)
-    return folder, (phantom.right_ml, phantom.left_ml)
-
-
 def test_chest_ct_from_c_store_to_a_ct_chest_prediction_on_the_defaults(
     node_factory, storescu: str, tmp_path: Path
 ) -> None:
     node: Node = node_factory(inference=True).start()  # nothing configured but where to keep data
-    study, (right_ml, left_ml) = _chest_study(tmp_path)
+    study, (right_ml, left_ml) = chest_study(tmp_path)
     _storescu(storescu, node, study)
     # The default quiet period is 30 s; then the built-in route picks the soft-kernel series.
     [prediction] = wait_until(lambda: _predictions(node), 150, "the ct-chest prediction")

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("series_instance_uid", sa.String(64), nullable=False),
         sa.Column("job_id", sa.Integer(), sa.ForeignKey("jobs.id", ondelete="SET NULL")),
         sa.Column("device", sa.String(16), nullable=False),
+        sa.Column("outputs", sa.JSON(), nullable=False),
         sa.Column("measurements", sa.JSON(), nullable=False),
         sa.Column("findings", sa.JSON(), nullable=False),
         sa.Column("provenance", sa.JSON(), nullable=False),

@@ -1,0 +1,90 @@
+"""All the objects of one prediction: the SEG (when there is a label map with a
+segment in it) and the TID 1500 SR, ready to store and send."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from ai.encoders.identity import ResultIdentity
+from ai.encoders.seg import encode_segmentation
+from ai.encoders.sr import encode_measurement_report
+from ai.protocol import Outputs
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    kind: str  # "seg" | "sr"
+    dataset: Dataset
+
+
+#: Patient and study attributes the results must share with their source (dcentvfy
+#: checks that every object of a study says the same about its patient and study).
+_SHARED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "EthnicGroup",
+           "IssuerOfPatientID", "PatientAge", "PatientSize", "PatientWeight", "StudyID",
+           "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyDescription")
+
+
+def _copy_shared(ds: Dataset, source: Dataset) -> None:
+    for keyword in _SHARED:
+        if keyword in source and keyword not in ds:
+            setattr(ds, keyword, source[keyword].value)
+
+
+#: Type 2 attributes highdicom reads from the first source image; images in the wild
+#: sometimes leave them out altogether.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
+          "StudyTime", "AccessionNumber", "ReferringPhysicianName")
+
+
+def _complete_type2(sources: Sequence[Dataset]) -> None:
+    for ds in sources:
+        for keyword in _TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+
+
+def _drop_incomplete_references(ds: Dataset) -> None:
+    """Source images sometimes carry a Referenced Study Sequence without its Type 1
+    attributes; highdicom copies it, and the result would not conform. It is optional
+    (Type 3), so an incomplete one is left out."""
+    items = ds.get("ReferencedStudySequence")
+    if items is not None and any(
+        "ReferencedSOPClassUID" not in i or "ReferencedSOPInstanceUID" not in i for i in items
+    ):
+        del ds.ReferencedStudySequence
+
+
+def encode_prediction(
+    identity: ResultIdentity,
+    outputs: Outputs,
+    measurements: Sequence[dict[str, Any]],
+    findings: Sequence[dict[str, Any]],
+    sources: Sequence[Dataset],
+    labelmap: np.ndarray | None = None,
+    sop_instance_uids: Sequence[str] = (),
+    frame_numbers: Sequence[int] = (),
+    workers: int = 0,
+) -> list[ResultObject]:
+    """Encode; ``sources`` (the source series' datasets, read for this) gain empty
+    values for absent Type 2 patient and study attributes."""
+    _complete_type2(sources)
+    # highdicom and pydicom warn about source attributes, quoting their values (the
+    # patient's name among them): those warnings must not reach a log.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = None
+        if labelmap is not None:
+            seg = encode_segmentation(identity, outputs, labelmap, sources, sop_instance_uids,
+                                      frame_numbers, workers=workers)
+        sr = encode_measurement_report(identity, outputs, measurements, findings, sources, seg)
+    objects = ([ResultObject("seg", seg)] if seg is not None else []) + [ResultObject("sr", sr)]
+    for obj in objects:
+        _copy_shared(obj.dataset, sources[0])
+        _drop_incomplete_references(obj.dataset)
+    return objects

@@ -1,0 +1,97 @@
+"""DICOM Segmentation from a label map: one segment per model output present, coded
+category and type, algorithm identification, referencing the source images in the
+same Frame of Reference, empty frames omitted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
+from ai.protocol import Code, Outputs
+
+
+def coded(code: Code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def algorithm_identification(identity: ResultIdentity) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=identity.model, version=identity.model_version,
+        family=codes.cid7162.ArtificialIntelligence)
+
+
+def _source_frames(labelmap: np.ndarray, sources: Sequence[Dataset], sop_instance_uids: Sequence[str],
+                   frame_numbers: Sequence[int]) -> tuple[list[Dataset], np.ndarray]:
+    """The source images and the label map's slices in the order highdicom pairs them:
+    single-frame images one per slice; one multi-frame image with its frames in order."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    if len(set(sop_instance_uids)) == 1 and len(sop_instance_uids) > 1:
+        order = np.argsort(np.asarray(frame_numbers))
+        return [by_uid[sop_instance_uids[0]]], labelmap[order]
+    return [by_uid[uid] for uid in sop_instance_uids], labelmap
+
+
+def encode_segmentation(
+    identity: ResultIdentity,
+    outputs: Outputs,
+    labelmap: np.ndarray,
+    sources: Sequence[Dataset],
+    sop_instance_uids: Sequence[str],
+    frame_numbers: Sequence[int],
+    workers: int = 0,
+) -> hd.seg.Segmentation | None:
+    """The SEG of one prediction, or None when no segment has a voxel."""
+    present = set(np.unique(labelmap).tolist()) - {0}
+    specs = [s for s in outputs.segments if s.label in present]
+    if not specs:
+        return None
+    # Segment numbers are 1..N in the order the model declares its segments.
+    lut = np.zeros(256, dtype=np.uint8)
+    for number, spec in enumerate(specs, start=1):
+        lut[spec.label] = number
+    images, frames = _source_frames(lut[labelmap], sources, sop_instance_uids, frame_numbers)
+    algorithm = algorithm_identification(identity)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number, segment_label=spec.name[:64],
+            segmented_property_category=coded(spec.category),
+            segmented_property_type=coded(spec.type),
+            anatomic_regions=None,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            **({"tracking_uid": identity.uid(f"segment-{spec.label}"), "tracking_id": spec.name[:64]}),
+        )
+        for number, spec in enumerate(specs, start=1)
+    ]
+    for description, spec in zip(descriptions, specs):
+        if spec.laterality is not None:
+            # Laterality qualifies the property type (PS3.3 C.8.20.2: Segmented
+            # Property Type Modifier Code Sequence).
+            modifier = Dataset()
+            modifier.CodeValue, modifier.CodingSchemeDesignator, modifier.CodeMeaning = (
+                spec.laterality.value, spec.laterality.scheme, spec.laterality.meaning)
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [modifier]
+    return hd.seg.Segmentation(
+        source_images=images,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=identity.uid("seg-series"),
+        series_number=identity.series_number(1),
+        sop_instance_uid=identity.uid("seg-instance"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=identity.model[:64],
+        software_versions=(SOFTWARE_VERSION, identity.model_version),
+        device_serial_number="0",
+        series_description=identity.series_description("SEG"),
+        content_label="AI",
+        content_description=f"{identity.model} {identity.model_version}"[:64],
+        omit_empty_frames=True,
+        workers=workers,
+    )

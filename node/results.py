@@ -1,0 +1,183 @@
+"""From predictions to the archive: the ``encode`` job (SEG and SR made, stored and
+recorded, then one ``send`` job per destination) and the ``send`` job (C-STORE or
+STOW-RS, every instance's status checked).
+
+Both are idempotent. Result UIDs are deterministic, so encoding again rewrites the
+same files and finds the same rows, and sending again makes the archive replace,
+not duplicate, what it has.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from ai.encoders.identity import ResultIdentity
+from ai.encoders.results import encode_prediction
+from ai.protocol import outputs_from_dict
+from config.settings import Destination, Settings
+from node.dicomweb import stow_rs
+from node.scu import FAILURE, WARNING, PeerAddress, send_files
+from node.workers import JobContext, PermanentJobError, queue_for
+from storage.db import writing
+from storage.files import FileStore
+from storage.models import Instance, Prediction, ResultObject, Series, Study
+from storage.queue import ClaimedJob, NewJob
+
+log = logging.getLogger(__name__)
+
+
+def _current_study(engine: Engine, job: ClaimedJob) -> Any:
+    """The job's study, or None when it has moved on to a newer results version."""
+    with engine.connect() as conn:
+        study = conn.execute(
+            select(Study.id, Study.study_instance_uid, Study.results_version).where(Study.id == job.study_id)
+        ).one_or_none()
+    if study is None:
+        raise PermanentJobError("the study was removed before its results were sent")
+    if study.results_version != job.results_version:
+        log.info("job %d: study %s moved on to results version %d; version %s is not sent",
+                 job.id, study.study_instance_uid, study.results_version, job.results_version)
+        return None
+    return study
+
+
+def _insert_ignoring_duplicates(conn: Any, table: Any, values: dict[str, Any]) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
+
+
+def _read_series(engine: Engine, store: FileStore, series_uid: str) -> list[Any]:
+    with engine.connect() as conn:
+        paths = conn.execute(
+            select(Instance.path).join(Series, Instance.series_id == Series.id)
+            .where(Series.series_instance_uid == series_uid)
+        ).scalars().all()
+    return [dcmread(store.absolute(p)) for p in paths]
+
+
+class ResultsHandlers:
+    """The ``encode`` and ``send`` job handlers of a general worker."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._store = FileStore(settings.data_dir)
+        self._queue = queue_for(settings, engine)
+
+    # --- encode ------------------------------------------------------------------------
+
+    def encode(self, job: ClaimedJob, ctx: JobContext) -> None:
+        study = _current_study(self._engine, job)
+        if study is None:
+            return
+        version = int(job.results_version or 0)
+        model = job.payload["model"]
+        with Session(self._engine) as session:
+            predictions = session.scalars(select(Prediction).where(
+                Prediction.study_id == study.id, Prediction.model == model,
+                Prediction.results_version == version).order_by(Prediction.id)).all()
+            session.expunge_all()
+        if not predictions:
+            raise PermanentJobError(f"no {model} prediction is recorded for results version {version}")
+        made = []
+        for prediction in predictions:
+            if ctx.cancelled.is_set():
+                raise RuntimeError("cancelled")
+            made += self._encode_one(study, prediction)
+        destinations = list(job.payload.get("destinations", []))
+        with writing(self._engine) as conn:
+            for name in destinations:
+                self._queue.enqueue(NewJob(
+                    kind="send", dedupe_key=f"send:{study.study_instance_uid}:{model}:v{version}:{name}",
+                    payload={"model": model, "destination": name}, priority=job.priority,
+                    study_id=study.id, results_version=version,
+                ), conn)
+        log.info("study %s v%d: %s results encoded (%s); sending to %s", study.study_instance_uid,
+                 version, model, ", ".join(made), ", ".join(destinations) or "no destination (kept here)")
+
+    def _encode_one(self, study: Any, prediction: Prediction) -> list[str]:
+        identity = ResultIdentity(study.study_instance_uid, prediction.series_instance_uid,
+                                  prediction.model, prediction.model_version, prediction.results_version)
+        labelmap = uids = frames = None
+        if prediction.labelmap_path:
+            with np.load(self._store.absolute(prediction.labelmap_path)) as saved:
+                labelmap = saved["labelmap"]
+                uids = [str(u) for u in saved["sop_instance_uids"]]
+                frames = [int(f) for f in saved["frame_numbers"]]
+        sources = _read_series(self._engine, self._store, prediction.series_instance_uid)
+        if not sources:
+            raise PermanentJobError("the source images were removed before the results were made")
+        started = time.perf_counter()
+        objects = encode_prediction(
+            identity, outputs_from_dict(prediction.outputs), prediction.measurements,
+            prediction.findings, sources, labelmap, uids or (), frames or ())
+        made = []
+        for obj in objects:
+            buffer = io.BytesIO()
+            obj.dataset.save_as(buffer, enforce_file_format=True)
+            relative = self._store.result_path(
+                study.study_instance_uid,
+                f"{prediction.model}-v{prediction.results_version}-{obj.kind}-{obj.dataset.SOPInstanceUID}.dcm")
+            self._store.write(relative, [buffer.getbuffer()])
+            with writing(self._engine) as conn:
+                _insert_ignoring_duplicates(conn, ResultObject.__table__, dict(
+                    study_id=study.id, results_version=prediction.results_version,
+                    model=prediction.model, kind=obj.kind, sop_class_uid=str(obj.dataset.SOPClassUID),
+                    sop_instance_uid=str(obj.dataset.SOPInstanceUID),
+                    series_instance_uid=str(obj.dataset.SeriesInstanceUID),
+                    source_series_instance_uid=prediction.series_instance_uid, path=relative,
+                    created_at=time.time()))
+            made.append(obj.kind.upper())
+        log.info("study %s v%d: %s encoded in %.2f s", study.study_instance_uid,
+                 prediction.results_version, "+".join(made), time.perf_counter() - started)
+        return made
+
+    # --- send --------------------------------------------------------------------------
+
+    def _destination(self, name: str) -> Destination:
+        for destination in self._settings.destinations:
+            if destination.name == name:
+                return destination
+        raise PermanentJobError(f"destination {name!r} is no longer configured; add it back to "
+                                "[[destinations]] and retry the job")
+
+    def send(self, job: ClaimedJob, ctx: JobContext) -> None:
+        study = _current_study(self._engine, job)
+        if study is None:
+            return
+        version = int(job.results_version or 0)
+        destination = self._destination(job.payload["destination"])
+        with self._engine.connect() as conn:
+            paths = conn.execute(select(ResultObject.path).where(
+                ResultObject.study_id == study.id, ResultObject.model == job.payload["model"],
+                ResultObject.results_version == version).order_by(ResultObject.id)).scalars().all()
+        files = [self._store.absolute(p) for p in paths]
+        if not files:
+            raise PermanentJobError("no result objects are recorded for this results version")
+        if destination.type == "dicom":
+            self._c_store(destination, files)
+        else:
+            stow_rs(destination.url or "", files, destination.timeout_s)
+        log.info("study %s v%d: %d %s result object(s) delivered to %s", study.study_instance_uid,
+                 version, len(files), job.payload["model"], destination.name)
+
+    def _c_store(self, destination: Destination, files: list[Path]) -> None:
+        peer = PeerAddress(destination.ae_title or "", destination.host or "", int(destination.port or 0))
+        report = send_files(files, peer, self._settings.ae_title, timeout_s=destination.timeout_s)
+        for outcome in report.outcomes:
+            if outcome.category == WARNING:
+                log.warning("%s answered %s for %s", destination.name, outcome.detail, outcome.path.name)
+        failures = [o for o in report.outcomes if o.category == FAILURE]
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {len(files)} object(s) not stored at "
+                               f"{destination.name} ({peer}): {failures[0].detail}")

@@ -1,0 +1,150 @@
+"""Results back to a real archive (Orthanc): SEG and SR in the source study, conformant
+(dciodvfy, dcentvfy), one copy per results version, delivered after an outage, over
+C-STORE and over DICOMweb STOW-RS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from tests.conftest import Node, missing_peer, peer_env, wait_until
+from tests.orthanc import Orthanc
+from tests.phantoms import chest_study
+
+pytestmark = pytest.mark.integration
+
+SEG_CLASS, SR_CLASS = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def _config(destination: str, extra: str = "") -> str:
+    return f"""\
+quiet_period_s = 2
+completion_sweep_s = 0.5
+job_retry_base_delay_s = 1
+job_retry_max_delay_s = 2
+job_max_attempts = 20
+{extra}
+[[destinations]]
+{destination}
+
+[[routes]]
+name = "ct-chest"
+model = "ct-chest"
+select = "smoothest_kernel"
+destinations = ["archive"]
+[routes.match]
+modality = ["CT"]
+orientation = ["AXIAL"]
+min_instances = 40
+slice_thickness_max = 5.0
+"""
+
+
+def _dicom_destination(orthanc: Orthanc) -> str:
+    return f'name = "archive"\nae_title = "{orthanc.ae_title}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}'
+
+
+def _storescu(node: Node, folder: Path) -> None:
+    storescu = shutil.which("storescu", path="/usr/bin")
+    if storescu is None:
+        missing_peer("dcmtk's storescu is not installed")
+    sent = subprocess.run([str(storescu), "-aec", "AINODE", "-aet", "CT01", "+sd", "+r", "+sp", "*.dcm",
+                           "127.0.0.1", str(node.port), str(folder)],
+                          capture_output=True, text=True, env=peer_env(), timeout=300)
+    assert sent.returncode == 0, sent.stderr
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        missing_peer(f"{name} is not installed (apt-get install dicom3tools)")
+    return str(path)
+
+
+def _jobs(node: Node, kind: str) -> list[dict]:
+    return json.loads(node.run("jobs", "--json", "--kind", kind).stdout)
+
+
+def _results_in(orthanc: Orthanc, count: int) -> list[dict]:
+    return wait_until(lambda: len(i := orthanc.instances()) >= count and i, 120,
+                      f"{count} result objects in Orthanc")
+
+
+def test_seg_and_sr_reach_the_archive_conformant_and_once_per_version(
+    node_factory, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    study, _volumes = chest_study(tmp_path)
+    node: Node = node_factory(_config(_dicom_destination(orthanc)), inference=True).start()
+    assert "ORTHANC@127.0.0.1" in node.run("echo", "archive").stdout  # the destination by name
+    _storescu(node, study)
+    stored = _results_in(orthanc, 2)
+    assert sorted(i["Tags"]["SOPClassUID"] for i in stored) == [SEG_CLASS, SR_CLASS]  # nothing else
+
+    [prediction] = json.loads(node.run("predictions", "--json").stdout)
+    sources = sorted(p for p in study.rglob("*.dcm")
+                     if dcmread(p, stop_before_pixels=True).SeriesInstanceUID == prediction["series_instance_uid"])
+    files = {i["Tags"]["SOPClassUID"]: orthanc.download(i["ID"], tmp_path / f"{i['ID']}.dcm") for i in stored}
+    seg, sr = dcmread(files[SEG_CLASS]), dcmread(files[SR_CLASS])
+    source = dcmread(sources[0], stop_before_pixels=True)
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == prediction["series_instance_uid"]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Body", "Right lung", "Left lung"]
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == "ct-chest"
+    assert "ct-chest" in seg.SeriesDescription and "ct-chest" in sr.SeriesDescription
+    evidence = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                for s in sr.CurrentRequestedProcedureEvidenceSequence for item in s.ReferencedSeriesSequence}
+    assert seg.SOPInstanceUID in evidence
+
+    # Conformance: zero errors from dciodvfy; dcentvfy finds the three consistent.
+    for path in files.values():
+        checked = subprocess.run([_tool("dciodvfy"), str(path)], capture_output=True, text=True)
+        errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], f"{path.name}: {errors}"
+    entities = subprocess.run([_tool("dcentvfy"), *map(str, files.values()), *map(str, sources)],
+                              capture_output=True, text=True)
+    problems = [line for line in (entities.stdout + entities.stderr).splitlines()
+                if line.startswith("Error") or "present in one instance but not" in line
+                or "Value different" in line or "value different" in line]
+    assert problems == []
+
+    # The same study sent again is a new results version: one more SEG and SR, no more.
+    _storescu(node, study)
+    stored = _results_in(orthanc, 4)
+    wait_until(lambda: all(j["state"] == "succeeded" for j in _jobs(node, "send")) and len(_jobs(node, "send")) == 2,
+               60, "both deliveries")
+    assert len(orthanc.instances()) == 4
+    assert sorted(i["Tags"]["SOPClassUID"] for i in stored) == [SEG_CLASS, SEG_CLASS, SR_CLASS, SR_CLASS]
+
+
+def test_results_wait_for_the_archive_and_arrive_once_it_is_back(
+    node_factory, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    study, _volumes = chest_study(tmp_path)
+    node: Node = node_factory(_config(_dicom_destination(orthanc)), inference=True).start()
+    orthanc.stop()
+    _storescu(node, study)
+    failing = wait_until(lambda: [j for j in _jobs(node, "send") if j["attempts"] >= 2], 120,
+                         "delivery attempts against the stopped archive")
+    assert failing[0]["state"] == "queued" and "not stored at archive" in failing[0]["last_error"]
+    orthanc.start()
+    stored = _results_in(orthanc, 2)
+    assert sorted(i["Tags"]["SOPClassUID"] for i in stored) == [SEG_CLASS, SR_CLASS]
+    [job] = wait_until(lambda: [j for j in _jobs(node, "send") if j["state"] == "succeeded"], 30, "delivery")
+    assert job["attempts"] >= 3
+
+
+def test_results_over_dicomweb_stow_rs(node_factory, orthanc: Orthanc, tmp_path: Path) -> None:
+    study, _volumes = chest_study(tmp_path)
+    destination = f'name = "archive"\ntype = "dicomweb"\nurl = "{orthanc.url}/dicom-web"'
+    node: Node = node_factory(_config(destination), inference=True).start()
+    _storescu(node, study)
+    stored = _results_in(orthanc, 2)
+    assert sorted(i["Tags"]["SOPClassUID"] for i in stored) == [SEG_CLASS, SR_CLASS]
+    [job] = _jobs(node, "send")
+    assert job["state"] == "succeeded"

@@ -1,0 +1,77 @@
+"""A real Orthanc (Debian package) on loopback, as the archive results go to, with its
+DICOMweb plugin; REST helpers to see what it holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ORTHANC = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+@dataclass
+class Orthanc:
+    workdir: Path
+    dicom_port: int
+    http_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    ae_title: str = "ORTHANC"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 60.0) -> Orthanc:
+        storage = self.workdir / "storage"
+        config = {
+            "Name": "ainode-test-archive", "DicomAet": self.ae_title, "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port, "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowStore": True, "HttpServerEnabled": True, "StorageCompression": False,
+            "Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        path = self.workdir / "orthanc.json"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config))
+        log = open(self.workdir / "orthanc.log", "ab")
+        self.proc = subprocess.Popen([ORTHANC, str(path)], stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "TCP_NODELAY": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited {self.proc.returncode}: see {self.workdir / 'orthanc.log'}")
+            try:
+                self.get("/system")
+                with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("Orthanc did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        self.proc = None
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            data = response.read()
+        return json.loads(data) if data[:1] in (b"{", b"[") else data
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Every stored instance with its main tags."""
+        return [self.get(f"/instances/{i}") | {"Tags": self.get(f"/instances/{i}/simplified-tags")}
+                for i in self.get("/instances")]
+
+    def download(self, instance_id: str, path: Path) -> Path:
+        path.write_bytes(self.get(f"/instances/{instance_id}/file"))
+        return path

@@ -1,0 +1,70 @@
+"""SEG and SR encoding: deterministic UIDs, segments and measurements as declared."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from ai.encoders.identity import ResultIdentity
+from ai.encoders.results import encode_prediction
+from ai.models.ct_chest import OUTPUTS
+from tests.synthetic import TEST_UID_ROOT, ct_slice
+
+
+def _inputs(slices: int = 6) -> tuple[ResultIdentity, list, np.ndarray]:
+    study, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
+    sources = [ct_slice(study, series, i, size=32) for i in range(slices)]
+    labelmap = np.zeros((slices, 32, 32), dtype=np.uint8)
+    labelmap[1:5, 4:28, 4:28] = 1
+    labelmap[2:4, 8:14, 8:14] = 2
+    labelmap[2:4, 18:24, 18:24] = 3
+    return ResultIdentity(study, series, "ct-chest", "1.0.0", 1), sources, labelmap
+
+
+MEASUREMENTS = [
+    {"name": "right lung volume", "value": 3100.0, "reliable": True},
+    {"name": "right lung LAA-950", "value": 14.0, "reliable": False, "note": "sharp kernel"},
+]
+FINDINGS = [{"name": "emphysema suspected", "score": 0.2, "present": False}]
+
+
+def _encode(identity: ResultIdentity, sources: list, labelmap: np.ndarray) -> dict:
+    uids = [s.SOPInstanceUID for s in sources]
+    objects = encode_prediction(identity, OUTPUTS, MEASUREMENTS, FINDINGS, sources, labelmap, uids,
+                                [1] * len(uids))
+    return {o.kind: o.dataset for o in objects}
+
+
+def test_encoding_again_makes_the_same_objects() -> None:
+    identity, sources, labelmap = _inputs()
+    first, again = _encode(identity, sources, labelmap), _encode(identity, sources, labelmap)
+    for kind in ("seg", "sr"):
+        assert first[kind].SOPInstanceUID == again[kind].SOPInstanceUID
+        assert first[kind].SeriesInstanceUID == again[kind].SeriesInstanceUID
+    newer = ResultIdentity(identity.study_instance_uid, identity.source_series_instance_uid,
+                           "ct-chest", "1.0.0", 2)
+    assert _encode(newer, sources, labelmap)["seg"].SOPInstanceUID != first["seg"].SOPInstanceUID
+    assert first["seg"].SOPInstanceUID.startswith("2.25.")
+
+
+def test_segments_frames_and_measurements() -> None:
+    identity, sources, labelmap = _inputs()
+    objects = _encode(identity, sources, labelmap)
+    seg, sr = objects["seg"], objects["sr"]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Body", "Right lung", "Left lung"]
+    assert int(seg.NumberOfFrames) == 4 + 2 + 2  # empty frames left out
+    right = seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0]
+    assert right.CodeMeaning == "Lung"
+    assert right.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Right"
+    assert seg.SeriesDescription == "AI ct-chest 1.0.0 SEG" and seg.StudyInstanceUID == identity.study_instance_uid
+    text = str(sr)
+    assert "Value indeterminate" in text  # the unreliable %LAA-950 is marked so
+    assert "Pulmonary emphysema" in text and "Absent" in text
+
+
+def test_no_segment_in_the_label_map_gives_an_sr_only() -> None:
+    identity, sources, labelmap = _inputs()
+    uids = [s.SOPInstanceUID for s in sources]
+    objects = encode_prediction(identity, OUTPUTS, [], FINDINGS, sources, np.zeros_like(labelmap), uids,
+                                [1] * len(uids))
+    assert [o.kind for o in objects] == ["sr"]
