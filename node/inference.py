@@ -25,18 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 from sqlalchemy import Engine, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ai.protocol import Model, ModelCannotRun, Prediction
 from ai.registry import RegistryError, installed_models
 from ai.volume import NotAVolume, Volume, load_volume
 from config.settings import Settings
 from node.completion import encode_job
-from node.workers import JobContext, PermanentJobError, queue_for
-from storage.db import writing
+from node.workers import JobContext, PermanentJobError, current_study, queue_for
+from storage.db import dialect_insert, writing
 from storage.files import FileStore
-from storage.models import Instance, Series, Study
+from storage.inventory import series_files
 from storage.models import Prediction as PredictionRow
+from storage.models import Series
 from storage.queue import ClaimedJob
 
 log = logging.getLogger(__name__)
@@ -102,14 +102,6 @@ def _save_labelmap(store: FileStore, relative: str, prediction: Prediction, volu
     store.write(relative, [buffer.getbuffer()])
 
 
-def _insert_ignoring_duplicates(engine: Engine, values: dict[str, Any]) -> None:
-    table = PredictionRow.__table__
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()  # type: ignore[attr-defined]
-    with writing(engine) as conn:
-        conn.execute(statement)
-
-
 class InferenceRunner:
     """The ``infer`` job handler of one worker process, with its models loaded."""
 
@@ -160,16 +152,8 @@ class InferenceRunner:
         loaded = self.models.get(name)
         if loaded is None:
             raise PermanentJobError(f"model {name!r} is not used by any enabled route of this worker")
-        with self._engine.connect() as conn:
-            study = conn.execute(
-                select(Study.id, Study.study_instance_uid, Study.results_version)
-                .where(Study.id == job.study_id)
-            ).one_or_none()
+        study = current_study(self._engine, job)
         if study is None:
-            raise PermanentJobError("the study was removed before inference")
-        if study.results_version != job.results_version:
-            log.info("job %d: study %s moved on to results version %d; version %s is not computed",
-                     job.id, study.study_instance_uid, study.results_version, job.results_version)
             return
         for series_uid in job.payload["series"]:
             if ctx.cancelled.is_set():
@@ -191,12 +175,7 @@ class InferenceRunner:
         with self._engine.connect() as conn:
             number = conn.execute(select(Series.series_number).where(
                 Series.series_instance_uid == series_uid)).scalar()
-            paths = conn.execute(
-                select(Instance.path).join(Series, Instance.series_id == Series.id)
-                .where(Series.series_instance_uid == series_uid)
-                .order_by(Instance.instance_number, Instance.id)
-            ).scalars().all()
-        return number, [self._store.absolute(p) for p in paths]
+        return number, [self._store.absolute(p) for p in series_files(self._engine, series_uid)]
 
     def _run_series(self, job: ClaimedJob, study: Any, series_uid: str, loaded: LoadedModel) -> None:
         model = loaded.model
@@ -227,7 +206,7 @@ class InferenceRunner:
                 study.study_instance_uid, f"{model.name}-v{version}-{job.id}-{series_uid[-24:]}.npz")
             _save_labelmap(self._store, relative, prediction, volume)
         units = {m.name: m.unit.value for m in model.outputs.measurements}
-        _insert_ignoring_duplicates(self._engine, dict(
+        row = dict(
             study_id=study.id, results_version=version, model=model.name,
             model_version=model.version, route=job.payload.get("route"),
             series_instance_uid=series_uid, job_id=job.id, device=str(self.device),
@@ -238,7 +217,9 @@ class InferenceRunner:
             provenance=prediction.provenance, labelmap_path=relative,
             load_seconds=loaded_at - started, inference_seconds=finished - loaded_at,
             created_at=time.time(),
-        ))
+        )
+        with writing(self._engine) as conn:
+            conn.execute(dialect_insert(conn, PredictionRow.__table__).values(**row).on_conflict_do_nothing())
         present = [f.name for f in prediction.findings if f.present]
         log.info("study %s v%d: %s on %s (%d slices) in %.1f s load + %.1f s on %s; findings: %s",
                  study.study_instance_uid, version, model.name, label, volume.shape[0],

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 from sqlalchemy import Engine, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ai.encoders.identity import ResultIdentity
@@ -27,42 +26,20 @@ from ai.protocol import outputs_from_dict
 from config.settings import Destination, Settings
 from node.dicomweb import stow_rs
 from node.scu import FAILURE, WARNING, PeerAddress, send_files
-from node.workers import JobContext, PermanentJobError, queue_for
-from storage.db import writing
+from node.workers import JobContext, PermanentJobError, current_study, queue_for
+from storage.db import dialect_insert, writing
 from storage.files import FileStore
-from storage.models import Instance, Prediction, ResultObject, Series, Study
+from storage.inventory import series_files
+from storage.models import Prediction, ResultObject
 from storage.queue import ClaimedJob, NewJob
 
 log = logging.getLogger(__name__)
 
 
-def _current_study(engine: Engine, job: ClaimedJob) -> Any:
-    """The job's study, or None when it has moved on to a newer results version."""
-    with engine.connect() as conn:
-        study = conn.execute(
-            select(Study.id, Study.study_instance_uid, Study.results_version).where(Study.id == job.study_id)
-        ).one_or_none()
-    if study is None:
-        raise PermanentJobError("the study was removed before its results were sent")
-    if study.results_version != job.results_version:
-        log.info("job %d: study %s moved on to results version %d; version %s is not sent",
-                 job.id, study.study_instance_uid, study.results_version, job.results_version)
-        return None
-    return study
-
-
-def _insert_ignoring_duplicates(conn: Any, table: Any, values: dict[str, Any]) -> None:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
-
-
 def _read_series(engine: Engine, store: FileStore, series_uid: str) -> list[Any]:
-    with engine.connect() as conn:
-        paths = conn.execute(
-            select(Instance.path).join(Series, Instance.series_id == Series.id)
-            .where(Series.series_instance_uid == series_uid)
-        ).scalars().all()
-    return [dcmread(store.absolute(p)) for p in paths]
+    """The source images' attributes: the encoders need their geometry and
+    identifiers, not their pixels, so those are not read."""
+    return [dcmread(store.absolute(p), stop_before_pixels=True) for p in series_files(engine, series_uid)]
 
 
 class ResultsHandlers:
@@ -77,7 +54,7 @@ class ResultsHandlers:
     # --- encode ------------------------------------------------------------------------
 
     def encode(self, job: ClaimedJob, ctx: JobContext) -> None:
-        study = _current_study(self._engine, job)
+        study = current_study(self._engine, job)
         if study is None:
             return
         version = int(job.results_version or 0)
@@ -130,13 +107,13 @@ class ResultsHandlers:
                 f"{prediction.model}-v{prediction.results_version}-{obj.kind}-{obj.dataset.SOPInstanceUID}.dcm")
             self._store.write(relative, [buffer.getbuffer()])
             with writing(self._engine) as conn:
-                _insert_ignoring_duplicates(conn, ResultObject.__table__, dict(
+                conn.execute(dialect_insert(conn, ResultObject.__table__).values(
                     study_id=study.id, results_version=prediction.results_version,
                     model=prediction.model, kind=obj.kind, sop_class_uid=str(obj.dataset.SOPClassUID),
                     sop_instance_uid=str(obj.dataset.SOPInstanceUID),
                     series_instance_uid=str(obj.dataset.SeriesInstanceUID),
                     source_series_instance_uid=prediction.series_instance_uid, path=relative,
-                    created_at=time.time()))
+                    created_at=time.time()).on_conflict_do_nothing())
             made.append(obj.kind.upper())
         log.info("study %s v%d: %s encoded in %.2f s", study.study_instance_uid,
                  prediction.results_version, "+".join(made), time.perf_counter() - started)
@@ -152,7 +129,7 @@ class ResultsHandlers:
                                 "[[destinations]] and retry the job")
 
     def send(self, job: ClaimedJob, ctx: JobContext) -> None:
-        study = _current_study(self._engine, job)
+        study = current_study(self._engine, job)
         if study is None:
             return
         version = int(job.results_version or 0)

@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from config.settings import Settings
+from storage.models import Study
 from storage.queue import ClaimedJob, JobQueue, QueueSettings, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,23 @@ def run_noop(job: ClaimedJob, ctx: JobContext) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def current_study(engine: Engine, job: ClaimedJob) -> Any:
+    """The study a results job works on (id, UID, results version), or None when the
+    study has moved on to a newer results version than the job's: that work is
+    superseded and skipped. A removed study fails the job for good."""
+    with engine.connect() as conn:
+        study = conn.execute(
+            select(Study.id, Study.study_instance_uid, Study.results_version).where(Study.id == job.study_id)
+        ).one_or_none()
+    if study is None:
+        raise PermanentJobError("the study was removed before its work was done")
+    if study.results_version != job.results_version:
+        log.info("job %d (%s): study %s moved on to results version %d; version %s is skipped",
+                 job.id, job.kind, study.study_instance_uid, study.results_version, job.results_version)
+        return None
+    return study
 
 
 def job_handlers(settings: Settings, engine: Engine) -> dict[str, Handler]:

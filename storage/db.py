@@ -7,7 +7,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -77,3 +78,10 @@ def open_database(url: str, busy_timeout_ms: int = 5000) -> Engine:
     engine = make_engine(url, busy_timeout_ms)
     migrate(engine)
     return engine
+
+
+def dialect_insert(bind: Any, table: Table) -> Any:
+    """An INSERT for ``bind``'s database that supports ``on_conflict_do_nothing``
+    (SQLite and PostgreSQL both have it; the generic insert does not)."""
+    dialect = postgresql if bind.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)

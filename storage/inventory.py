@@ -1,4 +1,4 @@
-"""What the node holds: counts for `ainode status` and the API."""
+"""What the node holds: counts for `ainode status` and the API, and the files of a series."""
 
 from __future__ import annotations
 
@@ -25,3 +25,13 @@ def inventory(engine: Engine) -> Inventory:
             select(func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))
         ).one()
     return Inventory(studies=studies, series=series, instances=instances, bytes=int(size))
+
+
+def series_files(engine: Engine, series_uid: str) -> list[str]:
+    """The stored files of a series (relative to the data folder), by instance number."""
+    with engine.connect() as conn:
+        return list(conn.execute(
+            select(Instance.path).join(Series, Instance.series_id == Series.id)
+            .where(Series.series_instance_uid == series_uid)
+            .order_by(Instance.instance_number, Instance.id)
+        ).scalars())

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, Row, Table, and_, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from storage.db import writing
+from storage.db import dialect_insert, writing
 from storage.models import Job
 
 QUEUED, RUNNING, SUCCEEDED, DEAD = "queued", "running", "succeeded", "dead"
@@ -92,11 +91,6 @@ class NewJob:
     max_attempts: int | None = None  # None: the queue's setting
 
 
-def _insert(engine_or_conn: Any) -> Any:
-    dialect = postgresql if engine_or_conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(_jobs)
-
-
 class JobQueue:
     """Operations on the ``jobs`` table. ``now`` is injectable for tests."""
 
@@ -122,7 +116,7 @@ class JobQueue:
             with writing(self.engine) as own:
                 return self.enqueue(job, own)
         now = self._clock()
-        stmt = _insert(conn).values(
+        stmt = dialect_insert(conn, _jobs).values(
             kind=job.kind, state=QUEUED, dedupe_key=job.dedupe_key, study_id=job.study_id,
             results_version=job.results_version, payload=job.payload, priority=job.priority,
             sort_key=now - job.priority * self.settings.aging_s_per_priority,

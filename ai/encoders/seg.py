@@ -87,7 +87,7 @@ def encode_segmentation(
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=identity.model[:64],
-        software_versions=(SOFTWARE_VERSION, identity.model_version),
+        software_versions=[SOFTWARE_VERSION, identity.model_version],  # type: ignore[arg-type]
         device_serial_number="0",
         series_description=identity.series_description("SEG"),
         content_label="AI",

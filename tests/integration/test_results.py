@@ -129,8 +129,9 @@ def test_results_wait_for_the_archive_and_arrive_once_it_is_back(
     node: Node = node_factory(_config(_dicom_destination(orthanc)), inference=True).start()
     orthanc.stop()
     _storescu(node, study)
-    failing = wait_until(lambda: [j for j in _jobs(node, "send") if j["attempts"] >= 2], 120,
-                         "delivery attempts against the stopped archive")
+    # Two failed attempts, waiting for the next one (not caught while an attempt runs).
+    failing = wait_until(lambda: [j for j in _jobs(node, "send") if j["attempts"] >= 2 and j["state"] == "queued"],
+                         120, "delivery attempts against the stopped archive")
     assert failing[0]["state"] == "queued" and "not stored at archive" in failing[0]["last_error"]
     orthanc.start()
     stored = _results_in(orthanc, 2)
