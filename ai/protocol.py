@@ -82,6 +82,9 @@ class Outputs:
     segments: tuple[SegmentSpec, ...] = ()
     measurements: tuple[MeasurementSpec, ...] = ()
     findings: tuple[FindingSpec, ...] = ()
+    #: (window centre, window width) to draw key images with, e.g. (-600, 1500) for lungs;
+    #: None: the source images' own window.
+    display_window: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -139,4 +142,5 @@ def outputs_from_dict(data: dict[str, Any]) -> Outputs:
         measurements=tuple(MeasurementSpec(m["name"], Code(**m["concept"]), Code(**m["unit"]),
                                            m.get("segment")) for m in data.get("measurements", ())),
         findings=tuple(FindingSpec(f["name"], Code(**f["concept"])) for f in data.get("findings", ())),
+        display_window=tuple(data["display_window"]) if data.get("display_window") else None,  # type: ignore[arg-type]
     )

@@ -137,6 +137,11 @@ class Destination(BaseModel):
     port: int | None = Field(default=None, ge=1, le=65535, description="its port (dicom)")
     url: str | None = Field(default=None, description="STOW-RS base URL, e.g. http://pacs:8042/dicom-web")
     timeout_s: float = Field(default=30.0, gt=0)
+    objects: list[Literal["seg", "sr", "sc"]] = Field(
+        default=["seg", "sr"], min_length=1,
+        description='which results it receives: "seg" (Segmentation), "sr" (TID 1500 report), '
+                    '"sc" (Secondary Capture key images with outlines, for viewers without SEG)',
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Destination:

@@ -313,7 +313,8 @@ def retry(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Put a dead job (or every dead job) back in the queue, attempts reset."""
+    """Run a job again: a dead one (or every dead job with --dead), one waiting to retry,
+    or one that succeeded (e.g. to deliver results once more). Attempts are reset."""
     from storage.db import open_database
     from storage.queue import JobQueue
 
@@ -324,7 +325,7 @@ def retry(
     n = JobQueue(engine).retry(job_id=job, all_dead=dead)
     engine.dispose()
     if job is not None and n == 0:
-        _fail(f"job {job} does not exist or is not dead or queued", 1)
+        _fail(f"job {job} does not exist or is running", 1)
     out.print(f"requeued {n} job(s)")
 
 

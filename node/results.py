@@ -12,11 +12,13 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.pixels import apply_modality_lut
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -36,10 +38,23 @@ from storage.queue import ClaimedJob, NewJob
 log = logging.getLogger(__name__)
 
 
-def _read_series(engine: Engine, store: FileStore, series_uid: str) -> list[Any]:
-    """The source images' attributes: the encoders need their geometry and
+def _read_series(engine: Engine, store: FileStore, series_uid: str) -> tuple[list[Any], dict[str, Path]]:
+    """The source images' attributes and files: the encoders need their geometry and
     identifiers, not their pixels, so those are not read."""
-    return [dcmread(store.absolute(p), stop_before_pixels=True) for p in series_files(engine, series_uid)]
+    paths = [store.absolute(p) for p in series_files(engine, series_uid)]
+    headers = [dcmread(p, stop_before_pixels=True) for p in paths]
+    return headers, {str(ds.SOPInstanceUID): p for ds, p in zip(headers, paths)}
+
+
+def _slice_reader(files: dict[str, Path], uids: list[str], frames: list[int]) -> Callable[[int], np.ndarray]:
+    """Label map slice ``i``'s source pixels in modality units (for key images)."""
+    def values(index: int) -> np.ndarray:
+        ds = dcmread(files[uids[index]])
+        pixels = ds.pixel_array
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            pixels = pixels[frames[index] - 1]
+        return apply_modality_lut(pixels, ds).astype(np.float32)
+    return values
 
 
 class ResultsHandlers:
@@ -66,12 +81,13 @@ class ResultsHandlers:
             session.expunge_all()
         if not predictions:
             raise PermanentJobError(f"no {model} prediction is recorded for results version {version}")
+        destinations = list(job.payload.get("destinations", []))
+        key_images = any("sc" in d.objects for d in self._settings.destinations if d.name in destinations)
         made = []
         for prediction in predictions:
             if ctx.cancelled.is_set():
                 raise RuntimeError("cancelled")
-            made += self._encode_one(study, prediction)
-        destinations = list(job.payload.get("destinations", []))
+            made += self._encode_one(study, prediction, key_images)
         with writing(self._engine) as conn:
             for name in destinations:
                 self._queue.enqueue(NewJob(
@@ -82,7 +98,7 @@ class ResultsHandlers:
         log.info("study %s v%d: %s results encoded (%s); sending to %s", study.study_instance_uid,
                  version, model, ", ".join(made), ", ".join(destinations) or "no destination (kept here)")
 
-    def _encode_one(self, study: Any, prediction: Prediction) -> list[str]:
+    def _encode_one(self, study: Any, prediction: Prediction, key_images: bool) -> list[str]:
         identity = ResultIdentity(study.study_instance_uid, prediction.series_instance_uid,
                                   prediction.model, prediction.model_version, prediction.results_version)
         labelmap = uids = frames = None
@@ -91,13 +107,14 @@ class ResultsHandlers:
                 labelmap = saved["labelmap"]
                 uids = [str(u) for u in saved["sop_instance_uids"]]
                 frames = [int(f) for f in saved["frame_numbers"]]
-        sources = _read_series(self._engine, self._store, prediction.series_instance_uid)
+        sources, files = _read_series(self._engine, self._store, prediction.series_instance_uid)
         if not sources:
             raise PermanentJobError("the source images were removed before the results were made")
         started = time.perf_counter()
         objects = encode_prediction(
             identity, outputs_from_dict(prediction.outputs), prediction.measurements,
-            prediction.findings, sources, labelmap, uids or (), frames or ())
+            prediction.findings, sources, labelmap, uids or (), frames or (),
+            slice_values=_slice_reader(files, uids or [], frames or []) if key_images else None)
         made = []
         for obj in objects:
             buffer = io.BytesIO()
@@ -115,6 +132,7 @@ class ResultsHandlers:
                     source_series_instance_uid=prediction.series_instance_uid, path=relative,
                     created_at=time.time()).on_conflict_do_nothing())
             made.append(obj.kind.upper())
+        made = [f"{made.count(k)} {k}" if made.count(k) > 1 else k for k in dict.fromkeys(made)]
         log.info("study %s v%d: %s encoded in %.2f s", study.study_instance_uid,
                  prediction.results_version, "+".join(made), time.perf_counter() - started)
         return made
@@ -135,12 +153,17 @@ class ResultsHandlers:
         version = int(job.results_version or 0)
         destination = self._destination(job.payload["destination"])
         with self._engine.connect() as conn:
-            paths = conn.execute(select(ResultObject.path).where(
+            rows = conn.execute(select(ResultObject.path, ResultObject.kind).where(
                 ResultObject.study_id == study.id, ResultObject.model == job.payload["model"],
-                ResultObject.results_version == version).order_by(ResultObject.id)).scalars().all()
-        files = [self._store.absolute(p) for p in paths]
-        if not files:
+                ResultObject.results_version == version).order_by(ResultObject.id)).all()
+        if not rows:
             raise PermanentJobError("no result objects are recorded for this results version")
+        files = [self._store.absolute(path) for path, kind in rows if kind in destination.objects]
+        if not files:
+            log.info("study %s v%d: none of the %s results is of a kind %s receives (%s)",
+                     study.study_instance_uid, version, job.payload["model"], destination.name,
+                     ", ".join(destination.objects))
+            return
         if destination.type == "dicom":
             self._c_store(destination, files)
         else:

@@ -48,6 +48,11 @@ class Study(Base):
     results_version: Mapped[int] = mapped_column(Integer, default=0)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completion_reason: Mapped[str | None] = mapped_column(String(32))
+    #: routine | urgent | critical (node.triage): from the request, the route, findings.
+    priority: Mapped[str] = mapped_column(String(16), default="routine", server_default="routine")
+    priority_reason: Mapped[str | None] = mapped_column(String(200))
+    #: The request's priority as the images carry it (Requested Procedure Priority), e.g. STAT.
+    requested_priority: Mapped[str | None] = mapped_column(String(16))
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
 
@@ -197,10 +202,38 @@ class ResultObject(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     results_version: Mapped[int] = mapped_column(Integer)
     model: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(8))  # seg | sr
+    kind: Mapped[str] = mapped_column(String(8))  # seg | sr | sc
     sop_class_uid: Mapped[str] = mapped_column(UID)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     series_instance_uid: Mapped[str] = mapped_column(UID)
     source_series_instance_uid: Mapped[str] = mapped_column(UID)
     path: Mapped[str] = mapped_column(String(400))
     created_at: Mapped[float] = mapped_column(Double)
+
+
+class StudyEvent(Base):
+    """One step of a study's timeline: completed, inferred, encoded, delivered,
+    delivery_failed, prioritized, notified (received comes from the study's own times)."""
+
+    __tablename__ = "study_events"
+    __table_args__ = (Index("ix_study_events_study_id", "study_id", "at"),
+                      Index("ix_study_events_step", "step", "at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    results_version: Mapped[int | None] = mapped_column(Integer)
+    step: Mapped[str] = mapped_column(String(32))
+    #: What happened, without patient data (model, destination, level, error type).
+    detail: Mapped[str | None] = mapped_column(String(400))
+    at: Mapped[float] = mapped_column(Double)
+
+
+class WorkerStatus(Base):
+    """What an inference worker last reported about its device (GPU memory in use)."""
+
+    __tablename__ = "worker_status"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device: Mapped[str] = mapped_column(String(16))
+    gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[float] = mapped_column(Double)

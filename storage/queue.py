@@ -218,13 +218,14 @@ class JobQueue:
         return int(died.rowcount) + int(requeued.rowcount)
 
     def retry(self, job_id: int | None = None, all_dead: bool = False) -> int:
-        """Operator's retry: dead (or, by id, also a queued-with-backoff) jobs become due
-        now with their attempts reset. Returns how many jobs were requeued."""
+        """Operator's retry: dead jobs (by id, also one queued with backoff, or one that
+        succeeded, to run it again, e.g. to deliver results once more) become due now with
+        their attempts reset. Returns how many jobs were requeued."""
         now = self._clock()
         if all_dead:
             where = _jobs.c.state == DEAD
         elif job_id is not None:
-            where = and_(_jobs.c.id == job_id, _jobs.c.state.in_((DEAD, QUEUED)))
+            where = and_(_jobs.c.id == job_id, _jobs.c.state.in_((DEAD, QUEUED, SUCCEEDED)))
         else:
             raise ValueError("give a job id or all_dead=True")
         with writing(self.engine) as conn:

@@ -4,7 +4,7 @@ segment in it) and the TID 1500 SR, ready to store and send."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ai.encoders.identity import ResultIdentity
+from ai.encoders.sc import encode_key_images
 from ai.encoders.seg import encode_segmentation
 from ai.encoders.sr import encode_measurement_report
 from ai.protocol import Outputs
@@ -19,7 +20,7 @@ from ai.protocol import Outputs
 
 @dataclass(frozen=True)
 class ResultObject:
-    kind: str  # "seg" | "sr"
+    kind: str  # "seg" | "sr" | "sc"
     dataset: Dataset
 
 
@@ -60,6 +61,32 @@ def _drop_incomplete_references(ds: Dataset) -> None:
         del ds.ReferencedStudySequence
 
 
+def _private_schemes(ds: Dataset) -> set[str]:
+    found: set[str] = set()
+
+    def visit(dataset: Dataset, element: Any) -> None:
+        if element.keyword == "CodingSchemeDesignator" and str(element.value).startswith("99"):
+            found.add(str(element.value))
+
+    ds.walk(visit)
+    return found
+
+
+def _identify_private_schemes(ds: Dataset) -> None:
+    """Private coding schemes (designators "99...", PS3.16 8.2) used in an object are
+    described in its Coding Scheme Identification Sequence, so readers know whose they are."""
+    known = {str(i.CodingSchemeDesignator) for i in ds.get("CodingSchemeIdentificationSequence", [])}
+    items = list(ds.get("CodingSchemeIdentificationSequence", []))
+    for designator in sorted(_private_schemes(ds) - known):
+        item = Dataset()
+        item.CodingSchemeDesignator = designator
+        item.CodingSchemeName = f"{designator} private codes of the AI models run by AINode"[:64]
+        item.CodingSchemeResponsibleOrganization = "AINode"
+        items.append(item)
+    if items:
+        ds.CodingSchemeIdentificationSequence = items
+
+
 def encode_prediction(
     identity: ResultIdentity,
     outputs: Outputs,
@@ -70,9 +97,11 @@ def encode_prediction(
     sop_instance_uids: Sequence[str] = (),
     frame_numbers: Sequence[int] = (),
     workers: int = 0,
+    slice_values: Callable[[int], np.ndarray] | None = None,
 ) -> list[ResultObject]:
     """Encode; ``sources`` (the source series' datasets, read for this) gain empty
-    values for absent Type 2 patient and study attributes."""
+    values for absent Type 2 patient and study attributes. With ``slice_values`` (the
+    source slice behind label map slice ``i``, in modality units), key images too."""
     _complete_type2(sources)
     # highdicom and pydicom warn about source attributes, quoting their values (the
     # patient's name among them): those warnings must not reach a log.
@@ -83,8 +112,14 @@ def encode_prediction(
             seg = encode_segmentation(identity, outputs, labelmap, sources, sop_instance_uids,
                                       frame_numbers, workers=workers)
         sr = encode_measurement_report(identity, outputs, measurements, findings, sources, seg)
-    objects = ([ResultObject("seg", seg)] if seg is not None else []) + [ResultObject("sr", sr)]
+        key_images = []
+        if labelmap is not None and slice_values is not None:
+            key_images = encode_key_images(identity, outputs, labelmap, sources, sop_instance_uids,
+                                           frame_numbers, slice_values)
+    objects = (([ResultObject("seg", seg)] if seg is not None else []) + [ResultObject("sr", sr)]
+               + [ResultObject("sc", image) for image in key_images])
     for obj in objects:
         _copy_shared(obj.dataset, sources[0])
         _drop_incomplete_references(obj.dataset)
+        _identify_private_schemes(obj.dataset)
     return objects

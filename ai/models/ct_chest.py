@@ -70,6 +70,7 @@ OUTPUTS = Outputs(
                                     ("LAA-950", LAA950, PERCENT))
     ),
     findings=(FindingSpec("emphysema suspected", EMPHYSEMA),),
+    display_window=(-600.0, 1500.0),  # lung window, for key images
 )
 
 

@@ -122,6 +122,41 @@ def test_seg_and_sr_reach_the_archive_conformant_and_once_per_version(
     assert sorted(i["Tags"]["SOPClassUID"] for i in stored) == [SEG_CLASS, SEG_CLASS, SR_CLASS, SR_CLASS]
 
 
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def test_key_images_for_a_viewer_without_seg_and_a_resend_replaces_not_duplicates(
+    node_factory, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    study, _volumes = chest_study(tmp_path)
+    destination = _dicom_destination(orthanc) + '\nobjects = ["sr", "sc"]'
+    node: Node = node_factory(_config(destination), inference=True).start()
+    _storescu(node, study)
+    [job] = wait_until(lambda: [j for j in _jobs(node, "send") if j["state"] == "succeeded"], 120, "delivery")
+    stored = orthanc.instances()
+    classes = sorted(i["Tags"]["SOPClassUID"] for i in stored)
+    assert SEG_CLASS not in classes and classes.count(SR_CLASS) == 1
+    key_images = [i for i in stored if i["Tags"]["SOPClassUID"] == SC_CLASS]
+    assert 1 <= len(key_images) <= 3  # one per segment at most: body, right and left lung
+    for item in key_images:
+        path = orthanc.download(item["ID"], tmp_path / f"{item['ID']}.dcm")
+        image = dcmread(path)
+        assert image.BurnedInAnnotation == "YES" and "not for diagnostic use" in image.ImageComments
+        assert image.Rows == image.Columns == 512 and image.PhotometricInterpretation == "RGB"
+        checked = subprocess.run([_tool("dciodvfy"), str(path)], capture_output=True, text=True)
+        errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], errors
+        # Outlines: pixels in the segments' colours, which a grey CT slice never has.
+        red, green, blue = (image.pixel_array[..., c].astype(int) for c in range(3))
+        assert ((green - red > 100) & (green - blue > 100)).sum() > 200
+
+    # The operator delivers the same results again: the archive keeps one copy of each.
+    assert "requeued 1" in node.run("retry", str(job["id"])).stdout
+    wait_until(lambda: [j for j in _jobs(node, "send") if j["state"] == "succeeded" and j["attempts"] == 1
+                        and j["finished_at"] > job["finished_at"]], 60, "the second delivery")
+    assert sorted(i["ID"] for i in orthanc.instances()) == sorted(i["ID"] for i in stored)
+
+
 def test_results_wait_for_the_archive_and_arrive_once_it_is_back(
     node_factory, orthanc: Orthanc, tmp_path: Path
 ) -> None:

@@ -11,13 +11,14 @@ from ai.models.ct_chest import OUTPUTS
 from tests.synthetic import TEST_UID_ROOT, ct_slice
 
 
-def _inputs(slices: int = 6) -> tuple[ResultIdentity, list, np.ndarray]:
+def _inputs(slices: int = 6, scale: int = 1) -> tuple[ResultIdentity, list, np.ndarray]:
     study, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
-    sources = [ct_slice(study, series, i, size=32) for i in range(slices)]
-    labelmap = np.zeros((slices, 32, 32), dtype=np.uint8)
-    labelmap[1:5, 4:28, 4:28] = 1
-    labelmap[2:4, 8:14, 8:14] = 2
-    labelmap[2:4, 18:24, 18:24] = 3
+    sources = [ct_slice(study, series, i, size=32 * scale) for i in range(slices)]
+    labelmap = np.zeros((slices, 32 * scale, 32 * scale), dtype=np.uint8)
+    k = scale
+    labelmap[1:5, 4 * k:28 * k, 4 * k:28 * k] = 1
+    labelmap[2:4, 8 * k:14 * k, 8 * k:14 * k] = 2
+    labelmap[2:4, 18 * k:24 * k, 18 * k:24 * k] = 3
     return ResultIdentity(study, series, "ct-chest", "1.0.0", 1), sources, labelmap
 
 
@@ -68,3 +69,29 @@ def test_no_segment_in_the_label_map_gives_an_sr_only() -> None:
     objects = encode_prediction(identity, OUTPUTS, [], FINDINGS, sources, np.zeros_like(labelmap), uids,
                                 [1] * len(uids))
     assert [o.kind for o in objects] == ["sr"]
+
+
+def test_key_images_outline_each_segment_where_it_is_largest() -> None:
+    identity, sources, labelmap = _inputs(scale=8)  # 256 x 256
+    uids = [s.SOPInstanceUID for s in sources]
+    hu = np.full((256, 256), -800.0, dtype=np.float32)
+    objects = encode_prediction(identity, OUTPUTS, MEASUREMENTS, FINDINGS, sources, labelmap, uids,
+                                [1] * len(uids), slice_values=lambda i: hu)
+    images = [o.dataset for o in objects if o.kind == "sc"]
+    # Body peaks on slice 1 (the first of equal areas), both lungs on slice 2: two key images.
+    assert [str(i.SourceImageSequence[0].ReferencedSOPInstanceUID) for i in images] == [uids[1], uids[2]]
+    image = images[1]
+    assert image.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and image.PhotometricInterpretation == "RGB"
+    assert list(image.ImageType)[:2] == ["DERIVED", "SECONDARY"] and image.BurnedInAnnotation == "YES"
+    assert image.SeriesDescription == "AI ct-chest 1.0.0 KEY IMAGES"
+    assert image.StudyInstanceUID == identity.study_instance_uid and image.PatientOrientation == ["L", "P"]
+    pixels = image.pixel_array
+    # The right lung's outline (the second colour) runs along its square's edge; inside it
+    # the slice is the grey of -800 HU in the source's window, untouched.
+    assert tuple(pixels[88, 64]) == (64, 220, 64) and tuple(pixels[88, 63]) == (64, 220, 64)
+    inside = set(map(tuple, pixels[70:100, 70:100].reshape(-1, 3)))
+    assert len(inside) == 1 and len(set(inside.pop())) == 1  # one grey
+    assert pixels[:16, :, 0].max() > 200 and pixels[:16, :, 2].max() == 0  # the yellow banner text
+    again = encode_prediction(identity, OUTPUTS, MEASUREMENTS, FINDINGS, sources, labelmap, uids,
+                              [1] * len(uids), slice_values=lambda i: hu)
+    assert [o.dataset.SOPInstanceUID for o in again if o.kind == "sc"] == [i.SOPInstanceUID for i in images]

@@ -1,0 +1,143 @@
+"""Key images for archives and viewers that cannot show a SEG: a Secondary Capture
+series with the segments' outlines drawn on the source slices where each segment is
+largest, a legend, and a banner saying the images are derived and not for diagnosis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from scipy import ndimage
+
+from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
+from ai.protocol import Outputs
+
+#: Outline colours, one per segment in declaration order (RGB).
+PALETTE = ((255, 64, 64), (64, 220, 64), (80, 140, 255), (255, 220, 0), (0, 230, 230), (255, 80, 255))
+BANNER = "AI RESULT - DERIVED IMAGE - NOT FOR DIAGNOSTIC USE"
+MAX_KEY_IMAGES = 6
+
+
+def key_slices(labelmap: np.ndarray, labels: Sequence[int], most: int = MAX_KEY_IMAGES) -> list[int]:
+    """For each label present, the slice where it covers the most pixels (one image per
+    label, shared where two labels peak on the same slice), in slice order."""
+    chosen: list[int] = []
+    for label in labels:
+        area = (labelmap == label).sum(axis=(1, 2))
+        if area.max() > 0 and int(area.argmax()) not in chosen:
+            chosen.append(int(area.argmax()))
+    return sorted(chosen[:most])
+
+
+def _grey(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    centre, width = window
+    low = centre - width / 2
+    scaled = (values.astype(np.float32) - low) / max(width, 1.0) * 255.0
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def _window_of(source: Dataset, values: np.ndarray) -> tuple[float, float]:
+    if "WindowCenter" in source and "WindowWidth" in source:
+        centre, width = source.WindowCenter, source.WindowWidth
+        first = (lambda v: float(v[0]) if isinstance(v, Sequence) and not isinstance(v, str) else float(v))
+        return first(centre), first(width)
+    low, high = np.percentile(values, (1, 99))
+    return float(low + high) / 2, float(max(high - low, 1.0))
+
+
+def patient_orientation(source: Dataset) -> tuple[str, str]:
+    """Patient Orientation (0020,0020) from Image Orientation (Patient): the directions
+    of the rows and of the columns, e.g. ("L", "P") for an axial slice."""
+    cosines = [float(v) for v in source.get("ImageOrientationPatient", (1, 0, 0, 0, 1, 0))]
+
+    def letters(vector: Sequence[float]) -> str:
+        names = (("R", "L"), ("A", "P"), ("F", "H"))
+        axes = sorted(range(3), key=lambda a: -abs(vector[a]))
+        return "".join(names[a][vector[a] > 0] for a in axes if abs(vector[a]) > 0.25) or "L"
+
+    return letters(cosines[:3]), letters(cosines[3:])
+
+
+def draw_key_image(values: np.ndarray, labels: np.ndarray, outputs: Outputs, window: tuple[float, float],
+                   caption: str) -> np.ndarray:
+    """One RGB key image: the slice in ``window``, every segment's outline in its colour,
+    the banner at the top, a legend and ``caption`` at the bottom."""
+    rgb = np.repeat(_grey(values, window)[..., None], 3, axis=2)
+    legend = []
+    for index, spec in enumerate(outputs.segments):
+        mask = labels == spec.label
+        if not mask.any():
+            continue
+        colour = PALETTE[index % len(PALETTE)]
+        outline = ndimage.binary_dilation(mask) & ~ndimage.binary_erosion(mask)
+        rgb[outline] = colour
+        legend.append((spec.name, colour))
+    image = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(image)
+    size = max(10, rgb.shape[0] // 40)
+    font = ImageFont.load_default(size=size)
+    draw.rectangle((0, 0, rgb.shape[1], size + 6), fill=(0, 0, 0))
+    draw.text((4, 3), BANNER, fill=(255, 255, 0), font=font)
+    y = rgb.shape[0] - (len(legend) + 1) * (size + 4) - 4
+    for name, colour in legend:
+        draw.text((4, y), name, fill=colour, font=font)
+        y += size + 4
+    draw.text((4, y), caption, fill=(255, 255, 255), font=font)
+    return np.asarray(image)
+
+
+def encode_key_images(
+    identity: ResultIdentity,
+    outputs: Outputs,
+    labelmap: np.ndarray,
+    sources: Sequence[Dataset],
+    sop_instance_uids: Sequence[str],
+    frame_numbers: Sequence[int],
+    slice_values: Callable[[int], np.ndarray],
+) -> list[hd.sc.SCImage]:
+    """The key images of one prediction (none when no segment has a voxel).
+    ``slice_values(i)`` gives the label map's slice ``i`` of the source in modality
+    units (HU for CT); ``sources`` are the series' headers."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    images = []
+    for number, index in enumerate(key_slices(labelmap, [s.label for s in outputs.segments]), start=1):
+        source = by_uid[sop_instance_uids[index]]
+        values = slice_values(index)
+        window = outputs.display_window or _window_of(source, values)
+        caption = f"{identity.model} {identity.model_version} - slice {index + 1}/{labelmap.shape[0]}"
+        pixels = draw_key_image(values, labelmap[index], outputs, window, caption)
+        spacing = source.get("PixelSpacing")
+        image = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=pixels,
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=identity.uid("sc-series"),
+            series_number=identity.series_number(3),
+            sop_instance_uid=identity.uid(f"sc-instance-{index}"),
+            instance_number=number,
+            manufacturer=MANUFACTURER,
+            pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
+            patient_orientation=patient_orientation(source),
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+        )
+        image.SeriesDescription = identity.series_description("KEY IMAGES")
+        # Type 2C for paired body parts: the source's, else empty (unknown).
+        image.Laterality = source.get("Laterality", "")
+        image.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+        image.BurnedInAnnotation = "YES"
+        image.ImageComments = "AI outlines on a source slice; derived image, not for diagnostic use"
+        image.DerivationDescription = f"Segment outlines drawn by {identity.model} {identity.model_version}"[:1024]
+        image.SoftwareVersions = [SOFTWARE_VERSION, identity.model_version]
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source.SOPClassUID
+        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        if int(source.get("NumberOfFrames", 1) or 1) > 1:
+            reference.ReferencedFrameNumber = int(frame_numbers[index])
+        image.SourceImageSequence = [reference]
+        images.append(image)
+    return images

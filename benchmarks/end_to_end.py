@@ -1,0 +1,215 @@
+"""End-to-end latency: from the last image of a study received by `ainode serve` to
+its TID 1500 SR stored in a real Orthanc, the quiet period excluded.
+
+    .venv/bin/python benchmarks/end_to_end.py [--repetitions 3] [--slices 300] [--device cpu]
+
+Studies: the public chest CT in ../shared/data (when present) and a generated
+300-slice 512x512 chest phantom. Each repetition sends a fresh copy (new UIDs) with
+dcmtk storescu (TCP_NODELAY=1) to one running node (models loaded, as in service),
+which routes it to ct-chest and sends SEG + SR to Orthanc by C-STORE. Reports the
+median latency, the share spent in each job (inference, encoding, delivery) and the
+node's peak memory. Writes benchmarks/results/end-to-end-<device>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.ingest import ENV, STORESCU, free_port, peak_rss_mib, wait_port  # noqa: E402
+from tests.orthanc import Orthanc  # noqa: E402
+
+QUIET_PERIOD_S = 2.0
+STEPS = ("complete", "infer", "encode", "send", "archive")
+GOALS = {"cpu": "<= 15 s (300-slice CT)", "cuda": "<= 3 s (300-slice CT)"}
+
+
+def _config(orthanc: Orthanc, device: str) -> str:
+    return f"""\
+quiet_period_s = {QUIET_PERIOD_S}
+completion_sweep_s = 0.25
+inference_devices = ["{device}"]
+
+[[destinations]]
+name = "archive"
+ae_title = "{orthanc.ae_title}"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+
+[[routes]]
+name = "ct-chest"
+model = "ct-chest"
+select = "smoothest_kernel"
+destinations = ["archive"]
+[routes.match]
+modality = ["CT"]
+orientation = ["AXIAL"]
+min_instances = 40
+slice_thickness_max = 5.0
+"""
+
+
+def fresh_copy(source: Path, target: Path, tag: str) -> None:
+    """The study under new UIDs (the same for every file of one series/study), so the
+    node and the archive see a new study each repetition."""
+    from pydicom import dcmread
+
+    def renamed(uid: str) -> str:
+        return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'{uid}|{tag}').int}"
+
+    target.mkdir(parents=True)
+    for i, path in enumerate(sorted(source.rglob("*.dcm"))):
+        ds = dcmread(path)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID"):
+            if keyword in ds:
+                setattr(ds, keyword, renamed(str(ds[keyword].value)))
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(target / f"{i:05d}.dcm", enforce_file_format=True)
+
+
+def _find_sr(orthanc: Orthanc, study_uid: str) -> bool:
+    query = json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study_uid, "Modality": "SR"}})
+    request = urllib.request.Request(orthanc.url + "/tools/find", data=query.encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return bool(json.loads(response.read()))
+
+
+def one_run(node_port: int, orthanc: Orthanc, folder: Path, data_dir: Path) -> dict:
+    from pydicom import dcmread
+
+    study_uid = str(dcmread(next(folder.rglob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
+    sent = subprocess.run([STORESCU, "-aec", "AINODE", "-aet", "BENCH", "+sd", "+r", "127.0.0.1",
+                           str(node_port), str(folder)], env=ENV, capture_output=True, text=True)
+    last_image = time.time()  # the jobs' times are wall-clock epochs too
+    if sent.returncode != 0:
+        raise RuntimeError(f"storescu failed: {sent.stderr[-500:]}")
+    deadline = last_image + 120
+    while not _find_sr(orthanc, study_uid):
+        if time.time() > deadline:
+            raise RuntimeError("no SR in the archive after 2 minutes; see the node's log")
+        time.sleep(0.05)
+    in_archive = time.time()
+    jobs = json.loads(subprocess.run(
+        [sys.executable, "-m", "node", "jobs", "--json", "--data-dir", str(data_dir), "--limit", "1000"],
+        cwd=REPO, capture_output=True, text=True, check=True).stdout)
+    mine = {j["kind"]: j for j in sorted(jobs, key=lambda j: j["id"]) if f":{study_uid}:" in j["dedupe_key"]}
+    infer, encode, send = mine["infer"], mine["encode"], mine["send"]
+    # Each job is queued when the one before it finishes: the steps add up to the latency.
+    return {
+        "latency": in_archive - last_image - QUIET_PERIOD_S,
+        "complete": infer["created_at"] - last_image - QUIET_PERIOD_S,
+        "infer": infer["finished_at"] - infer["created_at"],
+        "encode": encode["finished_at"] - encode["created_at"],
+        "send": send["finished_at"] - send["created_at"],
+        "archive": in_archive - send["finished_at"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    from tests.conftest import SHARED_DATA
+    from tests.phantoms import chest_phantom, write_phantom_series
+
+    (REPO / "var").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ainode-e2e-", dir=REPO / "var") as tmp:
+        work = Path(tmp)
+        studies: dict[str, Path] = {}
+        public = SHARED_DATA / "ct-chest-tcia-a0001"
+        if public.exists():
+            studies["public chest CT (ct-chest-tcia-a0001)"] = public
+        phantom = chest_phantom(slices=args.slices, size=512, slice_mm=1.0, pixel_mm=0.7)
+        write_phantom_series(phantom, work / "phantom", kernel="B30f")
+        studies[f"chest phantom {args.slices} x 512 x 512"] = work / "phantom"
+        del phantom
+        counts = {name: sum(1 for _ in folder.rglob("*.dcm")) for name, folder in studies.items()}
+
+        orthanc = Orthanc(work / "orthanc", free_port(), free_port()).start()
+        config = work / "ainode.toml"
+        config.write_text(_config(orthanc, args.device))
+        port, data_dir = free_port(), work / "data"
+        log = open(work / "ainode.log", "wb")
+        node = subprocess.Popen([sys.executable, "-m", "node", "serve", "--config", str(config),
+                                 "--data-dir", str(data_dir), "--port", str(port), "--host", "127.0.0.1"],
+                                cwd=REPO, env={**os.environ, "AINODE_LOG_LEVEL": "INFO"},
+                                stdout=subprocess.DEVNULL, stderr=log)
+        results: dict[str, list[dict]] = {name: [] for name in studies}
+        try:
+            wait_port(port, node)
+            time.sleep(10)  # the inference worker loads its models before claiming jobs
+            for rep in range(args.repetitions):
+                for name, folder in studies.items():
+                    copy = work / f"send-{rep}-{len(results[name])}-{abs(hash(name))}"
+                    fresh_copy(folder, copy, f"{rep}-{name}")
+                    results[name].append(one_run(port, orthanc, copy, data_dir))
+                    shutil.rmtree(copy)
+                    r = results[name][-1]
+                    print(f"repetition {rep + 1}, {name}: {r['latency']:.2f} s (" + ", ".join(
+                        f"{k} {r[k]:.2f}" for k in STEPS) + ")", flush=True)
+            rss = peak_rss_mib(node.pid)
+        except Exception:
+            print((work / "ainode.log").read_text()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            node.terminate()
+            try:
+                node.wait(60)
+            except subprocess.TimeoutExpired:
+                node.kill()
+            orthanc.stop()
+
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    rows = []
+    for name, runs in results.items():
+        def med(key: str) -> float:
+            return statistics.median(r[key] for r in runs)
+        rows.append(f"| {name} | {counts[name]} | **{med('latency'):.2f}** | "
+                    + " | ".join(f"{med(k):.2f}" for k in STEPS)
+                    + f" | {min(r['latency'] for r in runs):.2f}-{max(r['latency'] for r in runs):.2f} |")
+    report = f"""# End-to-end latency ({kind})
+
+`benchmarks/end_to_end.py --repetitions {args.repetitions} --slices {args.slices} --device {args.device}`
+on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d')};
+medians of {args.repetitions} repetitions.
+
+From storescu's last image acknowledged by `ainode serve` to the SR found in a real Orthanc
+(polled every 50 ms over REST), minus the {QUIET_PERIOD_S:g} s quiet period. The node runs
+with its models loaded; each repetition is a new study (fresh UIDs). The steps add up to
+the latency: complete (last image + quiet period to the infer job queued; sweep every
+0.25 s), infer (queued to done: claim, load the series, run ct-chest, record), encode
+(SEG + SR written), send (C-STORE to Orthanc, every status checked), archive (until
+Orthanc's REST finds the SR).
+
+| study | images | latency s | complete s | infer s | encode s | send s | archive s | range s |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+{chr(10).join(rows)}
+
+Goal: {GOALS[kind]}. For scale: MONAI Deploy's published end-to-end figure for a
+324-slice CT is 2.5 minutes. Peak RSS of the node (all processes, summed VmHWM):
+{rss:.0f} MiB.
+"""
+    out = REPO / "benchmarks" / "results" / f"end-to-end-{kind}.md"
+    out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
