@@ -14,7 +14,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -117,6 +125,9 @@ class Route(BaseModel):
     )
     destinations: list[str] = Field(default_factory=list)
     priority: int = Field(default=0, ge=-10, le=10, description="higher is claimed sooner")
+    level: Literal["routine", "urgent", "critical"] = Field(
+        default="routine", description="the worklist level its studies start at (e.g. urgent for stroke CT)",
+    )
     quiet_period_s: float | None = Field(default=None, gt=0)
     expect_series: list[SeriesMatch] = Field(
         default_factory=list,
@@ -168,6 +179,45 @@ class ModelSettings(BaseModel):
         default=None, ge=0,
         description="GPU memory one run may use at most; unset: what the model declares; 0: no bound",
     )
+
+
+Level = Literal["routine", "urgent", "critical"]
+
+
+class TriageRule(BaseModel):
+    """A finding that raises a study's level (one ``[[triage]]`` table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    finding: str = Field(min_length=1, description='a model finding, e.g. "emphysema suspected"')
+    model: str | None = Field(default=None, description="only this model's finding; unset: any model's")
+    min_score: float = Field(default=0.5, ge=0, le=1, description="the score from which the rule applies")
+    level: Level = Field(default="urgent", description="the level the study is raised to")
+
+
+class Notification(BaseModel):
+    """Who is told when a study reaches a level (one ``[[notifications]]`` table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    type: Literal["hl7", "webhook"] = Field(description="hl7: ORU^R01 over MLLP; webhook: JSON POST")
+    min_level: Level = Field(default="critical", description="studies at or above this level are notified")
+    host: str | None = Field(default=None, description="the RIS's MLLP address (hl7)")
+    port: int | None = Field(default=None, ge=1, le=65535, description="its MLLP port (hl7)")
+    url: str | None = Field(default=None, description="where the JSON is POSTed (webhook)")
+    sending_facility: str = Field(default="AINODE", max_length=20, description="MSH-4 (hl7)")
+    receiving_application: str = Field(default="RIS", max_length=20, description="MSH-5 (hl7)")
+    receiving_facility: str = Field(default="HOSPITAL", max_length=20, description="MSH-6 (hl7)")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Notification:
+        if self.type == "hl7" and not (self.host and self.port):
+            raise ValueError(f"notification {self.name!r} (hl7) needs host and port")
+        if self.type == "webhook" and not (self.url and self.url.startswith(("http://", "https://"))):
+            raise ValueError(f"notification {self.name!r} (webhook) needs url = \"http(s)://...\"")
+        return self
 
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -279,6 +329,20 @@ class Settings(BaseSettings):
         description="Folders with TorchScript/ONNX models described by an ainode-model.toml "
                     "(a model folder, or a folder of model folders).",
     )
+    triage: list[TriageRule] = Field(
+        default_factory=list,
+        description="Findings that raise a study's level; without any, a finding marked present "
+                    "with a score of at least 0.5 raises it to urgent.",
+    )
+    notifications: list[Notification] = Field(default_factory=list)
+    api_host: str = Field(
+        default="127.0.0.1",
+        description="Address of the REST API, web worklist and /metrics; beyond loopback api_token is required.",
+    )
+    api_port: int = Field(default=8080, ge=0, le=65535, description="Its port; 0: no API.")
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token the API asks for (required when api_host is not loopback).",
+    )
     job_lease_s: float = Field(
         default=60.0, ge=1,
         description="A running job whose worker stops heartbeating for this long is retried.",
@@ -344,6 +408,21 @@ class Settings(BaseSettings):
                 if name not in names:
                     raise ValueError(f"route {route.name!r} sends to {name!r}, which is not in "
                                      f"[[destinations]] ({', '.join(names) or 'none configured'})")
+        return self
+
+    @model_validator(mode="after")
+    def _api_protected(self) -> Settings:
+        try:
+            loopback = ipaddress.ip_address(self.api_host).is_loopback
+        except ValueError:
+            raise ValueError(f"api_host {self.api_host!r} is not an IP address; use e.g. 127.0.0.1") from None
+        token = self.api_token.get_secret_value() if self.api_token else ""
+        if not loopback and self.api_port and len(token) < 16:
+            raise ValueError(f"api_host = {self.api_host!r} is reachable from the network: set api_token "
+                             "(at least 16 characters, e.g. from `openssl rand -hex 24`)")
+        names = [n.name for n in self.notifications]
+        if len(set(names)) != len(names):
+            raise ValueError("two [[notifications]] have the same name")
         return self
 
     @model_validator(mode="after")

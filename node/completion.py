@@ -17,9 +17,12 @@ from sqlalchemy.orm import Session
 
 from config.settings import Route, Settings
 from node.routing import SeriesView, StudyView, expected_series_present, route_study
+from node.triage import arrival_level, job_priority, raise_level, requested_priority
 from storage.db import writing
-from storage.models import Series, Study
+from storage.files import FileStore
+from storage.models import Instance, Series, Study
 from storage.queue import JobQueue, NewJob
+from storage.timeline import COMPLETED, record
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +92,21 @@ def load_study_view(conn: Connection, study_id: int) -> StudyView:
 class CompletionSweep:
     """Completes studies that are ready and queues their jobs (run periodically)."""
 
-    def __init__(self, engine: Engine, queue: JobQueue, policy: CompletionPolicy) -> None:
+    def __init__(self, engine: Engine, queue: JobQueue, policy: CompletionPolicy,
+                 store: FileStore | None = None) -> None:
+        """``store``: where the images are, to read the request's priority from one of
+        them (without it, studies start at their routes' level)."""
         self._engine = engine
         self._queue = queue
         self._policy = policy
+        self._store = store
+
+    def _requested_priority(self, conn: Connection, study_id: int) -> str | None:
+        if self._store is None:
+            return None
+        path = conn.execute(select(Instance.path).join(Series, Instance.series_id == Series.id)
+                            .where(Series.study_id == study_id).order_by(Instance.id).limit(1)).scalar()
+        return requested_priority(self._store.absolute(path)) if path else None
 
     def run(self, now: datetime | None = None) -> list[str]:
         """One sweep; the UIDs of the studies it completed."""
@@ -126,9 +140,16 @@ class CompletionSweep:
                 return None
             version = row.results_version + 1
             decisions = [d for d in route_study(self._policy.routes, view) if d.matched]
+            requested = self._requested_priority(conn, study_id)
+            arrival = arrival_level(requested, [d.route for d in decisions])
             conn.execute(update(Study).where(Study.id == study_id).values(
                 state=COMPLETE if decisions else DONE, results_version=version,
-                completed_at=now, completion_reason=reason))
+                completed_at=now, completion_reason=reason, requested_priority=requested))
+            record(conn, study_id, COMPLETED, f"{reason}; " + (
+                ", ".join(f"{d.route.name} -> {d.route.model}" for d in decisions) or "no route matched"),
+                version)
+            raise_level(conn, study_id, arrival, version)
+            level = str(conn.execute(select(Study.priority).where(Study.id == study_id)).scalar())
             for decision in decisions:
                 route = decision.route
                 self._queue.enqueue(NewJob(
@@ -139,7 +160,7 @@ class CompletionSweep:
                         "series": [s.series_instance_uid for s in decision.chosen],
                         "destinations": list(route.destinations),
                     },
-                    priority=route.priority, study_id=study_id, results_version=version,
+                    priority=job_priority(route.priority, level), study_id=study_id, results_version=version,
                 ), conn)
         log.info(
             "study %s complete (%s), results version %d: %s", view.study_instance_uid, reason,

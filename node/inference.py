@@ -31,13 +31,15 @@ from ai.registry import RegistryError, installed_models
 from ai.volume import NotAVolume, Volume, load_volume
 from config.settings import Settings
 from node.completion import encode_job
+from node.triage import after_findings, job_priority
 from node.workers import JobContext, PermanentJobError, current_study, queue_for
 from storage.db import dialect_insert, writing
 from storage.files import FileStore
 from storage.inventory import series_files
 from storage.models import Prediction as PredictionRow
-from storage.models import Series
+from storage.models import Series, WorkerStatus
 from storage.queue import ClaimedJob
+from storage.timeline import INFERRED, record
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,15 @@ class InferenceRunner:
                  ", ".join(f"{n} {m.model.version}" for n, m in models.items()) or "no models")
         return cls(settings, engine, torch_device, models)
 
+    def report_status(self, worker: str) -> None:
+        """Record the GPU memory this worker holds (for /metrics); CPU workers record none."""
+        used = int(torch.cuda.memory_reserved(self.device)) if self.device.type == "cuda" else None
+        with writing(self._engine) as conn:
+            conn.execute(dialect_insert(conn, WorkerStatus.__table__).values(
+                name=worker, device=str(self.device), gpu_memory_bytes=used, updated_at=time.time(),
+            ).on_conflict_do_update(index_elements=["name"], set_={
+                "device": str(self.device), "gpu_memory_bytes": used, "updated_at": time.time()}))
+
     def __call__(self, job: ClaimedJob, ctx: JobContext) -> None:
         name = job.payload["model"]
         loaded = self.models.get(name)
@@ -159,9 +170,18 @@ class InferenceRunner:
             if ctx.cancelled.is_set():
                 raise RuntimeError("cancelled")
             self._run_series(job, study, series_uid, loaded)
-        # Then the results are encoded and sent (the dedupe key makes a rerun harmless).
-        self._queue.enqueue(encode_job(study.study_instance_uid, name, int(job.results_version or 0),
-                                       dict(job.payload), job.priority, study.id))
+        # Triage on the findings, then the results are encoded and sent (the dedupe
+        # keys make a rerun harmless).
+        version = int(job.results_version or 0)
+        with writing(self._engine) as conn:
+            findings = [f for row in conn.execute(select(PredictionRow.findings).where(
+                PredictionRow.study_id == study.id, PredictionRow.model == name,
+                PredictionRow.results_version == version)).scalars() for f in row]
+            level = after_findings(conn, self._settings, self._queue, study.id, study.study_instance_uid,
+                                   version, name, findings)
+            # A study raised by its findings has its results delivered sooner too.
+            self._queue.enqueue(encode_job(study.study_instance_uid, name, version, dict(job.payload),
+                                           max(job.priority, job_priority(0, level)), study.id), conn)
 
     def _already_done(self, study_id: int, model: str, version: int, series_uid: str) -> bool:
         with self._engine.connect() as conn:
@@ -219,7 +239,12 @@ class InferenceRunner:
             created_at=time.time(),
         )
         with writing(self._engine) as conn:
-            conn.execute(dialect_insert(conn, PredictionRow.__table__).values(**row).on_conflict_do_nothing())
+            inserted = conn.execute(
+                dialect_insert(conn, PredictionRow.__table__).values(**row).on_conflict_do_nothing()).rowcount
+            if inserted:
+                record(conn, study.id, INFERRED, f"{model.name} {model.version} on {label}: "
+                       f"{loaded_at - started:.1f} s load + {finished - loaded_at:.1f} s on {self.device}",
+                       version)
         present = [f.name for f in prediction.findings if f.present]
         log.info("study %s v%d: %s on %s (%d slices) in %.1f s load + %.1f s on %s; findings: %s",
                  study.study_instance_uid, version, model.name, label, volume.shape[0],

@@ -107,9 +107,56 @@ def run_inference_worker(settings: Settings, name: str, ready: Any, device: str,
         ready.put((name, str(exc) if type(exc).__name__ == "InferenceStartupError"
                    else f"{type(exc).__name__}: {exc}"))
         return
-    worker = Worker(name, settings, engine, {"infer": runner})
+
+    def infer(job: Any, ctx: Any) -> None:
+        try:
+            runner(job, ctx)
+        finally:
+            _report(runner, name)
+
+    _report(runner, name)
+    worker = Worker(name, settings, engine, {"infer": infer})
     ready.put((name, None))
     worker.run(stop)
+    engine.dispose()
+
+
+def _report(runner: Any, name: str) -> None:
+    try:
+        runner.report_status(name)
+    except Exception as exc:  # metrics only: never fail a job for them
+        log.warning("%s could not record its status (%s)", name, type(exc).__name__)
+
+
+def run_api(settings: Settings, name: str, ready: Any) -> None:
+    """Body of the API process: the REST API, web worklist and /metrics (uvicorn)."""
+    import socket
+
+    import uvicorn
+
+    from node.api import create_app
+
+    _die_with_parent()
+    setup_logging(settings.log_level)
+    try:
+        engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
+        family = socket.AF_INET6 if ":" in settings.api_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.api_host, settings.api_port))
+        app = create_app(settings, engine)
+    except Exception as exc:
+        ready.put((name, f"{type(exc).__name__}: {exc}"))
+        return
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+
+    def report_ready() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        ready.put((name, None if server.started else "the web server did not start"))
+
+    threading.Thread(target=report_ready, daemon=True).start()
+    server.run(sockets=[sock])  # uvicorn handles SIGTERM/SIGINT: requests in flight finish
     engine.dispose()
 
 

@@ -34,6 +34,7 @@ from storage.files import FileStore
 from storage.inventory import series_files
 from storage.models import Prediction, ResultObject
 from storage.queue import ClaimedJob, NewJob
+from storage.timeline import DELIVERED, DELIVERY_FAILED, ENCODED, record, record_now
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class ResultsHandlers:
                 raise RuntimeError("cancelled")
             made += self._encode_one(study, prediction, key_images)
         with writing(self._engine) as conn:
+            record(conn, study.id, ENCODED, f"{model}: {', '.join(made)}", version)
             for name in destinations:
                 self._queue.enqueue(NewJob(
                     kind="send", dedupe_key=f"send:{study.study_instance_uid}:{model}:v{version}:{name}",
@@ -164,10 +166,17 @@ class ResultsHandlers:
                      study.study_instance_uid, version, job.payload["model"], destination.name,
                      ", ".join(destination.objects))
             return
-        if destination.type == "dicom":
-            self._c_store(destination, files)
-        else:
-            stow_rs(destination.url or "", files, destination.timeout_s)
+        try:
+            if destination.type == "dicom":
+                self._c_store(destination, files)
+            else:
+                stow_rs(destination.url or "", files, destination.timeout_s)
+        except Exception as exc:
+            record_now(self._engine, study.id, DELIVERY_FAILED,
+                       f"{destination.name}: {type(exc).__name__}: {exc}", version)
+            raise
+        record_now(self._engine, study.id, DELIVERED,
+                   f"{job.payload['model']}: {len(files)} object(s) to {destination.name}", version)
         log.info("study %s v%d: %d %s result object(s) delivered to %s", study.study_instance_uid,
                  version, len(files), job.payload["model"], destination.name)
 

@@ -36,6 +36,7 @@ from node.processes import (
     Role,
     StartupError,
     Supervisor,
+    run_api,
     run_inference_worker,
     run_listener,
     run_worker,
@@ -105,7 +106,7 @@ def listener_process_count(settings: Settings, cpu_count: int | None = None) -> 
     return max(2, min(8, cpu_count or os.cpu_count() or 1))
 
 
-def _check_port_free(host: str, port: int, wait_s: float = 5.0) -> None:
+def _check_port_free(host: str, port: int, wait_s: float = 5.0, setting: str = "--port") -> None:
     """Fail early, and clearly, when something else listens on the port: with
     SO_REUSEPORT a second node of the same user would otherwise share it silently."""
     deadline = time.monotonic() + wait_s
@@ -121,7 +122,7 @@ def _check_port_free(host: str, port: int, wait_s: float = 5.0) -> None:
                 if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                     raise StartupError(
                         f"cannot listen on {host}:{port}: {exc.strerror}; choose another "
-                        "--port or stop what uses it"
+                        f"{setting} or stop what uses it"
                     ) from None
         time.sleep(0.2)
 
@@ -130,7 +131,8 @@ def _scheduler(settings: Settings, engine: Engine) -> BackgroundScheduler:
     """The periodic tasks of the main process: completion sweep, retention cleanup
     and lease reaper."""
     queue = queue_for(settings, engine)
-    sweep = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings))
+    sweep = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings),
+                            FileStore(settings.data_dir))
 
     def guarded(task: Callable[[], Any], name: str) -> Callable[[], None]:
         def run() -> None:
@@ -236,6 +238,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
             log.warning("the previous run did not stop cleanly; reconciling files and database")
             reconcile(store, engine)
         _check_port_free(settings.host, settings.port)
+        if settings.api_port:
+            _check_port_free(settings.api_host, settings.api_port, setting="api_port")
 
         _stop_on_signals(stop)
 
@@ -244,6 +248,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         counters = ctx.Array("i", listeners, lock=False)
         roles = [Role(f"listener-{i + 1}", run_listener, (counters, i)) for i in range(listeners)]
         roles += worker_roles(settings)
+        if settings.api_port:
+            roles.append(Role("api", run_api))
         supervisor = Supervisor(settings, roles, ctx)
         scheduler = _scheduler(settings, engine)
         try:
@@ -257,6 +263,9 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
                 settings.data_dir.resolve(), engine.url.render_as_string(hide_password=True),
             )
             log.info("%s", AccessPolicy.from_settings(settings).describe())
+            if settings.api_port:
+                log.info("worklist, REST API and /metrics on http://%s:%d/%s", settings.api_host,
+                         settings.api_port, " (bearer token required)" if settings.api_token else "")
             while not stop.wait(1.0):
                 supervisor.watch()
         finally:

@@ -84,10 +84,12 @@ def current_study(engine: Engine, job: ClaimedJob) -> Any:
 def job_handlers(settings: Settings, engine: Engine) -> dict[str, Handler]:
     """The job kinds a general worker runs, and their handlers (inference workers run
     ``infer``)."""
+    from node.notify import NotificationHandler
     from node.results import ResultsHandlers  # highdicom is loaded by workers only
 
     results = ResultsHandlers(settings, engine)
-    return {"noop": run_noop, "encode": results.encode, "send": results.send}
+    return {"noop": run_noop, "encode": results.encode, "send": results.send,
+            "notify": NotificationHandler(settings, engine).notify}
 
 
 def queue_for(settings: Settings, engine: Engine) -> JobQueue:

@@ -83,6 +83,11 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     log_offset: int = 0
+    api_port: int = field(default_factory=lambda: free_port())
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def address(self) -> str:
@@ -96,7 +101,7 @@ class Node:
 
     def start(self, timeout: float = 30.0) -> Node:
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
-        env = {**os.environ, **self.extra_env}
+        env = {**os.environ, "AINODE_API_PORT": str(self.api_port), **self.extra_env}
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

@@ -80,8 +80,10 @@ def phantom_volume(phantom: ChestPhantom, kernel: str = "B30f") -> Volume:
 
 
 def write_phantom_series(phantom: ChestPhantom, folder: Path, kernel: str = "B30f",
-                         study_uid: str | None = None, description: str = "Phantom chest") -> list[Path]:
-    """The phantom as a CT series of Part 10 files (explicit VR little endian)."""
+                         study_uid: str | None = None, description: str = "Phantom chest",
+                         attributes: dict[str, object] | None = None) -> list[Path]:
+    """The phantom as a CT series of Part 10 files (explicit VR little endian);
+    ``attributes`` (keyword: value) are set on every image."""
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid(TEST_UID_ROOT)
     series_uid, frame_uid = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
@@ -109,6 +111,8 @@ def write_phantom_series(phantom: ChestPhantom, folder: Path, kernel: str = "B30
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope = 0, 1
         ds.PixelData = image.astype(np.int16).tobytes()
+        for keyword, value in (attributes or {}).items():
+            setattr(ds, keyword, value)
         path = folder / f"{i + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

@@ -70,7 +70,15 @@ def test_unknown_setting_and_bad_toml_in_config_file(tmp_path: Path) -> None:
 def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
     import re
 
-    from config.settings import Destination, ModelSettings, Route, SeriesMatch, Settings
+    from config.settings import (
+        Destination,
+        ModelSettings,
+        Notification,
+        Route,
+        SeriesMatch,
+        Settings,
+        TriageRule,
+    )
 
     example = REPO / "config" / "ainode.example.toml"
     result = _ainode("config", "show", "--config", str(example))
@@ -86,6 +94,8 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
             f"model setting {name} is not in the example"
     for name in Route.model_fields:
         assert f"# {name} =" in text or f"# [routes.{name}]" in text, f"route {name} not in the example"
+    for name in [*TriageRule.model_fields, *Notification.model_fields]:
+        assert f"# {name} =" in text, f"triage/notification {name} is not in the example"
     for name in SeriesMatch.model_fields:
         assert f"# {name} =" in text, f"match {name} is not in the example"
     # With every setting uncommented, the example is still a valid configuration.

@@ -132,7 +132,7 @@ def test_a_killed_listener_process_is_replaced_and_the_node_keeps_serving(node_f
     import signal
     import time
 
-    node: Node = node_factory("listener_processes = 2\nworkers = 0\n").start()
+    node: Node = node_factory("listener_processes = 2\nworkers = 0\n", extra_env={"AINODE_API_PORT": "0"}).start()
     listeners = _listener_pids(node)
     assert len([p for p in listeners if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]) == 2
     victim = next(p for p in listeners if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text())

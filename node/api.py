@@ -1,0 +1,348 @@
+"""The REST API, the web worklist and ``/metrics`` (FastAPI), served by its own
+process of ``ainode serve`` on ``api_host:api_port`` (127.0.0.1:8080 by default).
+
+Everything is read from the database, so the API shows what every process of the
+node (and ``ainode worker`` machines) did. With ``api_token`` set, every endpoint
+but ``/api/health`` and the worklist page itself asks for ``Authorization: Bearer
+<token>``; the settings refuse an API bound beyond loopback without one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import shutil
+import time
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine, select
+
+from config.settings import Settings
+from node.metrics import metrics_text
+from node.triage import LEVELS, rank
+from node.workers import queue_for
+from storage.models import Job, Prediction, Series, Study
+from storage.timeline import epoch, timeline
+
+VERSION = "0.1.0"
+
+
+# --- response models (the OpenAPI schema is generated from these) ---------------------
+
+class Finding(BaseModel):
+    model: str
+    name: str
+    score: float
+    present: bool
+
+
+class StudySummary(BaseModel):
+    study_instance_uid: str
+    accession_number: str | None
+    study_date: str | None
+    study_description: str | None
+    modalities: list[str]
+    state: str = Field(description="receiving, complete (work queued) or done")
+    results_version: int
+    priority: Literal["routine", "urgent", "critical"]
+    priority_reason: str | None
+    requested_priority: str | None
+    first_received_at: float = Field(description="seconds since the epoch (UTC)")
+    last_received_at: float
+    age_s: float = Field(description="seconds since the last image arrived")
+    findings: list[Finding] = Field(description="of the current results version")
+    delivery: Literal["none", "pending", "delivered", "failed"] = Field(
+        description="of the current results version's results: none (no destination or not yet made), "
+                    "pending (queued or running), delivered, failed (a delivery is dead)")
+
+
+class TimelineStep(BaseModel):
+    step: str = Field(description="first_image, last_image, completed, prioritized, inferred, encoded, "
+                                  "delivered, delivery_failed, notified, notify_failed")
+    at: float
+    detail: str | None
+    results_version: int | None
+
+
+class JobView(BaseModel):
+    id: int
+    kind: str
+    state: Literal["queued", "running", "succeeded", "dead"]
+    priority: int
+    attempts: int
+    max_attempts: int
+    study_instance_uid: str | None
+    results_version: int | None
+    last_error: str | None
+    created_at: float
+    run_after: float
+    finished_at: float | None
+
+
+class StudyDetail(StudySummary):
+    timeline: list[TimelineStep]
+    jobs: list[JobView]
+
+
+class RetryResult(BaseModel):
+    requeued: int
+
+
+class ModelView(BaseModel):
+    name: str
+    version: str
+    modalities: list[str]
+    segments: list[str]
+    findings: list[str]
+    source: str
+    routes: list[str]
+
+
+class DestinationView(BaseModel):
+    name: str
+    type: Literal["dicom", "dicomweb"]
+    address: str
+    objects: list[str]
+
+
+class EchoResult(BaseModel):
+    name: str
+    ok: bool
+    message: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    version: str
+    database: str
+    disk_free_bytes: int
+    jobs: dict[str, dict[str, int]]
+
+
+# --- the application ---------------------------------------------------------------------
+
+def _summary_rows(engine: Engine, studies: list[Any]) -> list[StudySummary]:
+    if not studies:
+        return []
+    ids = [s.id for s in studies]
+    now = time.time()
+    with engine.connect() as conn:
+        modalities: dict[int, set[str]] = {}
+        for study_id, modality in conn.execute(select(Series.study_id, Series.modality)
+                                               .where(Series.study_id.in_(ids))):
+            if modality:
+                modalities.setdefault(study_id, set()).add(modality)
+        findings: dict[int, list[Finding]] = {}
+        versions = {s.id: s.results_version for s in studies}
+        for p in conn.execute(select(Prediction.study_id, Prediction.results_version, Prediction.model,
+                                     Prediction.findings).where(Prediction.study_id.in_(ids))):
+            if p.results_version == versions[p.study_id]:
+                findings.setdefault(p.study_id, []).extend(
+                    Finding(model=p.model, name=f["name"], score=f["score"], present=f["present"])
+                    for f in p.findings)
+        work: dict[int, list[tuple[str, str]]] = {}  # the current version's (kind, state)
+        for study_id, version, kind, state in conn.execute(
+                select(Job.study_id, Job.results_version, Job.kind, Job.state)
+                .where(Job.study_id.in_(ids), Job.kind.in_(("infer", "encode", "send")))):
+            if version == versions[study_id]:
+                work.setdefault(study_id, []).append((kind, state))
+
+    def delivery(study_id: int) -> str:
+        jobs = work.get(study_id, [])
+        if any(state == "dead" for _, state in jobs):
+            return "failed"
+        if any(state in ("queued", "running") for _, state in jobs):
+            return "pending"
+        return "delivered" if any(kind == "send" for kind, _ in jobs) else "none"
+
+    return [StudySummary(
+        study_instance_uid=s.study_instance_uid, accession_number=s.accession_number, study_date=s.study_date,
+        study_description=s.study_description, modalities=sorted(modalities.get(s.id, ())), state=s.state,
+        results_version=s.results_version, priority=s.priority if s.priority in LEVELS else "routine",
+        priority_reason=s.priority_reason, requested_priority=s.requested_priority,
+        first_received_at=epoch(s.first_received_at), last_received_at=epoch(s.last_received_at),
+        age_s=max(0.0, now - epoch(s.last_received_at)), findings=findings.get(s.id, []),
+        delivery=delivery(s.id),  # type: ignore[arg-type]
+    ) for s in studies]
+
+
+def _job_view(row: Any, uids: dict[int, str]) -> JobView:
+    return JobView(id=row.id, kind=row.kind, state=row.state, priority=row.priority, attempts=row.attempts,
+                   max_attempts=row.max_attempts, study_instance_uid=uids.get(row.study_id),
+                   results_version=row.results_version, last_error=row.last_error, created_at=row.created_at,
+                   run_after=row.run_after, finished_at=row.finished_at)
+
+
+def _jobs(engine: Engine, where: Any, limit: int) -> list[JobView]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(Job).where(where).order_by(Job.id.desc()).limit(limit)).all()
+        ids = {r.study_id for r in rows if r.study_id is not None}
+        uids = dict(conn.execute(select(Study.id, Study.study_instance_uid).where(Study.id.in_(ids))).all())
+    return [_job_view(r, uids) for r in rows]
+
+
+def create_app(settings: Settings, engine: Engine) -> FastAPI:
+    """The API for one node's settings and database."""
+    app = FastAPI(
+        title="AINode", version=VERSION,
+        description="Worklist, study timelines, jobs, models and destinations of an AINode, and its metrics.",
+    )
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    queue = queue_for(settings, engine)
+
+    def authorized(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise HTTPException(401, "a valid bearer token is required (api_token)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    protected = APIRouter(dependencies=[Depends(authorized)])
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def worklist_page() -> str:
+        return resources.files("node").joinpath("web/worklist.html").read_text(encoding="utf-8")
+
+    @app.get("/api/health", response_model=Health, tags=["node"])
+    def health() -> Health:
+        """Whether the node's database answers, its free disk space and its jobs (no token needed)."""
+        try:
+            jobs = queue.counts()
+            database, status = "ok", "ok"
+        except Exception as exc:
+            jobs, database, status = {}, f"unavailable ({type(exc).__name__})", "degraded"
+        free = shutil.disk_usage(settings.data_dir).free if settings.data_dir.exists() else 0
+        return Health(status=status, version=VERSION, database=database,  # type: ignore[arg-type]
+                      disk_free_bytes=free, jobs=jobs)
+
+    @protected.get("/api/studies", response_model=list[StudySummary], tags=["worklist"])
+    def studies(
+        priority: Annotated[list[Literal["routine", "urgent", "critical"]] | None, Query()] = None,
+        state: Annotated[list[Literal["receiving", "complete", "done"]] | None, Query()] = None,
+        accession_number: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> list[StudySummary]:
+        """The worklist: most urgent first, then the longest waiting."""
+        query = select(Study)
+        if priority:
+            query = query.where(Study.priority.in_(priority))
+        if state:
+            query = query.where(Study.state.in_(state))
+        if accession_number:
+            query = query.where(Study.accession_number == accession_number)
+        with engine.connect() as conn:
+            rows = conn.execute(query.order_by(Study.last_received_at.desc()).limit(5000)).all()
+        rows = sorted(rows, key=lambda s: (-rank(s.priority), epoch(s.last_received_at)))[:limit]
+        return _summary_rows(engine, rows)
+
+    @protected.get("/api/studies/{study_instance_uid}", response_model=StudyDetail, tags=["worklist"],
+             responses={404: {"description": "no such study"}})
+    def study(study_instance_uid: str) -> StudyDetail:
+        """One study: its summary, the time of each step, and its jobs."""
+        with engine.connect() as conn:
+            row = conn.execute(select(Study).where(Study.study_instance_uid == study_instance_uid)).one_or_none()
+            if row is None:
+                raise HTTPException(404, "no such study")
+            steps = timeline(conn, row.id)
+        [summary] = _summary_rows(engine, [row])
+        return StudyDetail(**summary.model_dump(),
+                           timeline=[TimelineStep(step=s.step, at=s.at, detail=s.detail,
+                                                  results_version=s.results_version) for s in steps],
+                           jobs=_jobs(engine, Job.study_id == row.id, 200))
+
+    @protected.get("/api/jobs", response_model=list[JobView], tags=["jobs"])
+    def jobs(
+        state: Annotated[list[Literal["queued", "running", "succeeded", "dead"]] | None, Query()] = None,
+        kind: Annotated[list[str] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> list[JobView]:
+        """Jobs, newest first."""
+        where = Job.id.is_not(None)
+        if state:
+            where = where & Job.state.in_(state)
+        if kind:
+            where = where & Job.kind.in_(kind)
+        return _jobs(engine, where, limit)
+
+    @protected.get("/api/dead-letters", response_model=list[JobView], tags=["jobs"])
+    def dead_letters(limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[JobView]:
+        """Jobs that failed for good (or too often), waiting for a person."""
+        return _jobs(engine, Job.state == "dead", limit)
+
+    @protected.post("/api/jobs/{job_id}/retry", response_model=RetryResult, tags=["jobs"],
+              responses={404: {"description": "no such job, or it is running"}})
+    def retry(job_id: int) -> RetryResult:
+        """Run a dead, waiting or succeeded job again, attempts reset."""
+        n = queue.retry(job_id=job_id)
+        if n == 0:
+            raise HTTPException(404, f"job {job_id} does not exist or is running")
+        return RetryResult(requeued=n)
+
+    @protected.get("/api/models", response_model=list[ModelView], tags=["configuration"])
+    def models() -> list[ModelView]:
+        """The models installed on this machine, and the routes that use them."""
+        from ai.registry import installed_models
+
+        found = []
+        for name, model in sorted(installed_models(settings.model_folders).items()):
+            instance = model.create(settings.models[name].options if name in settings.models else None)
+            found.append(ModelView(
+                name=name, version=instance.version, modalities=list(instance.accepts.modalities),
+                segments=[s.name for s in instance.outputs.segments],
+                findings=[f.name for f in instance.outputs.findings], source=model.source,
+                routes=[r.name for r in settings.routes if r.model == name and r.enabled]))
+        return found
+
+    @protected.get("/api/destinations", response_model=list[DestinationView], tags=["configuration"])
+    def destinations() -> list[DestinationView]:
+        """Where results are sent."""
+        return [DestinationView(name=d.name, type=d.type, objects=list(d.objects),
+                                address=(f"{d.ae_title}@{d.host}:{d.port}" if d.type == "dicom" else d.url or ""))
+                for d in settings.destinations]
+
+    @protected.post("/api/destinations/{name}/echo", response_model=EchoResult, tags=["configuration"],
+              responses={404: {"description": "no such destination"}})
+    def echo(name: str) -> EchoResult:
+        """Check a destination now: C-ECHO for DICOM, an HTTP request for DICOMweb."""
+        from node.scu import PeerAddress
+        from node.scu import echo as c_echo
+
+        destination = next((d for d in settings.destinations if d.name == name), None)
+        if destination is None:
+            raise HTTPException(404, f"no destination {name!r}")
+        if destination.type == "dicom":
+            ok, message = c_echo(PeerAddress(destination.ae_title or "", destination.host or "",
+                                             int(destination.port or 0)), settings.ae_title,
+                                 timeout_s=min(destination.timeout_s, 10.0))
+        else:
+            ok, message = _http_check(destination.url or "", min(destination.timeout_s, 10.0))
+        return EchoResult(name=name, ok=ok, message=message)
+
+    @protected.get("/metrics", tags=["node"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    def metrics() -> Response:
+        """Prometheus metrics, computed from the database at each scrape."""
+        body, content_type = metrics_text(settings, engine)
+        return Response(body, media_type=content_type)
+
+    app.include_router(protected)
+    return app
+
+
+def _http_check(url: str, timeout_s: float) -> tuple[bool, str]:
+    from urllib.error import HTTPError, URLError
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(url.rstrip("/") + "/studies?limit=1", timeout=timeout_s) as response:  # noqa: S310
+            return True, f"HTTP {response.status}"
+    except HTTPError as exc:
+        return exc.code < 500, f"HTTP {exc.code}"
+    except (URLError, OSError) as exc:
+        return False, f"unreachable: {getattr(exc, 'reason', exc)}"
+

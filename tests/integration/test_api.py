@@ -1,0 +1,108 @@
+"""The REST API of a running node: a valid OpenAPI schema, the token beyond loopback,
+dead letters retried, destinations checked live (C-ECHO to dcmtk's storescp)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError
+
+import pytest
+from openapi_spec_validator import validate
+
+from tests.conftest import Node, free_port, missing_peer, peer_env, wait_until
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+def _call(url: str, method: str = "GET", token: str | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, body = response.status, response.read()
+    except HTTPError as exc:
+        status, body = exc.code, exc.read()
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode()
+
+
+def test_schema_jobs_dead_letters_and_destinations(node_factory, tmp_path: Path) -> None:
+    storescp = shutil.which("storescp", path="/usr/bin")
+    if storescp is None:
+        missing_peer("dcmtk's storescp is not installed")
+    scp_port = free_port()
+    scp = subprocess.Popen([storescp, "-aet", "ARCHIVE", "-od", str(tmp_path), str(scp_port)],
+                           env=peer_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = f"""\
+job_max_attempts = 1
+[[destinations]]
+name = "archive"
+ae_title = "ARCHIVE"
+host = "127.0.0.1"
+port = {scp_port}
+[[destinations]]
+name = "nowhere"
+ae_title = "NOBODY"
+host = "127.0.0.1"
+port = {free_port()}
+"""
+    node: Node = node_factory(config).start()
+    try:
+        status, schema = _call(node.api_url + "/openapi.json")
+        assert status == 200
+        validate(schema)  # raises unless it is a valid OpenAPI document
+        assert {"/api/studies", "/api/studies/{study_instance_uid}", "/api/jobs", "/api/dead-letters",
+                "/api/jobs/{job_id}/retry", "/api/models", "/api/destinations",
+                "/api/destinations/{name}/echo", "/api/health", "/metrics"} <= set(schema["paths"])
+
+        status, health = _call(node.api_url + "/api/health")
+        assert status == 200 and health["status"] == "ok" and health["database"] == "ok"
+
+        # A job that fails for good is a dead letter until someone retries it.
+        node.run("selftest", "queue", "--jobs", "1", "--fail")
+        [dead] = wait_until(lambda: _call(node.api_url + "/api/dead-letters")[1], 30, "a dead letter")
+        assert dead["kind"] == "noop" and "told to fail" in dead["last_error"]
+        assert _call(node.api_url + f"/api/jobs/{dead['id']}/retry", "POST") == (200, {"requeued": 1})
+        wait_until(lambda: _call(node.api_url + "/api/jobs?kind=noop")[1][0]["attempts"] == 1
+                   and _call(node.api_url + "/api/dead-letters")[1], 30, "the retried job to fail again")
+        assert _call(node.api_url + "/api/jobs/999999/retry", "POST")[0] == 404
+
+        status, destinations = _call(node.api_url + "/api/destinations")
+        assert [d["address"] for d in destinations][0] == f"ARCHIVE@127.0.0.1:{scp_port}"
+        status, echo = _call(node.api_url + "/api/destinations/archive/echo", "POST")
+        assert status == 200 and echo["ok"] is True
+        status, echo = _call(node.api_url + "/api/destinations/nowhere/echo", "POST")
+        assert status == 200 and echo["ok"] is False
+        assert _call(node.api_url + "/api/destinations/missing/echo", "POST")[0] == 404
+
+        status, models = _call(node.api_url + "/api/models")
+        assert status == 200 and models[0]["name"] == "ct-chest" and models[0]["routes"] == ["ct-chest"]
+        status, metrics = _call(node.api_url + "/metrics")
+        assert status == 200 and 'ainode_jobs{kind="noop",state="dead"} 1.0' in metrics
+    finally:
+        scp.terminate()
+        scp.wait(10)
+
+
+def test_beyond_loopback_the_api_asks_for_its_token(node_factory) -> None:
+    refused = node_factory('api_host = "0.0.0.0"\n')
+    started = subprocess.run(refused.command("serve", "--port", str(refused.port)), capture_output=True,
+                             text=True, timeout=60)
+    assert started.returncode != 0 and "api_token" in started.stderr
+
+    node: Node = node_factory(f'api_host = "0.0.0.0"\napi_token = "{TOKEN}"\n').start()
+    for path in ("/api/studies", "/api/jobs", "/api/dead-letters", "/metrics"):
+        assert _call(node.api_url + path)[0] == 401
+        assert _call(node.api_url + path, token="wrong-token-0123456789")[0] == 401
+        assert _call(node.api_url + path, token=TOKEN)[0] == 200
+    assert _call(node.api_url + "/api/jobs/1/retry", "POST")[0] == 401
+    assert _call(node.api_url + "/api/health")[0] == 200  # for load balancers; says nothing private
