@@ -62,6 +62,14 @@ def _address(text: str) -> Any:
         _fail(str(exc), 2)
 
 
+def _private_files() -> None:
+    """Everything the node's processes create (images, results, the SQLite database
+    and its journal, label maps) is readable by the service's user only."""
+    import os
+
+    os.umask(0o077)
+
+
 @app.command()
 def serve(
     config: ConfigOpt = None,
@@ -76,6 +84,7 @@ def serve(
 
     settings = _settings(config, data_dir, port=port, ae_title=ae_title, host=host)
     setup_logging(settings.log_level)
+    _private_files()
     try:
         code = run(settings)
     except (DataDirInUse, StartupError) as exc:
@@ -100,6 +109,7 @@ def worker(
 
     settings = _settings(config, data_dir)
     setup_logging(settings.log_level)
+    _private_files()
     try:
         code = run_workers(settings)
     except StartupError as exc:

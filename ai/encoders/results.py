@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -43,10 +44,32 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID
           "StudyTime", "AccessionNumber", "ReferringPhysicianName")
 
 
+def _valid(keyword: str, value: Any) -> bool:
+    """Whether a date/time the encoders parse is one (images in the wild carry
+    19340229 and the like; highdicom would refuse the whole result over it)."""
+    text = str(value or "").strip()
+    if not text:
+        return True
+    try:
+        if keyword.endswith("Date"):
+            datetime.strptime(text[:8], "%Y%m%d")
+        elif keyword.endswith("Time"):
+            # HH[MM[SS[.FFFFFF]]] (pydicom's own check logs the value: not here).
+            whole = text.split(".")[0]
+            if len(whole) not in (2, 4, 6) or not whole.isdigit():
+                return False
+            datetime.strptime(whole, "%H%M%S"[:len(whole)])
+    except ValueError:
+        return False
+    return True
+
+
 def _complete_type2(sources: Sequence[Dataset]) -> None:
+    """Absent Type 2 attributes become empty, and so do unusable dates and times
+    (Type 2: empty means unknown, which an impossible date is)."""
     for ds in sources:
         for keyword in _TYPE2:
-            if keyword not in ds:
+            if keyword not in ds or not _valid(keyword, ds[keyword].value):
                 setattr(ds, keyword, "")
 
 

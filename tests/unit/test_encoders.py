@@ -95,3 +95,11 @@ def test_key_images_outline_each_segment_where_it_is_largest() -> None:
     again = encode_prediction(identity, OUTPUTS, MEASUREMENTS, FINDINGS, sources, labelmap, uids,
                               [1] * len(uids), slice_values=lambda i: hu)
     assert [o.dataset.SOPInstanceUID for o in again if o.kind == "sc"] == [i.SOPInstanceUID for i in images]
+
+
+def test_an_impossible_birth_date_does_not_stop_the_results() -> None:
+    identity, sources, labelmap = _inputs()
+    for ds in sources:
+        ds.PatientBirthDate, ds.StudyTime = "19340229", "256199"  # no 29 February in 1934; no hour 25
+    objects = _encode(identity, sources, labelmap)
+    assert objects["seg"].PatientBirthDate == "" and objects["sr"].PatientBirthDate == ""
