@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ingest import ENV, STORESCU, free_port, peak_rss_mib, wait_port  # noqa: E402
+from benchmarks.ingest import ENV, STORESCU, free_port, peak_rss_mib, stop, wait_port  # noqa: E402
 from tests.orthanc import Orthanc  # noqa: E402
 
 QUIET_PERIOD_S = 2.0
@@ -169,11 +169,7 @@ def main() -> None:
             print((work / "ainode.log").read_text()[-3000:], file=sys.stderr)
             raise
         finally:
-            node.terminate()
-            try:
-                node.wait(60)
-            except subprocess.TimeoutExpired:
-                node.kill()
+            stop(node, 60)
             orthanc.stop()
 
     kind = "cuda" if args.device.startswith("cuda") else "cpu"

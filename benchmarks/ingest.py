@@ -68,6 +68,15 @@ def peak_rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited in ``timeout_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @dataclass
 class Receiver:
     name: str
@@ -139,11 +148,7 @@ def run(receiver: Receiver, folders: list[Path], images: int) -> tuple[float, fl
             seconds = send(port, receiver.ae_title, folders)
             rss = peak_rss_mib(proc.pid)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
         return images / seconds, rss
 
 

@@ -18,9 +18,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, case, select
 
 from config.settings import Settings
+from node.httpclient import Unreachable, http_request
 from node.metrics import metrics_text
 from node.triage import LEVELS, rank
 from node.workers import queue_for
@@ -236,8 +237,8 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         if accession_number:
             query = query.where(Study.accession_number == accession_number)
         with engine.connect() as conn:
-            rows = conn.execute(query.order_by(Study.last_received_at.desc()).limit(5000)).all()
-        rows = sorted(rows, key=lambda s: (-rank(s.priority), epoch(s.last_received_at)))[:limit]
+            level = case({name: rank(name) for name in LEVELS}, value=Study.priority, else_=0)
+            rows = conn.execute(query.order_by(level.desc(), Study.last_received_at).limit(limit)).all()
         return _summary_rows(engine, rows)
 
     @protected.get("/api/studies/{study_instance_uid}", response_model=StudyDetail, tags=["worklist"],
@@ -335,14 +336,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
 
 def _http_check(url: str, timeout_s: float) -> tuple[bool, str]:
-    from urllib.error import HTTPError, URLError
-    from urllib.request import urlopen
-
     try:
-        with urlopen(url.rstrip("/") + "/studies?limit=1", timeout=timeout_s) as response:  # noqa: S310
-            return True, f"HTTP {response.status}"
-    except HTTPError as exc:
-        return exc.code < 500, f"HTTP {exc.code}"
-    except (URLError, OSError) as exc:
-        return False, f"unreachable: {getattr(exc, 'reason', exc)}"
+        status, _ = http_request(url.rstrip("/") + "/studies?limit=1", timeout_s=timeout_s)
+    except Unreachable as exc:
+        return False, f"unreachable: {exc}"
+    return status < 500, f"HTTP {status}"
 

@@ -20,7 +20,8 @@ from node.routing import SeriesView, StudyView, expected_series_present, route_s
 from node.triage import arrival_level, job_priority, raise_level, requested_priority
 from storage.db import writing
 from storage.files import FileStore
-from storage.models import Instance, Series, Study
+from storage.inventory import first_instance_path
+from storage.models import Series, Study
 from storage.queue import JobQueue, NewJob
 from storage.timeline import COMPLETED, record
 
@@ -104,8 +105,7 @@ class CompletionSweep:
     def _requested_priority(self, conn: Connection, study_id: int) -> str | None:
         if self._store is None:
             return None
-        path = conn.execute(select(Instance.path).join(Series, Instance.series_id == Series.id)
-                            .where(Series.study_id == study_id).order_by(Instance.id).limit(1)).scalar()
+        path = first_instance_path(conn, study_id)
         return requested_priority(self._store.absolute(path)) if path else None
 
     def run(self, now: datetime | None = None) -> list[str]:
@@ -148,8 +148,7 @@ class CompletionSweep:
             record(conn, study_id, COMPLETED, f"{reason}; " + (
                 ", ".join(f"{d.route.name} -> {d.route.model}" for d in decisions) or "no route matched"),
                 version)
-            raise_level(conn, study_id, arrival, version)
-            level = str(conn.execute(select(Study.priority).where(Study.id == study_id)).scalar())
+            level = raise_level(conn, study_id, arrival, version)
             for decision in decisions:
                 route = decision.route
                 self._queue.enqueue(NewJob(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from urllib.error import HTTPError, URLError
-from urllib.request import Request, urlopen
+
+from node.httpclient import Unreachable, http_request
 
 _FAILED_SOP_SEQUENCE = "00081198"
 
@@ -20,19 +20,12 @@ def stow_rs(base_url: str, files: list[Path], timeout_s: float = 30.0) -> None:
     for path in files:
         parts += [b"--", boundary, b"\r\nContent-Type: application/dicom\r\n\r\n", path.read_bytes(), b"\r\n"]
     body = b"".join([*parts, b"--", boundary, b"--\r\n"])
-    request = Request(
-        base_url.rstrip("/") + "/studies", data=body, method="POST",
-        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary.decode()}',
-                 "Accept": "application/dicom+json"},
-    )
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary.decode()}',
+               "Accept": "application/dicom+json"}
     try:
-        with urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (URL from the configuration)
-            status, text = response.status, response.read()
-    except HTTPError as exc:
-        status, text = exc.code, exc.read()
-    except (URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise RuntimeError(f"STOW-RS to {base_url} failed: {reason}") from None
+        status, text = http_request(base_url.rstrip("/") + "/studies", body, headers, "POST", timeout_s)
+    except Unreachable as exc:
+        raise RuntimeError(f"STOW-RS to {base_url} failed: {exc}") from None
     failed = 0
     try:
         failed = len(json.loads(text or b"{}").get(_FAILED_SOP_SEQUENCE, {}).get("Value", []))

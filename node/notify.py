@@ -15,16 +15,16 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.error import HTTPError, URLError
-from urllib.request import Request, urlopen
 
 from pydicom import dcmread
 from sqlalchemy import Engine, select
 
 from config.settings import Notification, Settings
+from node.httpclient import Unreachable, http_request
 from node.workers import JobContext, PermanentJobError, current_study
 from storage.files import FileStore
-from storage.models import Instance, Prediction, Series, Study
+from storage.inventory import first_instance_path
+from storage.models import Prediction, Study
 from storage.queue import ClaimedJob
 from storage.timeline import NOTIFIED, NOTIFY_FAILED, record_now
 
@@ -104,15 +104,11 @@ def send_mllp(host: str, port: int, message: str, timeout_s: float) -> str:
 
 
 def post_webhook(url: str, document: dict[str, Any], timeout_s: float) -> int:
-    request = Request(url, data=json.dumps(document).encode(), method="POST",
-                      headers={"Content-Type": "application/json", "User-Agent": "AINode"})
     try:
-        with urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (URL from the configuration)
-            status = int(response.status)
-    except HTTPError as exc:
-        status = exc.code
-    except (URLError, OSError) as exc:
-        raise RuntimeError(f"webhook unreachable: {getattr(exc, 'reason', exc)}") from None
+        status, _ = http_request(url, json.dumps(document).encode(),
+                                 {"Content-Type": "application/json", "User-Agent": "AINode"}, "POST", timeout_s)
+    except Unreachable as exc:
+        raise RuntimeError(f"webhook unreachable: {exc}") from None
     if not 200 <= status < 300:
         raise RuntimeError(f"webhook answered HTTP {status}")
     return status
@@ -138,8 +134,7 @@ class NotificationHandler:
             accession = conn.execute(select(Study.accession_number).where(Study.id == study.id)).scalar()
             findings = [f for row in conn.execute(select(Prediction.findings).where(
                 Prediction.study_id == study.id, Prediction.results_version == version)).scalars() for f in row]
-            path = conn.execute(select(Instance.path).join(Series, Instance.series_id == Series.id)
-                                .where(Series.study_id == study.id).order_by(Instance.id).limit(1)).scalar()
+            path = first_instance_path(conn, study.id)
         patient: dict[str, str] = {}
         if path:
             try:

@@ -78,8 +78,7 @@ def arrival_level(requested: str | None, routes: Sequence[Route]) -> Decision:
         candidates.append(Decision(REQUEST_LEVELS[requested], f"request priority {requested}"))
     for route in routes:
         candidates.append(Decision(route.level, f"route {route.name}"))
-    best = max(candidates, key=lambda d: rank(d.level))
-    return best
+    return max(candidates, key=lambda d: rank(d.level))
 
 
 def findings_level(rules: Sequence[TriageRule], model: str, findings: Sequence[dict[str, Any]]) -> Decision | None:
@@ -99,16 +98,16 @@ def findings_level(rules: Sequence[TriageRule], model: str, findings: Sequence[d
     return max(reached, key=lambda d: rank(d.level)) if reached else None
 
 
-def raise_level(conn: Connection, study_id: int, decision: Decision, results_version: int | None) -> bool:
+def raise_level(conn: Connection, study_id: int, decision: Decision, results_version: int | None) -> str:
     """Raise the study to ``decision``'s level if that is higher (in the caller's
-    transaction, the study row locked); say whether it rose."""
+    transaction, the study row locked); the study's level after."""
     current = conn.execute(select(Study.priority).where(Study.id == study_id).with_for_update()).scalar()
     if current is not None and rank(decision.level) <= rank(current):
-        return False
+        return str(current)
     conn.execute(update(Study).where(Study.id == study_id).values(
         priority=decision.level, priority_reason=decision.reason[:200]))
     record(conn, study_id, PRIORITIZED, f"{decision.level}: {decision.reason}", results_version)
-    return True
+    return decision.level
 
 
 def notify_jobs(conn: Connection, queue: JobQueue, notifications: Sequence[Notification], study_id: int,
@@ -135,11 +134,12 @@ def after_findings(conn: Connection, settings: Settings, queue: JobQueue, study_
     findings' level meets (notifications are about results, so a study's level at
     arrival alone notifies no one); the study's level after."""
     decision = findings_level(settings.triage, model, findings)
-    if decision is not None:
-        if raise_level(conn, study_id, decision, results_version):
-            log.info("study %s raised to %s (%s)", study_uid, decision.level, decision.reason)
-        sent = notify_jobs(conn, queue, settings.notifications, study_id, study_uid, results_version,
-                           decision.level, decision.reason)
-        if sent:
-            log.info("study %s: notifying %s", study_uid, ", ".join(sent))
-    return str(conn.execute(select(Study.priority).where(Study.id == study_id)).scalar() or "routine")
+    if decision is None:
+        return str(conn.execute(select(Study.priority).where(Study.id == study_id)).scalar() or "routine")
+    level = raise_level(conn, study_id, decision, results_version)
+    log.info("study %s: %s reaches %s; the study is %s", study_uid, decision.reason, decision.level, level)
+    sent = notify_jobs(conn, queue, settings.notifications, study_id, study_uid, results_version,
+                       decision.level, decision.reason)
+    if sent:
+        log.info("study %s: notifying %s", study_uid, ", ".join(sent))
+    return level

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from storage.models import Instance, Series, Study
 
@@ -35,3 +35,10 @@ def series_files(engine: Engine, series_uid: str) -> list[str]:
             .where(Series.series_instance_uid == series_uid)
             .order_by(Instance.instance_number, Instance.id)
         ).scalars())
+
+
+def first_instance_path(conn: Connection, study_id: int) -> str | None:
+    """One stored file of a study (the first received), relative to the data folder:
+    where to read the study's patient and request attributes."""
+    return conn.execute(select(Instance.path).join(Series, Instance.series_id == Series.id)
+                        .where(Series.study_id == study_id).order_by(Instance.id).limit(1)).scalar()

@@ -228,5 +228,14 @@ def storescu() -> str:
     return dcmtk("storescu")
 
 
+def send_study(node: Node, *paths: Path) -> None:
+    """dcmtk's storescu sends every .dcm file under ``paths`` to ``node`` as CT01;
+    the test fails unless all were accepted."""
+    sent = subprocess.run([dcmtk("storescu"), "-aec", "AINODE", "-aet", "CT01", "+sd", "+r", "+sp", "*.dcm",
+                           "127.0.0.1", str(node.port), *map(str, paths)],
+                          capture_output=True, text=True, env=peer_env(), timeout=300)
+    assert sent.returncode == 0, sent.stderr
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None

@@ -5,11 +5,13 @@ largest, a legend, and a banner saying the images are derived and not for diagno
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from scipy import ndimage
 
 from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
@@ -41,9 +43,9 @@ def _grey(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 
 def _window_of(source: Dataset, values: np.ndarray) -> tuple[float, float]:
     if "WindowCenter" in source and "WindowWidth" in source:
-        centre, width = source.WindowCenter, source.WindowWidth
-        first = (lambda v: float(v[0]) if isinstance(v, Sequence) and not isinstance(v, str) else float(v))
-        return first(centre), first(width)
+        def first(value: Any) -> float:  # one value, or the first of several windows
+            return float(value[0] if isinstance(value, MultiValue) else value)
+        return first(source.WindowCenter), first(source.WindowWidth)
     low, high = np.percentile(values, (1, 99))
     return float(low + high) / 2, float(max(high - low, 1.0))
 

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Node, missing_peer, wait_until
-from tests.integration.test_results import _storescu
+from tests.conftest import Node, missing_peer, send_study, wait_until
 from tests.phantoms import chest_phantom, write_phantom_series
 
 pytestmark = pytest.mark.integration
@@ -51,8 +50,8 @@ def test_the_worklist_in_chromium(node_factory, tmp_path: Path) -> None:
     write_phantom_series(chest_phantom(**shape, seed=4), stat,
                          attributes={"AccessionNumber": "STAT1", "RequestedProcedurePriority": "STAT"})
     node: Node = node_factory("quiet_period_s = 1\ncompletion_sweep_s = 0.5\njob_max_attempts = 1\n").start()
-    _storescu(node, routine)
-    _storescu(node, stat)
+    send_study(node, routine)
+    send_study(node, stat)
 
     def studies() -> list[dict]:
         with urllib.request.urlopen(node.api_url + "/api/studies", timeout=10) as response:

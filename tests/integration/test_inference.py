@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import AINODE, REPO, Node, peer_env, wait_until
+from tests.conftest import AINODE, REPO, Node, send_study, wait_until
 from tests.model_files import onnx_segmenter
 from tests.phantoms import chest_study
 from tests.synthetic import write_ct_study
@@ -31,19 +31,12 @@ def _jobs(node: Node) -> list[dict]:
     return json.loads(node.run("jobs", "--json", "--kind", "infer").stdout)
 
 
-def _storescu(storescu: str, node: Node, folder: Path) -> None:
-    sent = subprocess.run([storescu, "-aec", "AINODE", "-aet", "CT01", "+sd", "+r", "+sp", "*.dcm",
-                           "127.0.0.1", str(node.port), str(folder)],
-                          capture_output=True, text=True, env=peer_env(), timeout=300)
-    assert sent.returncode == 0, sent.stderr
-
-
 def test_chest_ct_from_c_store_to_a_ct_chest_prediction_on_the_defaults(
-    node_factory, storescu: str, tmp_path: Path
+    node_factory, tmp_path: Path
 ) -> None:
     node: Node = node_factory(inference=True).start()  # nothing configured but where to keep data
     study, (right_ml, left_ml) = chest_study(tmp_path)
-    _storescu(storescu, node, study)
+    send_study(node, study)
     # The default quiet period is 30 s; then the built-in route picks the soft-kernel series.
     [prediction] = wait_until(lambda: _predictions(node), 150, "the ct-chest prediction")
     assert (prediction["model"], prediction["route"], prediction["results_version"]) == \

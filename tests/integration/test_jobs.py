@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA, Node, peer_env, wait_until
+from tests.conftest import SHARED_DATA, Node, send_study, wait_until
 from tests.synthetic import write_ct_study
 
 pytestmark = pytest.mark.integration
@@ -28,13 +28,6 @@ def _chest_ct(tmp_path: Path) -> Path:
     return folder
 
 
-def _storescu(storescu: str, node: Node, *paths: Path) -> None:
-    sent = subprocess.run([storescu, "-aec", "AINODE", "-aet", "CT01", "+sd", "+r", "+sp", "*.dcm",
-                           "127.0.0.1", str(node.port), *map(str, paths)],
-                          capture_output=True, text=True, env=peer_env(), timeout=300)
-    assert sent.returncode == 0, sent.stderr
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_config(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
@@ -43,13 +36,13 @@ def database_config(request: pytest.FixtureRequest) -> str:
 
 
 def test_chest_ct_completes_once_and_a_resend_makes_a_new_version(
-    node_factory, storescu: str, tmp_path: Path, database_config: str
+    node_factory, tmp_path: Path, database_config: str
 ) -> None:
     study = _chest_ct(tmp_path)
     node: Node = node_factory(database_config + "quiet_period_s = 3\ncompletion_sweep_s = 0.5\n"
                               "workers = 0\n").start()
     sent_at = time.monotonic()
-    _storescu(storescu, node, study)
+    send_study(node, study)
     [job] = wait_until(lambda: _jobs(node, "--kind", "infer"), what="the infer job")
     assert time.monotonic() - sent_at >= 3  # not before the quiet period
     assert job["state"] == "queued" and job["results_version"] == 1
@@ -59,7 +52,7 @@ def test_chest_ct_completes_once_and_a_resend_makes_a_new_version(
     assert node.log().count("complete (quiet), results version 1") == 1
 
     one = sorted(study.rglob("*.dcm"))[0]
-    _storescu(storescu, node, one)  # a late resend reopens the study
+    send_study(node, one)  # a late resend reopens the study
     def two_versions() -> list[dict] | None:
         jobs = _jobs(node, "--kind", "infer")
         return jobs if len(jobs) == 2 else None

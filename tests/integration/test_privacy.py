@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Node, free_port, wait_until
-from tests.integration.test_results import _storescu
+from tests.conftest import Node, free_port, send_study, wait_until
 from tests.phantoms import chest_phantom, write_phantom_series
 
 pytestmark = pytest.mark.integration
@@ -52,7 +51,7 @@ modality = ["CT"]
 min_instances = 40
 """
     node: Node = node_factory(config, inference=True).start()
-    _storescu(node, study)
+    send_study(node, study)
     # The delivery and the notification fail (nobody listens) until they are dead.
     wait_until(lambda: {j["kind"] for j in json.loads(node.run("jobs", "--json").stdout)
                         if j["state"] == "dead"} == {"send", "notify"}, 120, "the failed delivery and notification")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from tests.conftest import Node, missing_peer, peer_env, wait_until
+from tests.conftest import Node, missing_peer, send_study, wait_until
 from tests.orthanc import Orthanc
 from tests.phantoms import chest_study
 
@@ -49,16 +49,6 @@ def _dicom_destination(orthanc: Orthanc) -> str:
     return f'name = "archive"\nae_title = "{orthanc.ae_title}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}'
 
 
-def _storescu(node: Node, folder: Path) -> None:
-    storescu = shutil.which("storescu", path="/usr/bin")
-    if storescu is None:
-        missing_peer("dcmtk's storescu is not installed")
-    sent = subprocess.run([str(storescu), "-aec", "AINODE", "-aet", "CT01", "+sd", "+r", "+sp", "*.dcm",
-                           "127.0.0.1", str(node.port), str(folder)],
-                          capture_output=True, text=True, env=peer_env(), timeout=300)
-    assert sent.returncode == 0, sent.stderr
-
-
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -81,7 +71,7 @@ def test_seg_and_sr_reach_the_archive_conformant_and_once_per_version(
     study, _volumes = chest_study(tmp_path)
     node: Node = node_factory(_config(_dicom_destination(orthanc)), inference=True).start()
     assert "ORTHANC@127.0.0.1" in node.run("echo", "archive").stdout  # the destination by name
-    _storescu(node, study)
+    send_study(node, study)
     stored = _results_in(orthanc, 2)
     assert sorted(i["Tags"]["SOPClassUID"] for i in stored) == [SEG_CLASS, SR_CLASS]  # nothing else
 
@@ -114,7 +104,7 @@ def test_seg_and_sr_reach_the_archive_conformant_and_once_per_version(
     assert problems == []
 
     # The same study sent again is a new results version: one more SEG and SR, no more.
-    _storescu(node, study)
+    send_study(node, study)
     stored = _results_in(orthanc, 4)
     wait_until(lambda: all(j["state"] == "succeeded" for j in _jobs(node, "send")) and len(_jobs(node, "send")) == 2,
                60, "both deliveries")
@@ -131,7 +121,7 @@ def test_key_images_for_a_viewer_without_seg_and_a_resend_replaces_not_duplicate
     study, _volumes = chest_study(tmp_path)
     destination = _dicom_destination(orthanc) + '\nobjects = ["sr", "sc"]'
     node: Node = node_factory(_config(destination), inference=True).start()
-    _storescu(node, study)
+    send_study(node, study)
     [job] = wait_until(lambda: [j for j in _jobs(node, "send") if j["state"] == "succeeded"], 120, "delivery")
     stored = orthanc.instances()
     classes = sorted(i["Tags"]["SOPClassUID"] for i in stored)
@@ -163,7 +153,7 @@ def test_results_wait_for_the_archive_and_arrive_once_it_is_back(
     study, _volumes = chest_study(tmp_path)
     node: Node = node_factory(_config(_dicom_destination(orthanc)), inference=True).start()
     orthanc.stop()
-    _storescu(node, study)
+    send_study(node, study)
     # Two failed attempts, waiting for the next one (not caught while an attempt runs).
     failing = wait_until(lambda: [j for j in _jobs(node, "send") if j["attempts"] >= 2 and j["state"] == "queued"],
                          120, "delivery attempts against the stopped archive")
@@ -179,7 +169,7 @@ def test_results_over_dicomweb_stow_rs(node_factory, orthanc: Orthanc, tmp_path:
     study, _volumes = chest_study(tmp_path)
     destination = f'name = "archive"\ntype = "dicomweb"\nurl = "{orthanc.url}/dicom-web"'
     node: Node = node_factory(_config(destination), inference=True).start()
-    _storescu(node, study)
+    send_study(node, study)
     stored = _results_in(orthanc, 2)
     assert sorted(i["Tags"]["SOPClassUID"] for i in stored) == [SEG_CLASS, SR_CLASS]
     [job] = _jobs(node, "send")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Node, wait_until
-from tests.integration.test_results import _storescu
+from tests.conftest import REPO, Node, send_study, wait_until
 from tests.listeners import MllpListener, WebhookServer
 from tests.phantoms import chest_phantom, write_phantom_series
 
@@ -65,8 +64,8 @@ min_level = "critical"
                          attributes={"AccessionNumber": "SUSP1", "RequestedProcedurePriority": "STAT"})
 
     node: Node = node_factory(config).start()  # receives and queues; no inference worker yet
-    _storescu(node, normal)
-    _storescu(node, suspicious)
+    send_study(node, normal)
+    send_study(node, suspicious)
     queued = wait_until(lambda: len(j := _jobs(node, "infer")) == 2 and j, 60, "two infer jobs")
     # The STAT request makes the later study urgent: its job is claimed first.
     assert sorted(j["priority"] for j in queued) == [0, 12]
