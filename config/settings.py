@@ -136,6 +136,41 @@ class Route(BaseModel):
     enabled: bool = True
 
 
+class ListenerTls(BaseModel):
+    """DICOM over TLS on a second listener port (the ``[tls]`` table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: int = Field(default=2762, ge=1, le=65535, description="TLS port (2762 is DICOM's registered one)")
+    certificate: Path = Field(description="the node's certificate (PEM), with its chain")
+    private_key: Path = Field(description="its private key (PEM, unencrypted; readable by the service only)")
+    client_ca: Path | None = Field(
+        default=None,
+        description="CA certificates (PEM) of clients; when set, a client must present a certificate "
+                    "they issued (mutual TLS)",
+    )
+
+
+class DestinationTls(BaseModel):
+    """How a destination is reached over TLS (a ``[destinations.tls]`` table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca: Path | None = Field(
+        default=None, description="CA certificates (PEM) the archive's certificate must chain to; "
+                                  "unset: the system's trust store",
+    )
+    check_hostname: bool = Field(default=True, description="the certificate must name the destination's host")
+    certificate: Path | None = Field(default=None, description="the node's client certificate (mutual TLS)")
+    private_key: Path | None = Field(default=None, description="its private key (PEM)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> DestinationTls:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("tls.certificate and tls.private_key go together (mutual TLS needs both)")
+        return self
+
+
 class Destination(BaseModel):
     """Where results are sent (one ``[[destinations]]`` table), named by routes."""
 
@@ -148,6 +183,7 @@ class Destination(BaseModel):
     port: int | None = Field(default=None, ge=1, le=65535, description="its port (dicom)")
     url: str | None = Field(default=None, description="STOW-RS base URL, e.g. http://pacs:8042/dicom-web")
     timeout_s: float = Field(default=30.0, gt=0)
+    tls: DestinationTls | None = Field(default=None, description="send over DICOM TLS (dicom)")
     objects: list[Literal["seg", "sr", "sc"]] = Field(
         default=["seg", "sr"], min_length=1,
         description='which results it receives: "seg" (Segmentation), "sr" (TID 1500 report), '
@@ -283,6 +319,10 @@ class Settings(BaseSettings):
     network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association timeout.")
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
+
+    tls: ListenerTls | None = Field(
+        default=None, description="A DICOM TLS port besides the plain one ([tls] table).",
+    )
 
     accept_any: bool = Field(
         default=False,

@@ -310,16 +310,19 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
               responses={404: {"description": "no such destination"}})
     def echo(name: str) -> EchoResult:
         """Check a destination now: C-ECHO for DICOM, an HTTP request for DICOMweb."""
-        from node.scu import PeerAddress
+        from node.scu import destination_peer
         from node.scu import echo as c_echo
+        from node.tls import TlsConfigError
 
         destination = next((d for d in settings.destinations if d.name == name), None)
         if destination is None:
             raise HTTPException(404, f"no destination {name!r}")
         if destination.type == "dicom":
-            ok, message = c_echo(PeerAddress(destination.ae_title or "", destination.host or "",
-                                             int(destination.port or 0)), settings.ae_title,
-                                 timeout_s=min(destination.timeout_s, 10.0))
+            try:
+                ok, message = c_echo(destination_peer(destination), settings.ae_title,
+                                     timeout_s=min(destination.timeout_s, 10.0))
+            except TlsConfigError as exc:
+                ok, message = False, str(exc)
         else:
             ok, message = _http_check(destination.url or "", min(destination.timeout_s, 10.0))
         return EchoResult(name=name, ok=ok, message=message)

@@ -153,8 +153,9 @@ def echo(
     calling_ae: Annotated[str | None, typer.Option(help="Calling AE title (default: the node's).")] = None,
 ) -> None:
     """Check a peer, or a configured [[destinations]] entry, with a C-ECHO."""
-    from node.scu import PeerAddress
+    from node.scu import destination_peer
     from node.scu import echo as c_echo
+    from node.tls import TlsConfigError
 
     settings = _settings(config, data_dir)
     named = {d.name: d for d in settings.destinations}
@@ -162,7 +163,10 @@ def echo(
         destination = named[address]
         if destination.type != "dicom":
             _fail(f"destination {address!r} is DICOMweb ({destination.url}); C-ECHO checks DICOM peers", 2)
-        peer = PeerAddress(destination.ae_title or "", destination.host or "", int(destination.port or 0))
+        try:
+            peer = destination_peer(destination)
+        except TlsConfigError as exc:
+            _fail(str(exc), 2)
     elif "@" not in address:
         _fail(f"{address!r} is neither AE@HOST:PORT nor a configured destination "
               f"({', '.join(named) or 'none configured'})", 2)

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import Settings
 from node.access import AccessPolicy
+from node.tls import peer_identity, server_context
 from storage.files import FileStore, encode_file_meta
 from storage.header import InvalidInstance, read_header
 from storage.ingest import StoredFile, record_instance
@@ -83,6 +84,35 @@ class _Server(ThreadedAssociationServer):
         # pynetdicom's shutdown() would update.
         socketserver.BaseServer.shutdown(self)
         self.server_close()
+
+
+class _TlsServer(_Server):
+    """The TLS port: the handshake runs in the association's own thread, within the
+    ACSE timeout, so that a slow or hostile client cannot hold up the accept loop."""
+
+    handshake_timeout_s: float = 30.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assert self.ssl_context is not None
+        wrapped = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return wrapped, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(self.handshake_timeout_s)
+            request.do_handshake()
+            request.settimeout(None)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            log.warning("TLS connection from %s refused: %s", client_address[0], reason)
+            self.shutdown_request(request)
+            return
+        who = peer_identity(request)
+        if who:
+            log.info("TLS connection from %s with client certificate %r", client_address[0], who)
+        super().process_request_thread(request, client_address)
 
 
 class AssociationSlots:
@@ -190,8 +220,10 @@ class StorageListener:
         self.policy = AccessPolicy.from_settings(settings)
         self._slots = slots or AssociationSlots([0], 0, settings.max_associations)
         self._in_flight = _InFlight()
-        self._server: ThreadedAssociationServer | None = None
+        self._servers: list[ThreadedAssociationServer] = []
         self._ae = self._build_ae()
+        # Built now, so that a bad certificate or key is reported at start-up.
+        self._tls_context = server_context(settings.tls) if settings.tls else None
 
     def _build_ae(self) -> AE:
         s = self._settings
@@ -208,38 +240,53 @@ class StorageListener:
 
     @property
     def port(self) -> int:
-        """The port actually bound (useful when configured as 0 in tests)."""
-        assert self._server is not None, "listener not started"
-        return int(self._server.server_address[1])
+        """The plain port actually bound (useful when configured as 0 in tests)."""
+        assert self._servers, "listener not started"
+        return int(self._servers[0].server_address[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        """The TLS port actually bound, if there is one."""
+        return int(self._servers[1].server_address[1]) if len(self._servers) > 1 else None
 
     def start(self) -> None:
-        """Bind and serve in background threads."""
+        """Bind the plain port (and the TLS port) and serve in background threads."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        server = self._ae.make_server(
-            (self._settings.host, self._settings.port), evt_handlers=handlers, server_class=_Server
+        s = self._settings
+        self._servers.append(
+            self._ae.make_server((s.host, s.port), evt_handlers=handlers, server_class=_Server)
         )
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="ainode-accept", daemon=True).start()
+        if s.tls is not None:
+            tls_server = self._ae.make_server(
+                (s.host, s.tls.port), evt_handlers=handlers, server_class=_TlsServer,
+                ssl_context=self._tls_context,
+            )
+            tls_server.handshake_timeout_s = s.acse_timeout_s  # type: ignore[attr-defined]
+            self._servers.append(tls_server)
+        for server in self._servers:
+            threading.Thread(target=server.serve_forever, name="ainode-accept", daemon=True).start()
 
     def stop(self, drain_timeout_s: float = 30.0) -> bool:
         """Stop accepting, let C-STOREs in progress finish, then close associations.
 
         Returns ``False`` when C-STOREs were still running at the timeout.
         """
-        if self._server is None:
+        if not self._servers:
             return True
-        server, self._server = self._server, None
-        # Stop accepting and close the listening socket; established associations
+        servers, self._servers = self._servers, []
+        # Stop accepting and close the listening sockets; established associations
         # go on until the C-STOREs in progress have finished, then are aborted.
-        server.shutdown()  # the accept loop ends and the listening socket closes
+        for server in servers:
+            server.shutdown()  # the accept loop ends and the listening socket closes
         drained = self._in_flight.close_and_wait(drain_timeout_s)
-        for assoc in server.active_associations:
-            assoc.abort()
+        for server in servers:
+            for assoc in server.active_associations:
+                assoc.abort()
         return drained
 
     def _forget_unrecorded(self, relative: str) -> None:

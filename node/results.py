@@ -27,7 +27,7 @@ from ai.encoders.results import encode_prediction
 from ai.protocol import outputs_from_dict
 from config.settings import Destination, Settings
 from node.dicomweb import stow_rs
-from node.scu import FAILURE, WARNING, PeerAddress, send_files
+from node.scu import FAILURE, WARNING, destination_peer, send_files
 from node.workers import JobContext, PermanentJobError, current_study, queue_for
 from storage.db import dialect_insert, writing
 from storage.files import FileStore
@@ -181,7 +181,7 @@ class ResultsHandlers:
                  version, len(files), job.payload["model"], destination.name)
 
     def _c_store(self, destination: Destination, files: list[Path]) -> None:
-        peer = PeerAddress(destination.ae_title or "", destination.host or "", int(destination.port or 0))
+        peer = destination_peer(destination)
         report = send_files(files, peer, self._settings.ae_title, timeout_s=destination.timeout_s)
         for outcome in report.outcomes:
             if outcome.category == WARNING:

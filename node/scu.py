@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,8 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from config.settings import validate_ae_title
+from config.settings import Destination, validate_ae_title
+from node.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,21 @@ class PeerAddress:
     ae_title: str
     host: str
     port: int
+    tls: ssl.SSLContext | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
+
+
+def destination_peer(destination: Destination) -> PeerAddress:
+    """The DICOM peer of a ``type = "dicom"`` destination, with its TLS context.
+
+    Raises:
+        TlsConfigError: a TLS file of the destination cannot be used.
+    """
+    context = client_context(destination.tls, destination.name) if destination.tls else None
+    return PeerAddress(destination.ae_title or "", destination.host or "", int(destination.port or 0),
+                       context)
 
 
 def parse_address(text: str) -> PeerAddress:
@@ -60,6 +74,7 @@ def _wake_waiters(event: evt.Event) -> None:
 def _associate(ae: AE, peer: PeerAddress) -> Association:
     return ae.associate(
         peer.host, peer.port, ae_title=peer.ae_title,
+        tls_args=(peer.tls, peer.host) if peer.tls else None,
         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_ABORTED, _wake_waiters),
                       (evt.EVT_CONN_CLOSE, _wake_waiters)],
     )

@@ -41,6 +41,7 @@ from node.processes import (
     run_listener,
     run_worker,
 )
+from node.tls import TlsConfigError, server_context
 from node.workers import queue_for
 from storage.db import open_database
 from storage.files import FileStore
@@ -238,6 +239,12 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
             log.warning("the previous run did not stop cleanly; reconciling files and database")
             reconcile(store, engine)
         _check_port_free(settings.host, settings.port)
+        if settings.tls is not None:
+            _check_port_free(settings.host, settings.tls.port, setting="tls.port")
+            try:
+                server_context(settings.tls)  # a bad certificate or key stops start-up here
+            except TlsConfigError as exc:
+                raise StartupError(f"cannot listen with TLS: {exc}") from None
         if settings.api_port:
             _check_port_free(settings.api_host, settings.api_port, setting="api_port")
 
@@ -262,6 +269,10 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
                 "" if listeners == 1 else "es", _describe_workers(settings),
                 settings.data_dir.resolve(), engine.url.render_as_string(hide_password=True),
             )
+            if settings.tls is not None:
+                log.info("DICOM TLS on %s:%d (%s)", settings.host, settings.tls.port,
+                         "client certificates required" if settings.tls.client_ca else
+                         "no client certificates asked")
             log.info("%s", AccessPolicy.from_settings(settings).describe())
             if settings.api_port:
                 log.info("worklist, REST API and /metrics on http://%s:%d/%s", settings.api_host,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,13 +18,15 @@ def associate(
     contexts: Iterable[tuple[str, str]] = (),
     calling_ae: str = "TESTSCU",
     called_ae: str = "AINODE",
+    tls: ssl.SSLContext | None = None,
 ) -> Association:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(Verification)
     for sop_class, ts in contexts:
         ae.add_requested_context(sop_class, ts)
-    return ae.associate("127.0.0.1", port, ae_title=called_ae)
+    return ae.associate("127.0.0.1", port, ae_title=called_ae,
+                        tls_args=(tls, "127.0.0.1") if tls else None)
 
 
 def store_datasets(port: int, datasets: list[Dataset], calling_ae: str = "TESTSCU") -> list[int]:

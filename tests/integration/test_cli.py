@@ -72,6 +72,8 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
 
     from config.settings import (
         Destination,
+        DestinationTls,
+        ListenerTls,
         ModelSettings,
         Notification,
         Route,
@@ -96,6 +98,10 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
         assert f"# {name} =" in text or f"# [routes.{name}]" in text, f"route {name} not in the example"
     for name in [*TriageRule.model_fields, *Notification.model_fields]:
         assert f"# {name} =" in text, f"triage/notification {name} is not in the example"
+    for name in ListenerTls.model_fields:
+        assert f"# {name} =" in text, f"tls {name} is not in the example"
+    for name in DestinationTls.model_fields:
+        assert name in text, f"destination tls {name} is not in the example"
     for name in SeriesMatch.model_fields:
         assert f"# {name} =" in text, f"match {name} is not in the example"
     # With every setting uncommented, the example is still a valid configuration.
