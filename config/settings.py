@@ -305,6 +305,23 @@ class Settings(BaseSettings):
     max_associations: int = Field(
         default=16, ge=1, le=1000, description="Concurrent associations accepted at most."
     )
+    max_associations_per_peer: int = Field(
+        default=8, ge=1, le=1000,
+        description="Concurrent associations from one sending host (IP address) at most.",
+    )
+    max_instance_mb: float = Field(
+        default=1024.0, gt=0,
+        description="Largest instance accepted (MB); a larger one is aborted while it arrives.",
+    )
+    max_association_mb: float = Field(
+        default=20_000.0, ge=0,
+        description="Bytes one association may bring (MB); beyond it C-STOREs are answered 0xA700. 0: no limit.",
+    )
+    min_free_disk_mb: float = Field(
+        default=1024.0, ge=0,
+        description="Free space kept on the data folder's disk (MB): C-STOREs that would eat into it "
+                    "are answered 0xA700 (out of resources) until space returns.",
+    )
     max_pdu_size: int = Field(
         default=1_048_576,
         ge=0,

@@ -8,10 +8,12 @@ failure status, and the association and the node go on serving.
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import socketserver
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -115,26 +118,56 @@ class _TlsServer(_Server):
         super().process_request_thread(request, client_address)
 
 
-class AssociationSlots:
-    """Associations open across all listener processes, one counter per process in
-    shared memory, so that ``max_associations`` holds for the node as a whole."""
+PEER_BUCKETS = 1024  # hosts are counted in this many buckets per listener process
 
-    def __init__(self, counters: Any, index: int, maximum: int) -> None:
+
+def _bucket(host: str) -> int:
+    # crc32, not hash(): it must be the same in every listener process.
+    return zlib.crc32(host.encode()) % PEER_BUCKETS
+
+
+class AssociationSlots:
+    """Associations open across all listener processes, in shared memory, so that
+    ``max_associations`` and ``max_associations_per_peer`` hold for the node as a whole.
+
+    ``counters`` has one total per process; ``peers`` has ``PEER_BUCKETS`` counters per
+    process, one per bucket of sending hosts. Two hosts in one bucket share a count
+    (rare with 1,024 buckets): the limit can then bite a little early, never late.
+    """
+
+    def __init__(self, counters: Any, index: int, maximum: int, peers: Any = None,
+                 per_peer: int | None = None) -> None:
         self._counters = counters
         self._index = index
         self._maximum = maximum
+        self._peers = peers if peers is not None else [0] * ((index + 1) * PEER_BUCKETS)
+        self._per_peer = per_peer or maximum
         self._lock = threading.Lock()
 
-    def opened(self) -> None:
+    def reset(self) -> None:
+        """Forget this process's counts (a restarted listener holds no associations)."""
+        self._counters[self._index] = 0
+        start = self._index * PEER_BUCKETS
+        self._peers[start : start + PEER_BUCKETS] = [0] * PEER_BUCKETS
+
+    def opened(self, host: str) -> None:
         with self._lock:
             self._counters[self._index] += 1
+            self._peers[self._index * PEER_BUCKETS + _bucket(host)] += 1
 
-    def closed(self) -> None:
+    def closed(self, host: str) -> None:
         with self._lock:
             self._counters[self._index] -= 1
+            self._peers[self._index * PEER_BUCKETS + _bucket(host)] -= 1
 
-    def over_limit(self) -> bool:
-        return sum(self._counters[:]) > self._maximum
+    def over_limit(self, host: str) -> str | None:
+        """Which limit a new association from ``host`` would exceed, if any."""
+        if sum(self._counters[:]) > self._maximum:
+            return "max_associations"
+        bucket = _bucket(host)
+        if sum(self._peers[i * PEER_BUCKETS + bucket] for i in range(len(self._counters))) > self._per_peer:
+            return "max_associations_per_peer"
+        return None
 
 
 class _AccessControlledACSE(ACSE):
@@ -165,15 +198,42 @@ class _AccessControlledACSE(ACSE):
             assert decision.reject is not None
             self._reject(calling, decision.reason, decision.reject)
             return
-        if self._slots.over_limit():
+        limit = self._slots.over_limit(self._host)
+        if limit:
             self._reject(
                 calling,
-                f"{calling!r} from {self._host}: max_associations reached; raise it if the "
-                "peers need more",
+                f"{calling!r} from {self._host}: {limit} reached; raise it if the peers need more",
                 REJECT_LIMIT,
             )
             return
         super()._negotiate_as_acceptor()
+
+
+MB = 1024 * 1024
+
+
+@dataclass
+class _Traffic:
+    """What one association has brought so far."""
+
+    host: str
+    total: int = 0  # dataset bytes
+    message: int = 0  # dataset bytes of the instance arriving now
+    aborting: bool = False
+
+
+class _Throttled:
+    """A warning logged at most once per interval (a full disk refuses every image)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._last = -interval_s
+
+    def warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._interval_s:
+            self._last = now
+            log.warning(message, *args)
 
 
 @dataclass
@@ -218,9 +278,13 @@ class StorageListener:
         self._engine = engine
         self._store = store
         self.policy = AccessPolicy.from_settings(settings)
-        self._slots = slots or AssociationSlots([0], 0, settings.max_associations)
+        self._slots = slots or AssociationSlots([0], 0, settings.max_associations,
+                                                per_peer=settings.max_associations_per_peer)
         self._in_flight = _InFlight()
         self._servers: list[ThreadedAssociationServer] = []
+        self._traffic: dict[int, _Traffic] = {}
+        self._max_instance_bytes = int(settings.max_instance_mb * MB)
+        self._low_disk = _Throttled(60.0)
         self._ae = self._build_ae()
         # Built now, so that a bad certificate or key is reported at start-up.
         self._tls_context = server_context(settings.tls) if settings.tls else None
@@ -256,6 +320,7 @@ class StorageListener:
             (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_PDU_RECV, self._on_pdu),
         ]
         s = self._settings
         self._servers.append(
@@ -305,12 +370,39 @@ class StorageListener:
     # --- event handlers -------------------------------------------------------------
 
     def _on_connection(self, event: evt.Event) -> None:
-        self._slots.opened()
         host = str(event.address[0]) if event.address else ""
+        self._traffic[id(event.assoc)] = _Traffic(host)
+        self._slots.opened(host)
         event.assoc.acse = _AccessControlledACSE(event.assoc, self.policy, self._slots, host)
 
     def _on_close(self, event: evt.Event) -> None:
-        self._slots.closed()
+        traffic = self._traffic.pop(id(event.assoc), None)
+        if traffic is not None:
+            self._slots.closed(traffic.host)
+
+    def _on_pdu(self, event: evt.Event) -> None:
+        """Count dataset bytes as they arrive; abort an instance over the size limit
+        before pynetdicom has gathered all of it in memory."""
+        if not isinstance(event.pdu, P_DATA_TF):
+            return
+        traffic = self._traffic.get(id(event.assoc))
+        if traffic is None or traffic.aborting:
+            return
+        for item in event.pdu.presentation_data_value_items:
+            value = item.presentation_data_value or b""
+            if not value or value[0] & 0x01:  # a command fragment
+                continue
+            traffic.total += len(value) - 1
+            traffic.message += len(value) - 1
+            if traffic.message > self._max_instance_bytes:
+                traffic.aborting = True
+                log.warning("association from %s aborted: an instance exceeds max_instance_mb (%.0f MB)",
+                            traffic.host, self._settings.max_instance_mb)
+                # Not from this (the association's network) thread: abort() waits for it.
+                threading.Thread(target=event.assoc.abort, name="ainode-abort", daemon=True).start()
+                return
+            if value[0] & 0x02:  # the last fragment of the dataset
+                traffic.message = 0
 
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
@@ -328,11 +420,32 @@ class StorageListener:
         finally:
             self._in_flight.leave()
 
+    def _over_limits(self, event: evt.Event, size: int) -> Dataset | None:
+        """0xA700 for an instance the limits or the disk reserve do not allow."""
+        s = self._settings
+        traffic = self._traffic.get(id(event.assoc))
+        if size > self._max_instance_bytes:
+            log.warning("C-STORE refused: %d bytes exceed max_instance_mb", size)
+            return _status(OUT_OF_RESOURCES, "instance larger than the node accepts")
+        if s.max_association_mb and traffic and traffic.total > s.max_association_mb * MB:
+            log.warning("C-STORE from %s refused: the association brought more than max_association_mb",
+                        traffic.host)
+            return _status(OUT_OF_RESOURCES, "association size limit; open a new association")
+        free = shutil.disk_usage(self._store.root).free
+        if free - size < s.min_free_disk_mb * MB:
+            self._low_disk.warn("C-STORE refused: %.0f MB free on the data disk, min_free_disk_mb is %.0f",
+                                free / MB, s.min_free_disk_mb)
+            return _status(OUT_OF_RESOURCES, "low disk space on the receiving node")
+        return None
+
     def _receive(self, event: evt.Event) -> Dataset | int:
         started = time.perf_counter()
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         transfer_syntax = str(event.context.transfer_syntax)
         encoded = event.request.DataSet.getbuffer()
+        refusal = self._over_limits(event, len(encoded))
+        if refusal is not None:
+            return refusal
         try:
             header = read_header(encoded, transfer_syntax)
         except InvalidInstance as exc:

@@ -65,13 +65,16 @@ def _child_process(settings: Settings) -> threading.Event:
     return stop
 
 
-def run_listener(settings: Settings, name: str, ready: Any, counters: Any, index: int) -> None:
-    """Body of one listener process."""
+def run_listener(settings: Settings, name: str, ready: Any, counters: Any, peers: Any,
+                 index: int) -> None:
+    """Body of one listener process; ``counters`` and ``peers`` are the shared
+    association counts (see :class:`AssociationSlots`)."""
     stop = _child_process(settings)
     try:
         engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
-        counters[index] = 0  # a restarted listener starts with no associations
-        slots = AssociationSlots(counters, index, settings.max_associations)
+        slots = AssociationSlots(counters, index, settings.max_associations, peers,
+                                 settings.max_associations_per_peer)
+        slots.reset()  # a restarted listener holds no associations
         listener = StorageListener(settings, engine, FileStore(settings.data_dir), slots)
         listener.start()
     except Exception as exc:

@@ -32,6 +32,7 @@ from config.settings import Settings
 from node.access import AccessPolicy
 from node.completion import CompletionPolicy, CompletionSweep
 from node.devices import inference_devices
+from node.listener import PEER_BUCKETS
 from node.processes import (
     Role,
     StartupError,
@@ -253,7 +254,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         listeners = listener_process_count(settings)
         ctx = multiprocessing.get_context("spawn")
         counters = ctx.Array("i", listeners, lock=False)
-        roles = [Role(f"listener-{i + 1}", run_listener, (counters, i)) for i in range(listeners)]
+        peers = ctx.Array("i", listeners * PEER_BUCKETS, lock=False)
+        roles = [Role(f"listener-{i + 1}", run_listener, (counters, peers, i)) for i in range(listeners)]
         roles += worker_roles(settings)
         if settings.api_port:
             roles.append(Role("api", run_api))

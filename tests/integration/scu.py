@@ -19,13 +19,14 @@ def associate(
     calling_ae: str = "TESTSCU",
     called_ae: str = "AINODE",
     tls: ssl.SSLContext | None = None,
+    source: str = "127.0.0.1",
 ) -> Association:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(Verification)
     for sop_class, ts in contexts:
         ae.add_requested_context(sop_class, ts)
-    return ae.associate("127.0.0.1", port, ae_title=called_ae,
+    return ae.associate("127.0.0.1", port, ae_title=called_ae, bind_address=(source, 0),
                         tls_args=(tls, "127.0.0.1") if tls else None)
 
 
