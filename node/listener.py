@@ -21,7 +21,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
-from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -170,6 +171,56 @@ class AssociationSlots:
         return None
 
 
+class _GuardedDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, but a command set it cannot decode (no or an unknown
+    Command Field, say) aborts the association. pynetdicom lets that exception end the
+    association's network thread instead, leaving the association and its slot held."""
+
+    def __init__(self, assoc: Association, host: str) -> None:
+        super().__init__(assoc)
+        self._host = host
+
+    def receive_primitive(self, primitive: Any) -> None:
+        try:
+            super().receive_primitive(primitive)
+        except Exception as exc:
+            log.warning("association from %s aborted: undecodable DIMSE message (%s)",
+                        self._host, type(exc).__name__)
+            self.message = None
+            self.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT and close
+
+
+def _guard_network_thread(assoc: Association, host: str) -> None:
+    """Abort the association when its network (DUL) thread fails on a malformed PDU.
+
+    pynetdicom lets some decoding errors (an even presentation context ID in an
+    A-ASSOCIATE-RQ, for one) end that thread silently, leaving the association
+    waiting out its timeouts with nobody reading the socket.
+    """
+    dul = assoc.dul
+    run = dul.run
+
+    def guarded() -> None:
+        try:
+            run()
+        except Exception as exc:
+            log.warning("association from %s aborted: malformed PDU (%s)", host, type(exc).__name__)
+            abort = A_ABORT_RQ()
+            abort.source, abort.reason_diagnostic = 0x02, 0x06  # provider: invalid PDU parameter
+            sock = dul.socket.socket if dul.socket else None
+            if sock is not None:
+                try:
+                    sock.sendall(abort.encode())
+                except OSError:
+                    pass
+            assoc.is_aborted, assoc.is_established = True, False
+            assoc._kill = True
+            dul._kill_thread = True
+            dul.to_user_queue.put(None)  # wake an acceptor waiting for the A-ASSOCIATE
+
+    dul.run = guarded  # type: ignore[method-assign]
+
+
 class _AccessControlledACSE(ACSE):
     """pynetdicom's ACSE with the node's access policy and association limit checked
     before negotiation."""
@@ -292,7 +343,11 @@ class StorageListener:
     def _build_ae(self) -> AE:
         s = self._settings
         ae = AE(ae_title=s.ae_title)
-        ae.maximum_associations = s.max_associations
+        # The node counts associations itself (AssociationSlots, across processes and
+        # per host, released as soon as a connection closes). pynetdicom's own count is
+        # of threads, which linger up to the ACSE timeout after a peer hung up early, so
+        # that a burst of broken connections would lock everyone out: keep it out of the way.
+        ae.maximum_associations = 10 * s.max_associations + 100
         ae.maximum_pdu_size = s.max_pdu_size
         ae.network_timeout = s.network_timeout_s
         ae.acse_timeout = s.acse_timeout_s
@@ -370,13 +425,31 @@ class StorageListener:
     # --- event handlers -------------------------------------------------------------
 
     def _on_connection(self, event: evt.Event) -> None:
+        """A new connection, before its association thread starts."""
+        assoc = event.assoc
         host = str(event.address[0]) if event.address else ""
-        self._traffic[id(event.assoc)] = _Traffic(host)
+        self._traffic[id(assoc)] = _Traffic(host)
         self._slots.opened(host)
-        event.assoc.acse = _AccessControlledACSE(event.assoc, self.policy, self._slots, host)
+        assoc.acse = _AccessControlledACSE(assoc, self.policy, self._slots, host)
+        assoc.dimse = _GuardedDIMSE(assoc, host)
+        _guard_network_thread(assoc, host)
+        run = assoc.run
+
+        def run_then_release() -> None:
+            # The slot is released at "connection closed", or else when the association's
+            # thread ends: that event needs a network thread still alive to report it.
+            try:
+                run()
+            finally:
+                self._release(assoc)
+
+        assoc.run = run_then_release  # type: ignore[method-assign]
 
     def _on_close(self, event: evt.Event) -> None:
-        traffic = self._traffic.pop(id(event.assoc), None)
+        self._release(event.assoc)
+
+    def _release(self, assoc: Association) -> None:
+        traffic = self._traffic.pop(id(assoc), None)  # once per association
         if traffic is not None:
             self._slots.closed(traffic.host)
 

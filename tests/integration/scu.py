@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Iterable
+from io import BytesIO
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 
@@ -27,7 +30,14 @@ def associate(
     for sop_class, ts in contexts:
         ae.add_requested_context(sop_class, ts)
     return ae.associate("127.0.0.1", port, ae_title=called_ae, bind_address=(source, 0),
-                        tls_args=(tls, "127.0.0.1") if tls else None)
+                        tls_args=(tls, "127.0.0.1") if tls else None,
+                        evt_handlers=[(evt.EVT_ABORTED, _no_response), (evt.EVT_CONN_CLOSE, _no_response)])
+
+
+def _no_response(event: evt.Event) -> None:
+    # A request waiting for a response gets "none" at once when the node aborts or
+    # closes, instead of waiting out the DIMSE timeout.
+    event.assoc.dimse.msg_queue.put((None, None))
 
 
 def store_datasets(port: int, datasets: list[Dataset], calling_ae: str = "TESTSCU") -> list[int]:
@@ -60,3 +70,26 @@ def store_files_raw(port: int, files: list[Path]) -> list[int]:
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = previous
     return statuses
+
+
+def send_raw_c_store(assoc: Association, sop_class: str, sop_instance: str, transfer_syntax: str,
+                     payload: bytes, message_id: int = 1) -> int | None:
+    """C-STORE ``payload`` as the dataset, byte for byte, however malformed; the status,
+    or None when no response came (the association was aborted or lost)."""
+    request = C_STORE()
+    request.MessageID, request.Priority = message_id, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = sop_class, sop_instance
+    request.DataSet = BytesIO(payload)
+    context = assoc._get_valid_context(sop_class, transfer_syntax, "scu")
+    # As Association.send_c_store does: pause its reactor while this thread talks DIMSE.
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(request, int(context.context_id))
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    if response is None or getattr(response, "Status", None) is None:
+        return None
+    return int(response.Status)
