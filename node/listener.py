@@ -21,7 +21,6 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -171,31 +170,12 @@ class AssociationSlots:
         return None
 
 
-class _GuardedDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider, but a command set it cannot decode (no or an unknown
-    Command Field, say) aborts the association. pynetdicom lets that exception end the
-    association's network thread instead, leaving the association and its slot held."""
-
-    def __init__(self, assoc: Association, host: str) -> None:
-        super().__init__(assoc)
-        self._host = host
-
-    def receive_primitive(self, primitive: Any) -> None:
-        try:
-            super().receive_primitive(primitive)
-        except Exception as exc:
-            log.warning("association from %s aborted: undecodable DIMSE message (%s)",
-                        self._host, type(exc).__name__)
-            self.message = None
-            self.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT and close
-
-
 def _guard_network_thread(assoc: Association, host: str) -> None:
     """Abort the association when its network (DUL) thread fails on a malformed PDU.
 
     pynetdicom lets some decoding errors (an even presentation context ID in an
-    A-ASSOCIATE-RQ, for one) end that thread silently, leaving the association
-    waiting out its timeouts with nobody reading the socket.
+    A-ASSOCIATE-RQ, a DIMSE command set without a Command Field) end that thread,
+    leaving the association waiting out its timeouts with nobody reading the socket.
     """
     dul = assoc.dul
     run = dul.run
@@ -431,7 +411,6 @@ class StorageListener:
         self._traffic[id(assoc)] = _Traffic(host)
         self._slots.opened(host)
         assoc.acse = _AccessControlledACSE(assoc, self.policy, self._slots, host)
-        assoc.dimse = _GuardedDIMSE(assoc, host)
         _guard_network_thread(assoc, host)
         run = assoc.run
 

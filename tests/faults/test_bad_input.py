@@ -117,6 +117,9 @@ class _Sender:
                                 self.message_id)
 
 
+SENDERS: dict[int, _Sender] = {}  # one per node: the association is reused across examples
+
+
 def _echo(port: int) -> bool:
     assoc = associate(port)
     try:
@@ -126,12 +129,12 @@ def _echo(port: int) -> bool:
             assoc.release()
 
 
-def _associate_rq(port: int) -> bytes:
+def _associate_rq() -> bytes:
     primitive = A_ASSOCIATE()
     primitive.application_context_name = "1.2.840.10008.3.1.1.1"
     primitive.calling_ae_title, primitive.called_ae_title = "FUZZ", "AINODE"
     primitive.calling_presentation_address = AddressInformation("127.0.0.1", 0)
-    primitive.called_presentation_address = AddressInformation("127.0.0.1", port)
+    primitive.called_presentation_address = AddressInformation("127.0.0.1", 11112)  # not encoded
     context = build_context(Verification)
     context.context_id = 1
     primitive.presentation_context_definition_list = [context]
@@ -141,6 +144,9 @@ def _associate_rq(port: int) -> bytes:
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return pdu.encode()
+
+
+ASSOCIATE_RQ = _associate_rq()  # a valid request from FUZZ to AINODE, for Verification
 
 
 @st.composite
@@ -164,14 +170,11 @@ def malformed_pdus(draw: st.DrawFn) -> tuple[bool, bytes]:
     return True, struct.pack(">BBI", pdu_type, 0, length) + body
 
 
-ASSOCIATE_RQ = b""
-
-
 def _raw_exchange(port: int, after_association: bool, data: bytes) -> str:
     """Send ``data`` on a fresh connection, half-close, and read what the node answers."""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
         if after_association:
-            sock.sendall(_associate_rq(port))
+            sock.sendall(ASSOCIATE_RQ)
             answer = sock.recv(65536)
             assert answer[:1] == b"\x02", "the node did not accept a valid association request"
         sock.sendall(data)
@@ -237,17 +240,12 @@ def test_mutated_datasets_get_a_status_or_an_abort(fuzzed: tuple[Node, dict[Path
         assert _echo(node.port), "the node stopped answering C-ECHO"
 
 
-SENDERS: dict[int, _Sender] = {}
-
-
 @settings(max_examples=PDU_EXAMPLES, derandomize=True, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 @given(case=malformed_pdus())
 def test_malformed_pdus_are_rejected_or_aborted(fuzzed: tuple[Node, dict[Path, str]],
                                                 case: tuple[bool, bytes]) -> None:
     node, _ = fuzzed
-    global ASSOCIATE_RQ
-    ASSOCIATE_RQ = ASSOCIATE_RQ or _associate_rq(node.port)
     after_association, data = case
     outcome = _raw_exchange(node.port, after_association, data)
     TALLY[f"pdu: {outcome}"] += 1

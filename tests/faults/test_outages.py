@@ -15,6 +15,7 @@ from tests.faults.pipeline import (
     CONFIG,
     Trial,
     check_acknowledged,
+    database,
     fresh_study,
     job_states,
     phantom_template,
@@ -33,7 +34,7 @@ def _in_archive(orthanc: Orthanc) -> dict[str, str]:
 
 
 def _send_jobs_failing(node: Node, count: int) -> bool:
-    with sqlite3.connect(f"file:{node.data_dir / 'ainode.db'}?mode=ro", uri=True) as db:
+    with database(node) as db:
         failing = db.execute("SELECT count(*) FROM jobs WHERE kind = 'send' AND attempts >= 1 "
                              "AND state = 'queued' AND last_error IS NOT NULL").fetchone()[0]
     return failing >= count
