@@ -183,20 +183,22 @@ class _TorchScript:
     def __init__(self, path: Path, device: torch.device) -> None:
         with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
-            self.module = torch.jit.load(str(path), map_location=device).eval()
+            # torch.jit.load has no type annotations (torch 2.13).
+            self.module = torch.jit.load(str(path), map_location=device).eval()  # type: ignore[no-untyped-call]
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         out = self.module(batch)
         if isinstance(out, (tuple, list)):
             out = out[0]
-        return out.float()
+        result: torch.Tensor = out.float()
+        return result
 
 
 class _Onnx:
     def __init__(self, path: Path, device: torch.device) -> None:
         import onnxruntime
 
-        providers = ["CPUExecutionProvider"]
+        providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         options = onnxruntime.SessionOptions()
@@ -270,7 +272,7 @@ class ManifestModel:
         patch = pre.patch_size
         shape = image.shape[2:]
         # Pad up to at least one patch (edge values, so padding looks like the border).
-        padding = [max(0, p - s) for p, s in zip(patch, shape)]
+        padding = [max(0, p - s) for p, s in zip(patch, shape, strict=True)]
         if any(padding):
             pads = list(itertools.chain.from_iterable((0, p) for p in reversed(padding)))
             image = F.pad(image, pads, mode="replicate")
@@ -278,7 +280,8 @@ class ManifestModel:
         steps = [max(1, int(p * (1 - pre.overlap))) for p in patch]
         total: torch.Tensor | None = None
         counts = torch.zeros((1, 1, *padded), device=image.device)
-        for z, y, x in itertools.product(*(_positions(s, p, st) for s, p, st in zip(padded, patch, steps))):
+        starts = (_positions(s, p, st) for s, p, st in zip(padded, patch, steps, strict=True))
+        for z, y, x in itertools.product(*starts):
             window = (slice(None), slice(None), slice(z, z + patch[0]), slice(y, y + patch[1]),
                       slice(x, x + patch[2]))
             out = self._run(image[window].contiguous())
@@ -301,7 +304,7 @@ class ManifestModel:
             return self._classify(self._run(image))
         if pre.target_spacing:
             size = [max(1, round(n * s / t)) for n, s, t in
-                    zip(volume.shape, volume.spacing, pre.target_spacing)]
+                    zip(volume.shape, volume.spacing, pre.target_spacing, strict=True)]
             image = F.interpolate(image, size=size, mode="trilinear", align_corners=False)
         scores = self._sliding_window(image)
         if tuple(scores.shape[2:]) != volume.shape:

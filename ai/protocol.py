@@ -94,12 +94,29 @@ class Measurement:
     reliable: bool = True
     note: str = ""  # why it is not reliable, shown to readers
 
+    def to_json(self, unit: str | None = None) -> dict[str, Any]:
+        """As recorded with the prediction (with its unit, for people reading the record)."""
+        return {"name": self.name, "value": self.value, "unit": unit, "reliable": self.reliable,
+                "note": self.note}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Measurement:
+        return cls(str(data["name"]), float(data["value"]), bool(data.get("reliable", True)),
+                   str(data.get("note") or ""))
+
 
 @dataclass(frozen=True)
 class Finding:
     name: str  # a FindingSpec's name
     score: float  # 0..1
     present: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "score": self.score, "present": self.present}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        return cls(str(data["name"]), float(data["score"]), bool(data["present"]))
 
 
 @dataclass
@@ -142,5 +159,44 @@ def outputs_from_dict(data: dict[str, Any]) -> Outputs:
         measurements=tuple(MeasurementSpec(m["name"], Code(**m["concept"]), Code(**m["unit"]),
                                            m.get("segment")) for m in data.get("measurements", ())),
         findings=tuple(FindingSpec(f["name"], Code(**f["concept"])) for f in data.get("findings", ())),
-        display_window=tuple(data["display_window"]) if data.get("display_window") else None,  # type: ignore[arg-type]
+        display_window=(float(window[0]), float(window[1])) if (window := data.get("display_window")) else None,
     )
+
+
+class PredictionMismatch(ValueError):
+    """A prediction does not fit what its model declared; the message says how."""
+
+
+def check_prediction(outputs: Outputs, prediction: Prediction, shape: tuple[int, ...]) -> None:
+    """Check a prediction against the outputs its model declared, before it is recorded.
+
+    Raises :class:`PredictionMismatch` for a label map of another shape or type, or
+    with labels the model does not declare; a measurement or finding the model does
+    not declare; a value that is not a finite number; a score outside 0..1.
+    """
+    problems = []
+    if prediction.labelmap is not None:
+        labelmap = prediction.labelmap
+        if tuple(labelmap.shape) != tuple(shape):
+            problems.append(f"a label map of shape {tuple(labelmap.shape)} for a volume of {tuple(shape)}")
+        elif labelmap.dtype.kind not in "ui" and labelmap.dtype != np.bool_:
+            problems.append(f"a label map of {labelmap.dtype} values (integers expected)")
+        else:
+            declared = {s.label for s in outputs.segments}
+            undeclared = sorted(set(np.unique(labelmap).tolist()) - declared - {0})
+            if undeclared:
+                problems.append(f"label(s) {', '.join(map(str, undeclared[:5]))} that it does not declare")
+    measurements = {m.name for m in outputs.measurements}
+    for m in prediction.measurements:
+        if m.name not in measurements:
+            problems.append(f"measurement {m.name!r} that it does not declare")
+        elif not np.isfinite(m.value):
+            problems.append(f"measurement {m.name!r} = {m.value}")
+    findings = {f.name for f in outputs.findings}
+    for f in prediction.findings:
+        if f.name not in findings:
+            problems.append(f"finding {f.name!r} that it does not declare")
+        elif not (np.isfinite(f.score) and 0.0 <= f.score <= 1.0):
+            problems.append(f"finding {f.name!r} with score {f.score} (0..1 expected)")
+    if problems:
+        raise PredictionMismatch("; ".join(problems))

@@ -18,6 +18,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -56,7 +57,8 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.array.shape)  # type: ignore[return-value]
+        slices, rows, columns = self.array.shape
+        return int(slices), int(rows), int(columns)
 
 
 @dataclass
@@ -71,9 +73,9 @@ class _Frame:
     frame_number: int
 
 
-def _floats(value: object, n: int, what: str) -> np.ndarray:
+def _floats(value: Any, n: int, what: str) -> np.ndarray:
     try:
-        out = np.array([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
+        out = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError):
         raise NotAVolume(f"{what} is missing or not numeric") from None
     if out.shape != (n,):
@@ -97,7 +99,8 @@ def _functional(ds: Dataset, frame_item: Dataset | None, sequence: str) -> Datas
     """An item of a functional group macro, per-frame first, then shared."""
     for source in (frame_item, ds.get("SharedFunctionalGroupsSequence", [None])[0]):
         if source is not None and sequence in source and len(source[sequence].value):
-            return source[sequence].value[0]
+            item: Dataset = source[sequence].value[0]
+            return item
     return None
 
 
@@ -202,10 +205,11 @@ def volume_from_datasets(datasets: Sequence[Dataset], min_slices: int = 3) -> Vo
     kernel = first.get("ConvolutionKernel")
     if kernel is not None and not isinstance(kernel, str):
         kernel = "\\".join(str(k) for k in kernel)
+    x, y, z = (float(v) for v in frames[0].position)
     return Volume(
         array=array,
         spacing=(spacing, float(row_spacing), float(col_spacing)),
-        origin=tuple(float(v) for v in frames[0].position),  # type: ignore[arg-type]
+        origin=(x, y, z),
         direction=np.column_stack([row, col, normal]),
         modality=str(first.get("Modality", "")),
         series_instance_uid=str(first.get("SeriesInstanceUID", "")),

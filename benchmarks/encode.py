@@ -30,7 +30,8 @@ def main() -> None:
     from pydicom.uid import generate_uid
 
     from ai.encoders.identity import ResultIdentity
-    from ai.encoders.results import encode_prediction
+    from ai.encoders.results import ModelResult, encode_prediction
+    from ai.labelmap import LabelMap
     from ai.models.ct_chest import OUTPUTS, CtChestModel
     from tests.phantoms import chest_phantom, phantom_volume
     from tests.synthetic import TEST_UID_ROOT, ct_slice
@@ -41,17 +42,18 @@ def main() -> None:
         prediction = CtChestModel().predict(volume)
     study, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
     sources = [ct_slice(study, series, i, size=512) for i in range(args.slices)]
-    uids = [s.SOPInstanceUID for s in sources]
+    uids = tuple(str(s.SOPInstanceUID) for s in sources)
     identity = ResultIdentity(study, series, "ct-chest", "1.0.0", 1)
-    measurements = [{"name": m.name, "value": m.value, "reliable": m.reliable} for m in prediction.measurements]
-    findings = [{"name": f.name, "score": f.score, "present": f.present} for f in prediction.findings]
+    assert prediction.labelmap is not None
+    labelmap = LabelMap(prediction.labelmap, uids, (1,) * len(uids), series, volume.spacing, volume.origin,
+                        volume.direction)
+    result = ModelResult(OUTPUTS, tuple(prediction.measurements), tuple(prediction.findings), labelmap)
     times: dict[int, list[float]] = {0: [], 2: []}
     frames = 0
     for _ in range(args.repetitions):
         for workers in times:
             started = time.perf_counter()
-            objects = encode_prediction(identity, OUTPUTS, measurements, findings, sources,
-                                        prediction.labelmap, uids, [1] * len(uids), workers=workers)
+            objects = encode_prediction(identity, result, sources, workers=workers)
             times[workers].append(time.perf_counter() - started)
             frames = int(objects[0].dataset.NumberOfFrames)
     peak = next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()

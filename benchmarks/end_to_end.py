@@ -175,7 +175,7 @@ def main() -> None:
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     rows = []
     for name, runs in results.items():
-        def med(key: str) -> float:
+        def med(key: str, runs: list[dict] = runs) -> float:
             return statistics.median(r[key] for r in runs)
         rows.append(f"| {name} | {counts[name]} | **{med('latency'):.2f}** | "
                     + " | ".join(f"{med(k):.2f}" for k in STEPS)

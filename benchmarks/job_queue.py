@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,7 +110,7 @@ def completion_delay(url: str, repetitions: int, workdir: Path) -> list[float]:
                     ).first()
                 if row is not None:
                     last = row.last_received_at
-                    last = last if last.tzinfo else last.replace(tzinfo=timezone.utc)
+                    last = last if last.tzinfo else last.replace(tzinfo=UTC)
                     delays.append(row.created_at - last.timestamp() - quiet)
                     break
                 time.sleep(0.05)

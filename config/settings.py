@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -515,7 +516,7 @@ class ConfigError(Exception):
     """The configuration is unusable; the message is one line per problem, for a person."""
 
 
-def _describe_error(err: dict[str, Any]) -> str:
+def _describe_error(err: ErrorDetails) -> str:
     loc = [str(p) for p in err.get("loc", ())]
     name = ".".join(loc) if loc else "configuration"
     top = loc[0] if loc else ""
@@ -551,7 +552,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             tomllib.loads(config_file.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
-    cls = Settings
+    cls: type[Settings] = Settings
     if config_file is not None:
         cls = type(
             "Settings",

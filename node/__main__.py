@@ -1,5 +1,5 @@
 """`python -m node` runs the `ainode` command."""
 
-from node.cli import main
+from node.runner.cli import main
 
 main()

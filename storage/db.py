@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, FromClause, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
@@ -80,7 +80,7 @@ def open_database(url: str, busy_timeout_ms: int = 5000) -> Engine:
     return engine
 
 
-def dialect_insert(bind: Any, table: Table) -> Any:
+def dialect_insert(bind: Connection, table: FromClause) -> Any:
     """An INSERT for ``bind``'s database that supports ``on_conflict_do_nothing``
     (SQLite and PostgreSQL both have it; the generic insert does not)."""
     dialect = postgresql if bind.dialect.name == "postgresql" else sqlite

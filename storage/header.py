@@ -18,7 +18,7 @@ _LAST_TAG = Tag(0x0020, 0x0037)
 
 
 def _stop_after_indexed(tag: BaseTag, _vr: str | None, _length: int) -> bool:
-    return tag > _LAST_TAG
+    return bool(tag > _LAST_TAG)
 
 
 class InvalidInstance(ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, Table, bindparam, func, select
@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from storage.db import writing
 from storage.header import InstanceHeader
 from storage.models import Instance, Series, Study
+from storage.states import StudyState
 
 _studies: Table = Study.__table__  # type: ignore[assignment]
 _series: Table = Series.__table__  # type: ignore[assignment]
@@ -83,14 +84,14 @@ def record_instance(
     of the instance's previous file when that file lies elsewhere (the instance
     moved to another series) and should now be deleted; otherwise ``None``.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     h = asdict(header)
     sql = _statements(engine.dialect.name)
     with writing(engine) as conn:
         study_id = conn.execute(sql.study, {
             "study_instance_uid": h["study_instance_uid"], "study_date": h["study_date"],
             "study_description": h["study_description"],
-            "accession_number": h["accession_number"], "state": "receiving",
+            "accession_number": h["accession_number"], "state": StudyState.RECEIVING,
             "first_received_at": now, "last_received_at": now,
         }).scalar_one()
         series_id = conn.execute(sql.series, {

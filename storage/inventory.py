@@ -7,6 +7,7 @@ from typing import TypedDict
 from sqlalchemy import Connection, Engine, func, select
 
 from storage.models import Instance, Series, Study
+from storage.states import StudyState
 
 
 class Inventory(TypedDict):
@@ -25,6 +26,13 @@ def inventory(engine: Engine) -> Inventory:
             select(func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))
         ).one()
     return Inventory(studies=studies, series=series, instances=instances, bytes=int(size))
+
+
+def studies_by_state(engine: Engine) -> dict[StudyState, int]:
+    """How many studies are in each state (every state, zero when none)."""
+    with engine.connect() as conn:
+        counted = dict(conn.execute(select(Study.state, func.count()).group_by(Study.state)).all())
+    return {state: int(counted.get(state, 0)) for state in StudyState}
 
 
 def series_files(engine: Engine, series_uid: str) -> list[str]:

@@ -7,6 +7,7 @@ Counts and sizes are not stored: they are computed from the instance rows
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 
+from storage.states import StudyState
+
 
 class Base(DeclarativeBase):
     pass
@@ -40,7 +43,7 @@ class Study(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
     accession_number: Mapped[str | None] = mapped_column(String(16))
-    state: Mapped[str] = mapped_column(String(16), default="receiving")
+    state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING)
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     #: Raised each time the study completes; results and jobs carry the version they
@@ -48,7 +51,7 @@ class Study(Base):
     results_version: Mapped[int] = mapped_column(Integer, default=0)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completion_reason: Mapped[str | None] = mapped_column(String(32))
-    #: routine | urgent | critical (node.triage): from the request, the route, findings.
+    #: routine | urgent | critical (node.pipeline.triage): from the request, the route, findings.
     priority: Mapped[str] = mapped_column(String(16), default="routine", server_default="routine")
     priority_reason: Mapped[str | None] = mapped_column(String(200))
     #: The request's priority as the images carry it (Requested Procedure Priority), e.g. STAT.
@@ -96,24 +99,24 @@ class Instance(Base):
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
-Series.instance_count = column_property(  # type: ignore[attr-defined]
+Series.instance_count = column_property(
     select(func.count(Instance.id)).where(Instance.series_id == Series.id).scalar_subquery()
 )
-Series.total_bytes = column_property(  # type: ignore[attr-defined]
+Series.total_bytes = column_property(
     select(func.coalesce(func.sum(Instance.size_bytes), 0))
     .where(Instance.series_id == Series.id)
     .scalar_subquery()
 )
-Study.series_count = column_property(  # type: ignore[attr-defined]
+Study.series_count = column_property(
     select(func.count(Series.id)).where(Series.study_id == Study.id).scalar_subquery()
 )
-Study.instance_count = column_property(  # type: ignore[attr-defined]
+Study.instance_count = column_property(
     select(func.count(Instance.id))
     .join(Series, Instance.series_id == Series.id)
     .where(Series.study_id == Study.id)
     .scalar_subquery()
 )
-Study.total_bytes = column_property(  # type: ignore[attr-defined]
+Study.total_bytes = column_property(
     select(func.coalesce(func.sum(Instance.size_bytes), 0))
     .join(Series, Instance.series_id == Series.id)
     .where(Series.study_id == Study.id)
@@ -141,7 +144,7 @@ class Job(Base):
         ForeignKey("studies.id", ondelete="SET NULL"), index=True
     )
     results_version: Mapped[int | None] = mapped_column(Integer)
-    payload: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     priority: Mapped[int] = mapped_column(Integer)
     sort_key: Mapped[float] = mapped_column(Double)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -155,7 +158,7 @@ class Job(Base):
     finished_at: Mapped[float | None] = mapped_column(Double)
 
 
-class Prediction(Base):
+class PredictionRecord(Base):
     """What a model found in one series of one results version of a study.
 
     Written once, by the inference job, together with the label map file it points
@@ -179,11 +182,11 @@ class Prediction(Base):
     device: Mapped[str] = mapped_column(String(16))
     #: What the model declares it produces (segments, measurements, findings with
     #: their codes), so that results can be encoded without loading the model.
-    outputs: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: [{name, value, unit, reliable, note}], [{name, score, present}], {fact: value}
-    measurements: Mapped[list] = mapped_column(JSON)  # type: ignore[type-arg]
-    findings: Mapped[list] = mapped_column(JSON)  # type: ignore[type-arg]
-    provenance: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    measurements: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    findings: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: The label map and its geometry (``.npz``), relative to the data folder.
     labelmap_path: Mapped[str | None] = mapped_column(String(400))
     load_seconds: Mapped[float] = mapped_column(Double)

@@ -23,20 +23,21 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Row, Table, and_, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, Table, and_, func, select, update
 
 from storage.db import dialect_insert, writing
 from storage.models import Job
+from storage.states import JobState
 
-QUEUED, RUNNING, SUCCEEDED, DEAD = "queued", "running", "succeeded", "dead"
-STATES = (QUEUED, RUNNING, SUCCEEDED, DEAD)
-LIVE_STATES = (QUEUED, RUNNING)
+QUEUED, RUNNING, SUCCEEDED, DEAD = JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.DEAD
 
 _jobs: Table = Job.__table__  # type: ignore[assignment]
+#: What an observer is told of a job that moved.
+_CHANGE = (_jobs.c.id, _jobs.c.kind, _jobs.c.study_id, _jobs.c.results_version)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,22 @@ class ClaimedJob:
     priority: int = 0
 
 
+@dataclass(frozen=True)
+class JobChange:
+    """A job that has just entered ``state`` (what an observer is told)."""
+
+    id: int
+    kind: str
+    state: JobState
+    study_id: int | None
+    results_version: int | None
+
+
+#: Called in the very transaction that moved a job, after the move: what the job was
+#: for (a study's state, say) changes atomically with it.
+JobObserver = Callable[[Connection, JobChange], None]
+
+
 @dataclass
 class NewJob:
     """What to enqueue; ``dedupe_key`` makes enqueueing idempotent."""
@@ -98,15 +115,25 @@ class JobQueue:
         self,
         engine: Engine,
         settings: QueueSettings | None = None,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
+        observer: JobObserver | None = None,
     ) -> None:
+        """``observer``: told of every claim, completion, failure, reaping and retry,
+        inside the transaction that makes it."""
         self.engine = engine
         self.settings = settings or QueueSettings()
         self._clock = clock
+        self._observer = observer
+
+    def _observe(self, conn: Connection, rows: Sequence[Row[Any]], state: JobState) -> None:
+        if self._observer is None:
+            return
+        for row in rows:
+            self._observer(conn, JobChange(row.id, row.kind, state, row.study_id, row.results_version))
 
     # --- producers ------------------------------------------------------------------
 
-    def enqueue(self, job: NewJob, conn: Any = None) -> int | None:
+    def enqueue(self, job: NewJob, conn: Connection | None = None) -> int | None:
         """Add a job unless one with the same ``dedupe_key`` exists; its id, or None.
 
         With ``conn``, the job is added inside the caller's transaction (so a study
@@ -149,12 +176,14 @@ class JobQueue:
         )
         with writing(self.engine) as conn:
             row = conn.execute(stmt).first()
+            if row is not None:
+                self._observe(conn, [row], RUNNING)
         if row is None:
             return None
         return ClaimedJob(row.id, row.kind, row.payload, row.study_id, row.results_version,
                           row.attempts, row.max_attempts, worker, row.priority)
 
-    def _owned(self, job: ClaimedJob) -> Any:
+    def _owned(self, job: ClaimedJob) -> ColumnElement[bool]:
         return and_(_jobs.c.id == job.id, _jobs.c.state == RUNNING,
                     _jobs.c.lease_owner == job.lease_owner)
 
@@ -164,16 +193,17 @@ class JobQueue:
         with writing(self.engine) as conn:
             result = conn.execute(update(_jobs).where(self._owned(job)).values(
                 lease_expires_at=now + self.settings.lease_s, updated_at=now))
-        return result.rowcount == 1
+        return bool(result.rowcount == 1)
 
     def complete(self, job: ClaimedJob) -> bool:
         """Mark the job succeeded; False when the lease was lost (another attempt owns it)."""
         now = self._clock()
         with writing(self.engine) as conn:
-            result = conn.execute(update(_jobs).where(self._owned(job)).values(
+            rows = conn.execute(update(_jobs).where(self._owned(job)).values(
                 state=SUCCEEDED, lease_owner=None, lease_expires_at=None, finished_at=now,
-                updated_at=now, last_error=None))
-        return result.rowcount == 1
+                updated_at=now, last_error=None).returning(*_CHANGE)).all()
+            self._observe(conn, rows, SUCCEEDED)
+        return len(rows) == 1
 
     def fail(self, job: ClaimedJob, error: str, policy: RetryPolicy | None = None,
              permanent: bool = False) -> str | None:
@@ -193,11 +223,12 @@ class JobQueue:
             values.update(state=DEAD, finished_at=now)
         else:
             values.update(state=QUEUED, run_after=now + policy.delay(job.attempts))
+        state = DEAD if dead else QUEUED
         with writing(self.engine) as conn:
-            result = conn.execute(update(_jobs).where(self._owned(job)).values(**values))
-        if result.rowcount != 1:
-            return None
-        return DEAD if dead else QUEUED
+            rows = conn.execute(update(_jobs).where(self._owned(job)).values(**values)
+                                .returning(*_CHANGE)).all()
+            self._observe(conn, rows, state)
+        return state if rows else None
 
     # --- maintenance -----------------------------------------------------------------
 
@@ -210,12 +241,16 @@ class JobQueue:
             died = conn.execute(
                 update(_jobs).where(expired, _jobs.c.attempts >= _jobs.c.max_attempts).values(
                     state=DEAD, lease_owner=None, lease_expires_at=None, finished_at=now,
-                    updated_at=now, last_error="worker stopped (lease expired) on the last attempt"))
+                    updated_at=now, last_error="worker stopped (lease expired) on the last attempt")
+                .returning(*_CHANGE)).all()
             requeued = conn.execute(
                 update(_jobs).where(expired).values(
                     state=QUEUED, lease_owner=None, lease_expires_at=None, run_after=now,
-                    updated_at=now, last_error="worker stopped (lease expired); retried"))
-        return int(died.rowcount) + int(requeued.rowcount)
+                    updated_at=now, last_error="worker stopped (lease expired); retried")
+                .returning(*_CHANGE)).all()
+            self._observe(conn, died, DEAD)
+            self._observe(conn, requeued, QUEUED)
+        return len(died) + len(requeued)
 
     def retry(self, job_id: int | None = None, all_dead: bool = False) -> int:
         """Operator's retry: dead jobs (by id, also one queued with backoff, or one that
@@ -229,21 +264,23 @@ class JobQueue:
         else:
             raise ValueError("give a job id or all_dead=True")
         with writing(self.engine) as conn:
-            result = conn.execute(update(_jobs).where(where).values(
-                state=QUEUED, attempts=0, run_after=now, finished_at=None, updated_at=now))
-        return int(result.rowcount)
+            rows = conn.execute(update(_jobs).where(where).values(
+                state=QUEUED, attempts=0, run_after=now, finished_at=None, updated_at=now)
+                .returning(*_CHANGE)).all()
+            self._observe(conn, rows, QUEUED)
+        return len(rows)
 
     # --- reading ---------------------------------------------------------------------
 
-    def counts(self) -> dict[str, dict[str, int]]:
+    def counts(self) -> dict[str, dict[JobState, int]]:
         """Jobs by kind, then by state (every state present, zero when none)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(_jobs.c.kind, _jobs.c.state, func.count()).group_by(_jobs.c.kind, _jobs.c.state)
             ).all()
-        out: dict[str, dict[str, int]] = {}
+        out: dict[str, dict[JobState, int]] = {}
         for kind, state, n in rows:
-            out.setdefault(kind, dict.fromkeys(STATES, 0))[state] = n
+            out.setdefault(kind, dict.fromkeys(JobState, 0))[JobState(state)] = n
         return out
 
     def list(self, states: Sequence[str] = (), kinds: Sequence[str] = (), limit: int = 200) -> list[Row[Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine, delete, exists, select
 
@@ -64,7 +64,7 @@ def reconcile(store: FileStore, engine: Engine) -> ReconcileReport:
         stat = path.stat()
         # The file's time, not now: what it records is when the image arrived (and a
         # file left behind by a retention purge is still old enough to go again).
-        received = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+        received = datetime.fromtimestamp(stat.st_mtime, UTC)
         record_instance(engine, header, StoredFile(relative, stat.st_size, ts, None), now=received)
         indexed += 1
 

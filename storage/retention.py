@@ -7,12 +7,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, delete, exists, select
+from sqlalchemy import Engine, Exists, delete, exists, select
 
 from storage.db import writing
 from storage.files import FileStore
 from storage.models import Instance, Job, Series, Study
-from storage.queue import LIVE_STATES
+from storage.states import LIVE_JOB_STATES
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,8 @@ class PurgeReport:
     files: int
 
 
-def _has_live_jobs() -> object:
-    return exists().where(Job.study_id == Study.id, Job.state.in_(LIVE_STATES))
+def _has_live_jobs() -> Exists:
+    return exists().where(Job.study_id == Study.id, Job.state.in_(LIVE_JOB_STATES))
 
 
 def purge_older_than(engine: Engine, store: FileStore, cutoff: datetime, limit: int = 100) -> PurgeReport:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, insert, select
 
 from storage.db import writing
 from storage.models import Study, StudyEvent
 
-COMPLETED, PRIORITIZED, INFERRED, ENCODED = "completed", "prioritized", "inferred", "encoded"
+COMPLETED, PRIORITIZED, INFERRED, DECLINED, ENCODED = "completed", "prioritized", "inferred", "declined", "encoded"
 DELIVERED, DELIVERY_FAILED, NOTIFIED, NOTIFY_FAILED = "delivered", "delivery_failed", "notified", "notify_failed"
 
 
@@ -32,7 +32,7 @@ def record_now(engine: Engine, study_id: int, step: str, detail: str = "",
 
 def epoch(value: datetime) -> float:
     """Seconds since the epoch of a stored time (SQLite gives them back without zone: UTC)."""
-    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass(frozen=True)

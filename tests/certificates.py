@@ -42,7 +42,7 @@ class CertificateAuthority:
         self.folder = folder
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._subject = _name(name)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self._cert = (
             x509.CertificateBuilder().subject_name(self._subject).issuer_name(self._subject)
             .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
@@ -61,7 +61,7 @@ class CertificateAuthority:
     def issue(self, common_name: str, server: bool = False) -> Issued:
         """A certificate for a server (valid for 127.0.0.1 and localhost) or a client."""
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
             x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(self._subject)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from sqlalchemy import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -239,3 +240,15 @@ def send_study(node: Node, *paths: Path) -> None:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty node database, once on SQLite and once on the session's PostgreSQL."""
+    from storage.db import open_database
+
+    url = (f"sqlite:///{tmp_path / 'db.sqlite'}" if request.param == "sqlite"
+           else request.getfixturevalue("fresh_postgres_url"))
+    engine = open_database(url)
+    yield engine
+    engine.dispose()

@@ -131,8 +131,8 @@ def sphere_volume(radius_mm: float = 20.0, shape: tuple[int, int, int] = (40, 64
                   spacing: tuple[float, float, float] = (1.5, 1.0, 1.0)) -> tuple[Volume, float]:
     """A sphere of bone (1000 HU) in air, and its true volume in mL: with the models'
     window its edge is at the middle of their 0..1 range."""
-    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, spacing)), indexing="ij")
-    centre = [n * s / 2 for n, s in zip(shape, spacing)]
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, spacing, strict=True)), indexing="ij")
+    centre = [n * s / 2 for n, s in zip(shape, spacing, strict=True)]
     inside = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius_mm ** 2
     array = np.where(inside, 1000.0, -1000.0).astype(np.float32)
     volume = Volume(

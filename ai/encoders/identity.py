@@ -7,12 +7,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from config.version import VERSION
+
 #: Fixed namespace for name-based (version 5) UUIDs; the UIDs are 2.25.<uuid as integer>
 #: (PS3.5 B.2), which needs no organisation root.
 _NAMESPACE = uuid.UUID("5b0f1f62-3c7e-4f55-9d7a-8a7f0e1c2b11")
 
 MANUFACTURER = "AINode"
-SOFTWARE_VERSION = "0.1"
+#: The node's own version, first of the Software Versions of every object it makes.
+SOFTWARE_VERSION = VERSION
 
 
 @dataclass(frozen=True)

@@ -4,23 +4,36 @@ segment in it) and the TID 1500 SR, ready to store and send."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 from pydicom.dataset import Dataset
 
 from ai.encoders.identity import ResultIdentity
-from ai.encoders.sc import encode_key_images
+from ai.encoders.sc import SliceValues, encode_key_images
 from ai.encoders.seg import encode_segmentation
 from ai.encoders.sr import encode_measurement_report
-from ai.protocol import Outputs
+from ai.labelmap import LabelMap
+from ai.protocol import Finding, Measurement, Outputs
 
 
 @dataclass(frozen=True)
-class ResultObject:
+class ModelResult:
+    """One model's result on one series, as the encoders need it: what the model
+    declares, what it measured and found, and its label map on the source grid."""
+
+    outputs: Outputs
+    measurements: tuple[Measurement, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    labelmap: LabelMap | None = None
+
+
+@dataclass(frozen=True)
+class EncodedObject:
+    """One DICOM object made from a result."""
+
     kind: str  # "seg" | "sr" | "sc"
     dataset: Dataset
 
@@ -112,35 +125,31 @@ def _identify_private_schemes(ds: Dataset) -> None:
 
 def encode_prediction(
     identity: ResultIdentity,
-    outputs: Outputs,
-    measurements: Sequence[dict[str, Any]],
-    findings: Sequence[dict[str, Any]],
+    result: ModelResult,
     sources: Sequence[Dataset],
-    labelmap: np.ndarray | None = None,
-    sop_instance_uids: Sequence[str] = (),
-    frame_numbers: Sequence[int] = (),
+    slice_values: SliceValues | None = None,
     workers: int = 0,
-    slice_values: Callable[[int], np.ndarray] | None = None,
-) -> list[ResultObject]:
-    """Encode; ``sources`` (the source series' datasets, read for this) gain empty
-    values for absent Type 2 patient and study attributes. With ``slice_values`` (the
-    source slice behind label map slice ``i``, in modality units), key images too."""
+) -> list[EncodedObject]:
+    """The SEG (when the label map has a segment), the SR and, with ``slice_values``
+    (the source slice behind label map slice ``i``, in modality units), key images.
+
+    ``sources`` (the source series' datasets, read for this) gain empty values for
+    absent Type 2 patient and study attributes."""
     _complete_type2(sources)
     # highdicom and pydicom warn about source attributes, quoting their values (the
     # patient's name among them): those warnings must not reach a log.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         seg = None
-        if labelmap is not None:
-            seg = encode_segmentation(identity, outputs, labelmap, sources, sop_instance_uids,
-                                      frame_numbers, workers=workers)
-        sr = encode_measurement_report(identity, outputs, measurements, findings, sources, seg)
+        if result.labelmap is not None:
+            seg = encode_segmentation(identity, result.outputs, result.labelmap, sources, workers=workers)
+        sr = encode_measurement_report(identity, result.outputs, result.measurements, result.findings,
+                                       sources, seg)
         key_images = []
-        if labelmap is not None and slice_values is not None:
-            key_images = encode_key_images(identity, outputs, labelmap, sources, sop_instance_uids,
-                                           frame_numbers, slice_values)
-    objects = (([ResultObject("seg", seg)] if seg is not None else []) + [ResultObject("sr", sr)]
-               + [ResultObject("sc", image) for image in key_images])
+        if result.labelmap is not None and slice_values is not None:
+            key_images = encode_key_images(identity, result.outputs, result.labelmap, sources, slice_values)
+    objects = (([EncodedObject("seg", seg)] if seg is not None else []) + [EncodedObject("sr", sr)]
+               + [EncodedObject("sc", image) for image in key_images])
     for obj in objects:
         _copy_shared(obj.dataset, sources[0])
         _drop_incomplete_references(obj.dataset)

@@ -15,7 +15,11 @@ from pydicom.multival import MultiValue
 from scipy import ndimage
 
 from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
+from ai.labelmap import LabelMap
 from ai.protocol import Outputs
+
+#: The source slice behind label map slice ``i``, in modality units (HU for CT).
+SliceValues = Callable[[int], np.ndarray]
 
 #: Outline colours, one per segment in declaration order (RGB).
 PALETTE = ((255, 64, 64), (64, 220, 64), (80, 140, 255), (255, 220, 0), (0, 230, 230), (255, 80, 255))
@@ -38,7 +42,8 @@ def _grey(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     centre, width = window
     low = centre - width / 2
     scaled = (values.astype(np.float32) - low) / max(width, 1.0) * 255.0
-    return np.clip(scaled, 0, 255).astype(np.uint8)
+    grey: np.ndarray = np.clip(scaled, 0, 255).astype(np.uint8)
+    return grey
 
 
 def _window_of(source: Dataset, values: np.ndarray) -> tuple[float, float]:
@@ -94,23 +99,22 @@ def draw_key_image(values: np.ndarray, labels: np.ndarray, outputs: Outputs, win
 def encode_key_images(
     identity: ResultIdentity,
     outputs: Outputs,
-    labelmap: np.ndarray,
+    labelmap: LabelMap,
     sources: Sequence[Dataset],
-    sop_instance_uids: Sequence[str],
-    frame_numbers: Sequence[int],
-    slice_values: Callable[[int], np.ndarray],
+    slice_values: SliceValues,
 ) -> list[hd.sc.SCImage]:
     """The key images of one prediction (none when no segment has a voxel).
     ``slice_values(i)`` gives the label map's slice ``i`` of the source in modality
     units (HU for CT); ``sources`` are the series' headers."""
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     images = []
-    for number, index in enumerate(key_slices(labelmap, [s.label for s in outputs.segments]), start=1):
-        source = by_uid[sop_instance_uids[index]]
+    labels = labelmap.array
+    for number, index in enumerate(key_slices(labels, [s.label for s in outputs.segments]), start=1):
+        source = by_uid[labelmap.sop_instance_uids[index]]
         values = slice_values(index)
         window = outputs.display_window or _window_of(source, values)
-        caption = f"{identity.model} {identity.model_version} - slice {index + 1}/{labelmap.shape[0]}"
-        pixels = draw_key_image(values, labelmap[index], outputs, window, caption)
+        caption = f"{identity.model} {identity.model_version} - slice {index + 1}/{labels.shape[0]}"
+        pixels = draw_key_image(values, labels[index], outputs, window, caption)
         spacing = source.get("PixelSpacing")
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
@@ -123,7 +127,8 @@ def encode_key_images(
             sop_instance_uid=identity.uid(f"sc-instance-{index}"),
             instance_number=number,
             manufacturer=MANUFACTURER,
-            pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
+            # highdicom annotates pixel_spacing as tuple[int, int], yet means millimetres.
+            pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,  # type: ignore[arg-type]
             patient_orientation=patient_orientation(source),
             transfer_syntax_uid="1.2.840.10008.1.2.1",
         )
@@ -134,12 +139,12 @@ def encode_key_images(
         image.BurnedInAnnotation = "YES"
         image.ImageComments = "AI outlines on a source slice; derived image, not for diagnostic use"
         image.DerivationDescription = f"Segment outlines drawn by {identity.model} {identity.model_version}"[:1024]
-        image.SoftwareVersions = [SOFTWARE_VERSION, identity.model_version]
+        image.SoftwareVersions = [SOFTWARE_VERSION, identity.model_version]  # type: ignore[assignment]  # VR LO, multi-valued
         reference = Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
         if int(source.get("NumberOfFrames", 1) or 1) > 1:
-            reference.ReferencedFrameNumber = int(frame_numbers[index])
+            reference.ReferencedFrameNumber = int(labelmap.frame_numbers[index])
         image.SourceImageSequence = [reference]
         images.append(image)
     return images

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
+from ai.labelmap import LabelMap
 from ai.protocol import Code, Outputs
 
 
@@ -25,28 +26,27 @@ def algorithm_identification(identity: ResultIdentity) -> hd.AlgorithmIdentifica
         family=codes.cid7162.ArtificialIntelligence)
 
 
-def _source_frames(labelmap: np.ndarray, sources: Sequence[Dataset], sop_instance_uids: Sequence[str],
-                   frame_numbers: Sequence[int]) -> tuple[list[Dataset], np.ndarray]:
-    """The source images and the label map's slices in the order highdicom pairs them:
+def _source_frames(labelmap: LabelMap, segments: np.ndarray,
+                   sources: Sequence[Dataset]) -> tuple[list[Dataset], np.ndarray]:
+    """The source images and the ``segments`` slices in the order highdicom pairs them:
     single-frame images one per slice; one multi-frame image with its frames in order."""
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
-    if len(set(sop_instance_uids)) == 1 and len(sop_instance_uids) > 1:
-        order = np.argsort(np.asarray(frame_numbers))
-        return [by_uid[sop_instance_uids[0]]], labelmap[order]
-    return [by_uid[uid] for uid in sop_instance_uids], labelmap
+    uids = labelmap.sop_instance_uids
+    if len(set(uids)) == 1 and len(uids) > 1:
+        order = np.argsort(np.asarray(labelmap.frame_numbers))
+        return [by_uid[uids[0]]], segments[order]
+    return [by_uid[uid] for uid in uids], segments
 
 
 def encode_segmentation(
     identity: ResultIdentity,
     outputs: Outputs,
-    labelmap: np.ndarray,
+    labelmap: LabelMap,
     sources: Sequence[Dataset],
-    sop_instance_uids: Sequence[str],
-    frame_numbers: Sequence[int],
     workers: int = 0,
 ) -> hd.seg.Segmentation | None:
     """The SEG of one prediction, or None when no segment has a voxel."""
-    present = set(np.unique(labelmap).tolist()) - {0}
+    present = labelmap.labels
     specs = [s for s in outputs.segments if s.label in present]
     if not specs:
         return None
@@ -54,7 +54,7 @@ def encode_segmentation(
     lut = np.zeros(256, dtype=np.uint8)
     for number, spec in enumerate(specs, start=1):
         lut[spec.label] = number
-    images, frames = _source_frames(lut[labelmap], sources, sop_instance_uids, frame_numbers)
+    images, frames = _source_frames(labelmap, lut[labelmap.array], sources)
     algorithm = algorithm_identification(identity)
     descriptions = [
         hd.seg.SegmentDescription(
@@ -64,11 +64,12 @@ def encode_segmentation(
             anatomic_regions=None,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
-            **({"tracking_uid": identity.uid(f"segment-{spec.label}"), "tracking_id": spec.name[:64]}),
+            tracking_uid=identity.uid(f"segment-{spec.label}"),
+            tracking_id=spec.name[:64],
         )
         for number, spec in enumerate(specs, start=1)
     ]
-    for description, spec in zip(descriptions, specs):
+    for description, spec in zip(descriptions, specs, strict=True):
         if spec.laterality is not None:
             # Laterality qualifies the property type (PS3.3 C.8.20.2: Segmented
             # Property Type Modifier Code Sequence).

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 
 from ai.encoders.identity import MANUFACTURER, ResultIdentity
 from ai.encoders.seg import coded
-from ai.protocol import Code, Outputs
+from ai.protocol import Code, Finding, Measurement, Outputs
 
 PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
 ABSENT = hd.sr.CodedConcept("2667000", "SCT", "Absent")
@@ -28,11 +28,11 @@ def _score_concept(finding: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept("AISCORE", "99AINODE", f"AI score: {finding}"[:64])
 
 
-def _measurement(spec_concept: Code, unit: Code, record: dict[str, Any],
+def _measurement(spec_concept: Code, unit: Code, measured: Measurement,
                  algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
     return hd.sr.Measurement(
-        name=coded(spec_concept), value=float(record["value"]), unit=coded(unit),
-        qualifier=None if record.get("reliable", True) else VALUE_INDETERMINATE,
+        name=coded(spec_concept), value=float(measured.value), unit=coded(unit),
+        qualifier=None if measured.reliable else VALUE_INDETERMINATE,
         algorithm_id=algorithm,
     )
 
@@ -40,13 +40,13 @@ def _measurement(spec_concept: Code, unit: Code, record: dict[str, Any],
 def encode_measurement_report(
     identity: ResultIdentity,
     outputs: Outputs,
-    measurements: Sequence[dict[str, Any]],
-    findings: Sequence[dict[str, Any]],
+    measurements: Sequence[Measurement],
+    findings: Sequence[Finding],
     sources: Sequence[Dataset],
     segmentation: Dataset | None,
 ) -> hd.sr.Comprehensive3DSR:
     algorithm = hd.sr.AlgorithmIdentification(name=identity.model, version=identity.model_version)
-    values = {m["name"]: m for m in measurements}
+    values = {m.name: m for m in measurements}
     numbers = {}
     if segmentation is not None:
         numbers = {str(item.SegmentLabel): int(item.SegmentNumber) for item in segmentation.SegmentSequence}
@@ -76,7 +76,7 @@ def encode_measurement_report(
             algorithm_id=algorithm,
             measurements=[_measurement(s.concept, s.unit, values[s.name], algorithm) for s in own],
         ))
-    found = {f["name"]: f for f in findings}
+    found = {f.name: f for f in findings}
     specs = [f for f in outputs.findings if f.name in found]
     if specs or unplaced:
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -84,10 +84,10 @@ def encode_measurement_report(
                                                          identifier="AI findings"),
             algorithm_id=algorithm,
             measurements=[_measurement(s.concept, s.unit, values[s.name], algorithm) for s in unplaced]
-            + [hd.sr.Measurement(name=_score_concept(f.name), value=float(found[f.name]["score"]),
+            + [hd.sr.Measurement(name=_score_concept(f.name), value=float(found[f.name].score),
                                  unit=NO_UNITS, algorithm_id=algorithm) for f in specs] or None,
             qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(coded(f.concept), PRESENT if found[f.name]["present"] else ABSENT)
+                hd.sr.QualitativeEvaluation(coded(f.concept), PRESENT if found[f.name].present else ABSENT)
                 for f in specs] or None,
         ))
     device = hd.sr.ObserverContext(

@@ -61,7 +61,7 @@ def store_files_raw(port: int, files: list[Path]) -> list[int]:
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
-        for path, context in zip(files, contexts):
+        for path, context in zip(files, contexts, strict=True):
             assoc = associate(port, [context])
             assert assoc.is_established
             status = assoc.send_c_store(path)

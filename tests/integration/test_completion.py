@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import Engine, select
 
 from config.settings import default_routes
-from node.completion import CompletionPolicy, CompletionSweep
-from storage.db import open_database
+from node.pipeline.completion import CompletionPolicy, CompletionSweep
 from storage.header import header_from_dataset
 from storage.ingest import StoredFile, record_instance
 from storage.models import Study
@@ -21,16 +19,9 @@ from tests.synthetic import TEST_UID_ROOT, ct_slice
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    url = (f"sqlite:///{tmp_path / 'db.sqlite'}" if request.param == "sqlite"
-           else request.getfixturevalue("fresh_postgres_url"))
-    engine = open_database(url)
-    yield engine
-    engine.dispose()
 
 
 def _receive(engine: Engine, study: str, series: str, n: int, at: datetime, kernel: str,

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +116,11 @@ def test_ainode_worker_computes_for_a_node_on_shared_postgresql(
     write_ct_study(tmp_path / "study", series=1, slices=8)
     node.run("send", str(tmp_path / "study"), "--to", node.address)
     wait_until(lambda: _jobs(node), 30, "the infer job")
-    time.sleep(2)
-    assert _predictions(node) == [] and _jobs(node)[0]["state"] == "queued"
+    # The node's job worker is running and claims what it can: a self-test job queued
+    # after the infer job runs to the end, and the infer job is still waiting untouched.
+    assert node.run("selftest", "queue", "--jobs", "1", "--wait", "30").returncode == 0
+    [infer] = _jobs(node)
+    assert _predictions(node) == [] and (infer["state"], infer["attempts"]) == ("queued", 0)
 
     log = open(tmp_path / "worker.log", "wb")
     worker = subprocess.Popen([*AINODE, "worker", "--config", str(node.config), "--data-dir",

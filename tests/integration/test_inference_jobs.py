@@ -4,7 +4,7 @@ once, superseded versions skipped, unusable input failing at once with its reaso
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +13,24 @@ from pydicom.uid import generate_uid
 from sqlalchemy import Engine, select
 
 from config.settings import Settings, load_settings
-from node.completion import CompletionPolicy, CompletionSweep
-from node.inference import InferenceRunner
-from node.workers import JobContext, Worker, queue_for
+from node.jobs.context import JobContext
+from node.jobs.kinds import JobKind
+from node.jobs.worker import Worker
+from node.pipeline.completion import CompletionPolicy, CompletionSweep
+from node.pipeline.inference import InferenceRunner
+from node.pipeline.lifecycle import queue_for
 from storage.db import open_database
 from storage.files import FileStore
 from storage.header import header_from_dataset
 from storage.ingest import StoredFile, record_instance
-from storage.models import Prediction
+from storage.models import PredictionRecord, Study
+from storage.timeline import timeline
 from tests.model_files import onnx_segmenter
 from tests.synthetic import TEST_UID_ROOT, ct_slice
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 22, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 
 
 def _settings(tmp_path: Path, model: str = "dense-onnx") -> Settings:
@@ -62,11 +66,11 @@ class Rig:
         self.queue = queue_for(settings, self.engine)
         self.sweep = CompletionSweep(self.engine, self.queue, CompletionPolicy.from_settings(settings))
         self.runner = InferenceRunner.start(settings, self.engine, "cpu", configured=True)
-        self.worker = Worker("test-worker", settings, self.engine, {"infer": self.runner})
+        self.worker = Worker("test-worker", settings, self.engine, self.queue, {JobKind.INFER: self.runner})
 
-    def predictions(self) -> list[Prediction]:
+    def predictions(self) -> list[PredictionRecord]:
         with self.engine.connect() as conn:
-            return list(conn.execute(select(Prediction)).all())
+            return list(conn.execute(select(PredictionRecord)).all())
 
 
 @pytest.fixture
@@ -131,7 +135,7 @@ def test_a_series_that_is_not_a_volume_fails_at_once_with_the_reason(rig: Rig) -
     assert rig.predictions() == []
 
 
-def test_a_model_that_cannot_run_on_the_input_fails_at_once(tmp_path: Path) -> None:
+def test_a_model_that_declines_the_input_makes_the_study_not_applicable(tmp_path: Path) -> None:
     rig = Rig(_settings(tmp_path, model="ct-chest"))
     study, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
     _receive(rig.engine, rig.store, study, series, [float(z) for z in range(24)], T0, hu=40.0)
@@ -139,6 +143,13 @@ def test_a_model_that_cannot_run_on_the_input_fails_at_once(tmp_path: Path) -> N
     job = rig.queue.claim("test-worker", ["infer"])
     assert job is not None
     rig.worker.run_one(job)
-    [dead] = rig.queue.list(kinds=["infer"])
-    assert dead.state == "dead" and dead.attempts == 1
-    assert dead.last_error.startswith("model ct-chest cannot run on series 1: no lungs found")
+    # Declining is the model's answer, not a failure: nothing to retry, nothing to encode.
+    [infer] = rig.queue.list(kinds=["infer"])
+    assert infer.state == "succeeded" and infer.attempts == 1
+    assert rig.predictions() == [] and rig.queue.list(kinds=["encode"]) == []
+    with rig.engine.connect() as conn:
+        study_id, state = conn.execute(select(Study.id, Study.state)).one()
+        declined = [s for s in timeline(conn, study_id) if s.step == "declined"]
+    assert state == "not_applicable"
+    assert len(declined) == 1
+    assert declined[0].detail.startswith("model ct-chest cannot run on series 1: no lungs found")

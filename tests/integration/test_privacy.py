@@ -62,7 +62,10 @@ min_instances = 40
     node.stop()
     assert node.log_path is not None
     log = node.log_path.read_text()
-    assert "not stored at archive" in api_jobs or "Connection" in api_jobs or "refused" in api_jobs.lower()
+    dead = {j["kind"]: j["last_error"] for j in json.loads(api_jobs) if j["state"] == "dead"}
+    assert "not stored at archive" in dead["send"] and "peer not reachable" in dead["send"], dead["send"]
+    assert dead["notify"].startswith("RuntimeError: the MLLP receiver at 127.0.0.1:"), dead["notify"]
+    assert dead["notify"].endswith("cannot be reached (ConnectionRefusedError)"), dead["notify"]
     for where, text in (("log", log), ("jobs", api_jobs), ("metrics", metrics),
                         ("cli", node.run("jobs").stdout + node.run("predictions").stdout)):
         for secret in SECRETS:

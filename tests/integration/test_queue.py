@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
-from storage.db import open_database
 from storage.queue import (
     DEAD,
     QUEUED,
@@ -32,15 +29,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'queue.db'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")
-    engine = open_database(url)
-    yield engine
-    engine.dispose()
 
 
 def _state(queue: JobQueue, job_id: int) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
-from node.scu import SUCCESS, destination_peer, send_files
-from node.tls import client_context
+from node.network.scu import SUCCESS, destination_peer, send_files
+from node.network.tls import client_context
 from tests.certificates import CertificateAuthority, Issued
 from tests.conftest import Node, dcmtk, free_port, peer_env, wait_until
 from tests.integration.scu import associate

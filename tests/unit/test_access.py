@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from config.settings import Peer
-from node.access import REJECT_CALLED_AE, REJECT_CALLING_AE, AccessPolicy
+from node.network.access import REJECT_CALLED_AE, REJECT_CALLING_AE, AccessPolicy
 
 
 def test_called_ae_must_match() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from config.settings import ConfigError, load_settings
-from node import devices
-from node.serve import worker_roles
+from node.runner import devices
+from node.runner.serve import worker_roles
 
 
 def test_configured_devices_are_used_as_given() -> None:

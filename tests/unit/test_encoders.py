@@ -7,8 +7,10 @@ import pytest
 from pydicom.uid import generate_uid
 
 from ai.encoders.identity import ResultIdentity
-from ai.encoders.results import encode_prediction
+from ai.encoders.results import ModelResult, encode_prediction
+from ai.labelmap import LabelMap
 from ai.models.ct_chest import OUTPUTS
+from ai.protocol import Finding, Measurement
 from tests.synthetic import TEST_UID_ROOT, ct_slice
 
 
@@ -23,17 +25,23 @@ def _inputs(slices: int = 6, scale: int = 1) -> tuple[ResultIdentity, list, np.n
     return ResultIdentity(study, series, "ct-chest", "1.0.0", 1), sources, labelmap
 
 
-MEASUREMENTS = [
-    {"name": "right lung volume", "value": 3100.0, "reliable": True},
-    {"name": "right lung LAA-950", "value": 14.0, "reliable": False, "note": "sharp kernel"},
-]
-FINDINGS = [{"name": "emphysema suspected", "score": 0.2, "present": False}]
+MEASUREMENTS = (
+    Measurement("right lung volume", 3100.0, reliable=True),
+    Measurement("right lung LAA-950", 14.0, reliable=False, note="sharp kernel"),
+)
+FINDINGS = (Finding("emphysema suspected", score=0.2, present=False),)
+
+
+def _result(sources: list, labelmap: np.ndarray, measurements: tuple[Measurement, ...] = MEASUREMENTS) -> ModelResult:
+    """The result as the node hands it to the encoders: the label map on the sources' grid."""
+    uids = tuple(str(s.SOPInstanceUID) for s in sources)
+    grid = LabelMap(labelmap, uids, (1,) * len(uids), str(sources[0].SeriesInstanceUID), (1.0, 1.0, 1.0),
+                    (0.0, 0.0, 0.0), np.eye(3))
+    return ModelResult(OUTPUTS, measurements, FINDINGS, grid)
 
 
 def _encode(identity: ResultIdentity, sources: list, labelmap: np.ndarray) -> dict:
-    uids = [s.SOPInstanceUID for s in sources]
-    objects = encode_prediction(identity, OUTPUTS, MEASUREMENTS, FINDINGS, sources, labelmap, uids,
-                                [1] * len(uids))
+    objects = encode_prediction(identity, _result(sources, labelmap), sources)
     return {o.kind: o.dataset for o in objects}
 
 
@@ -66,9 +74,7 @@ def test_segments_frames_and_measurements() -> None:
 
 def test_no_segment_in_the_label_map_gives_an_sr_only() -> None:
     identity, sources, labelmap = _inputs()
-    uids = [s.SOPInstanceUID for s in sources]
-    objects = encode_prediction(identity, OUTPUTS, [], FINDINGS, sources, np.zeros_like(labelmap), uids,
-                                [1] * len(uids))
+    objects = encode_prediction(identity, _result(sources, np.zeros_like(labelmap), ()), sources)
     assert [o.kind for o in objects] == ["sr"]
 
 
@@ -76,8 +82,7 @@ def test_key_images_outline_each_segment_where_it_is_largest() -> None:
     identity, sources, labelmap = _inputs(scale=8)  # 256 x 256
     uids = [s.SOPInstanceUID for s in sources]
     hu = np.full((256, 256), -800.0, dtype=np.float32)
-    objects = encode_prediction(identity, OUTPUTS, MEASUREMENTS, FINDINGS, sources, labelmap, uids,
-                                [1] * len(uids), slice_values=lambda i: hu)
+    objects = encode_prediction(identity, _result(sources, labelmap), sources, slice_values=lambda i: hu)
     images = [o.dataset for o in objects if o.kind == "sc"]
     # Body peaks on slice 1 (the first of equal areas), both lungs on slice 2: two key images.
     assert [str(i.SourceImageSequence[0].ReferencedSOPInstanceUID) for i in images] == [uids[1], uids[2]]
@@ -93,8 +98,7 @@ def test_key_images_outline_each_segment_where_it_is_largest() -> None:
     inside = set(map(tuple, pixels[70:100, 70:100].reshape(-1, 3)))
     assert len(inside) == 1 and len(set(inside.pop())) == 1  # one grey
     assert pixels[:16, :, 0].max() > 200 and pixels[:16, :, 2].max() == 0  # the yellow banner text
-    again = encode_prediction(identity, OUTPUTS, MEASUREMENTS, FINDINGS, sources, labelmap, uids,
-                              [1] * len(uids), slice_values=lambda i: hu)
+    again = encode_prediction(identity, _result(sources, labelmap), sources, slice_values=lambda i: hu)
     assert [o.dataset.SOPInstanceUID for o in again if o.kind == "sc"] == [i.SOPInstanceUID for i in images]
 
 

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from config.settings import Route, SeriesMatch, default_routes
-from node.completion import CompletionPolicy, completion_reason
-from node.routing import SeriesView, StudyView, kernel_sharpness, route_study
+from node.pipeline.completion import CompletionPolicy, completion_reason
+from node.pipeline.routing import SeriesView, StudyView, kernel_sharpness, route_study
 
 
 def _series(uid: str, kernel: str | None = "B", thickness: float | None = 5.0, n: int = 64,
@@ -45,7 +45,7 @@ def test_selection_modes_and_reasons() -> None:
     assert not d.matched and d.rejected["thin"] == ["study description !~ /chest/"]
 
 
-NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
 def test_completion_quiet_expected_and_forced() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydicom.dataset import Dataset
 
-from node.scu import FAILURE, SUCCESS, WARNING, PeerAddress, _classify, parse_address
+from node.network.scu import FAILURE, SUCCESS, WARNING, PeerAddress, _classify, parse_address
 
 
 def test_parse_address() -> None:

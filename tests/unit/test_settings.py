@@ -56,7 +56,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_listener_processes_default_and_override() -> None:
-    from node.serve import listener_process_count
+    from node.runner.serve import listener_process_count
 
     assert listener_process_count(load_settings(), cpu_count=1) == 2
     assert listener_process_count(load_settings(), cpu_count=4) == 4

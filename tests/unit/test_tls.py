@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import DestinationTls, ListenerTls
-from node.tls import TlsConfigError, client_context, server_context
+from node.network.tls import TlsConfigError, client_context, server_context
 from tests.certificates import CertificateAuthority
 
 

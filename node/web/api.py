@@ -18,22 +18,26 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, case, select
+from sqlalchemy import ColumnElement, Engine, case, select
 
+from ai.protocol import Finding
 from config.settings import Settings
-from node.httpclient import Unreachable, http_request
-from node.metrics import metrics_text
-from node.triage import LEVELS, rank
-from node.workers import queue_for
-from storage.models import Job, Prediction, Series, Study
+from config.version import VERSION
+from node.jobs.kinds import JobKind
+from node.network.httpclient import Unreachable, http_request
+from node.pipeline.lifecycle import STUDY_STEPS, queue_for
+from node.pipeline.triage import LEVELS, rank
+from node.web.metrics import metrics_text
+from storage.models import Job, PredictionRecord, Series, Study
+from storage.states import LIVE_JOB_STATES, JobState, StudyLevel, StudyState
 from storage.timeline import epoch, timeline
-
-VERSION = "0.1.0"
-
 
 # --- response models (the OpenAPI schema is generated from these) ---------------------
 
-class Finding(BaseModel):
+Delivery = Literal["none", "pending", "delivered", "failed"]
+
+
+class FindingView(BaseModel):
     model: str
     name: str
     score: float
@@ -46,23 +50,24 @@ class StudySummary(BaseModel):
     study_date: str | None
     study_description: str | None
     modalities: list[str]
-    state: str = Field(description="receiving, complete (work queued) or done")
+    state: StudyState = Field(description="receiving; complete (work queued); processing; done; failed (a job "
+                                          "is dead); not_applicable (every model declined the study)")
     results_version: int
-    priority: Literal["routine", "urgent", "critical"]
+    priority: StudyLevel
     priority_reason: str | None
     requested_priority: str | None
     first_received_at: float = Field(description="seconds since the epoch (UTC)")
     last_received_at: float
     age_s: float = Field(description="seconds since the last image arrived")
-    findings: list[Finding] = Field(description="of the current results version")
-    delivery: Literal["none", "pending", "delivered", "failed"] = Field(
+    findings: list[FindingView] = Field(description="of the current results version")
+    delivery: Delivery = Field(
         description="of the current results version's results: none (no destination or not yet made), "
                     "pending (queued or running), delivered, failed (a delivery is dead)")
 
 
 class TimelineStep(BaseModel):
-    step: str = Field(description="first_image, last_image, completed, prioritized, inferred, encoded, "
-                                  "delivered, delivery_failed, notified, notify_failed")
+    step: str = Field(description="first_image, last_image, completed, prioritized, inferred, declined, "
+                                  "encoded, delivered, delivery_failed, notified, notify_failed")
     at: float
     detail: str | None
     results_version: int | None
@@ -70,8 +75,8 @@ class TimelineStep(BaseModel):
 
 class JobView(BaseModel):
     id: int
-    kind: str
-    state: Literal["queued", "running", "succeeded", "dead"]
+    kind: JobKind
+    state: JobState
     priority: int
     attempts: int
     max_attempts: int
@@ -120,7 +125,7 @@ class Health(BaseModel):
     version: str
     database: str
     disk_free_bytes: int
-    jobs: dict[str, dict[str, int]]
+    jobs: dict[str, dict[JobState, int]]
 
 
 # --- the application ---------------------------------------------------------------------
@@ -136,37 +141,38 @@ def _summary_rows(engine: Engine, studies: list[Any]) -> list[StudySummary]:
                                                .where(Series.study_id.in_(ids))):
             if modality:
                 modalities.setdefault(study_id, set()).add(modality)
-        findings: dict[int, list[Finding]] = {}
+        findings: dict[int, list[FindingView]] = {}
         versions = {s.id: s.results_version for s in studies}
-        for p in conn.execute(select(Prediction.study_id, Prediction.results_version, Prediction.model,
-                                     Prediction.findings).where(Prediction.study_id.in_(ids))):
+        for p in conn.execute(select(PredictionRecord.study_id, PredictionRecord.results_version,
+                                     PredictionRecord.model, PredictionRecord.findings)
+                              .where(PredictionRecord.study_id.in_(ids))):
             if p.results_version == versions[p.study_id]:
                 findings.setdefault(p.study_id, []).extend(
-                    Finding(model=p.model, name=f["name"], score=f["score"], present=f["present"])
-                    for f in p.findings)
+                    FindingView(model=p.model, name=f.name, score=f.score, present=f.present)
+                    for f in map(Finding.from_json, p.findings))
         work: dict[int, list[tuple[str, str]]] = {}  # the current version's (kind, state)
-        for study_id, version, kind, state in conn.execute(
+        for job_study, version, kind, state in conn.execute(
                 select(Job.study_id, Job.results_version, Job.kind, Job.state)
-                .where(Job.study_id.in_(ids), Job.kind.in_(("infer", "encode", "send")))):
-            if version == versions[study_id]:
-                work.setdefault(study_id, []).append((kind, state))
+                .where(Job.study_id.in_(ids), Job.kind.in_(STUDY_STEPS))):
+            if job_study is not None and version == versions[job_study]:
+                work.setdefault(job_study, []).append((kind, state))
 
-    def delivery(study_id: int) -> str:
+    def delivery(study_id: int) -> Delivery:
         jobs = work.get(study_id, [])
-        if any(state == "dead" for _, state in jobs):
+        if any(state == JobState.DEAD for _, state in jobs):
             return "failed"
-        if any(state in ("queued", "running") for _, state in jobs):
+        if any(state in LIVE_JOB_STATES for _, state in jobs):
             return "pending"
-        return "delivered" if any(kind == "send" for kind, _ in jobs) else "none"
+        return "delivered" if any(kind == JobKind.SEND for kind, _ in jobs) else "none"
 
     return [StudySummary(
         study_instance_uid=s.study_instance_uid, accession_number=s.accession_number, study_date=s.study_date,
         study_description=s.study_description, modalities=sorted(modalities.get(s.id, ())), state=s.state,
-        results_version=s.results_version, priority=s.priority if s.priority in LEVELS else "routine",
+        results_version=s.results_version, priority=StudyLevel.of(s.priority),
         priority_reason=s.priority_reason, requested_priority=s.requested_priority,
         first_received_at=epoch(s.first_received_at), last_received_at=epoch(s.last_received_at),
         age_s=max(0.0, now - epoch(s.last_received_at)), findings=findings.get(s.id, []),
-        delivery=delivery(s.id),  # type: ignore[arg-type]
+        delivery=delivery(s.id),
     ) for s in studies]
 
 
@@ -207,24 +213,23 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def worklist_page() -> str:
-        return resources.files("node").joinpath("web/worklist.html").read_text(encoding="utf-8")
+        return resources.files("node.web").joinpath("worklist.html").read_text(encoding="utf-8")
 
     @app.get("/api/health", response_model=Health, tags=["node"])
     def health() -> Health:
         """Whether the node's database answers, its free disk space and its jobs (no token needed)."""
+        status: Literal["ok", "degraded"] = "ok"
         try:
-            jobs = queue.counts()
-            database, status = "ok", "ok"
+            jobs, database = queue.counts(), "ok"
         except Exception as exc:
             jobs, database, status = {}, f"unavailable ({type(exc).__name__})", "degraded"
         free = shutil.disk_usage(settings.data_dir).free if settings.data_dir.exists() else 0
-        return Health(status=status, version=VERSION, database=database,  # type: ignore[arg-type]
-                      disk_free_bytes=free, jobs=jobs)
+        return Health(status=status, version=VERSION, database=database, disk_free_bytes=free, jobs=jobs)
 
     @protected.get("/api/studies", response_model=list[StudySummary], tags=["worklist"])
     def studies(
-        priority: Annotated[list[Literal["routine", "urgent", "critical"]] | None, Query()] = None,
-        state: Annotated[list[Literal["receiving", "complete", "done"]] | None, Query()] = None,
+        priority: Annotated[list[StudyLevel] | None, Query()] = None,
+        state: Annotated[list[StudyState] | None, Query()] = None,
         accession_number: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> list[StudySummary]:
@@ -238,7 +243,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             query = query.where(Study.accession_number == accession_number)
         with engine.connect() as conn:
             level = case({name: rank(name) for name in LEVELS}, value=Study.priority, else_=0)
-            rows = conn.execute(query.order_by(level.desc(), Study.last_received_at).limit(limit)).all()
+            rows = list(conn.execute(query.order_by(level.desc(), Study.last_received_at).limit(limit)).all())
         return _summary_rows(engine, rows)
 
     @protected.get("/api/studies/{study_instance_uid}", response_model=StudyDetail, tags=["worklist"],
@@ -258,12 +263,12 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
     @protected.get("/api/jobs", response_model=list[JobView], tags=["jobs"])
     def jobs(
-        state: Annotated[list[Literal["queued", "running", "succeeded", "dead"]] | None, Query()] = None,
-        kind: Annotated[list[str] | None, Query()] = None,
+        state: Annotated[list[JobState] | None, Query()] = None,
+        kind: Annotated[list[JobKind] | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> list[JobView]:
         """Jobs, newest first."""
-        where = Job.id.is_not(None)
+        where: ColumnElement[bool] = Job.id.is_not(None)
         if state:
             where = where & Job.state.in_(state)
         if kind:
@@ -273,7 +278,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     @protected.get("/api/dead-letters", response_model=list[JobView], tags=["jobs"])
     def dead_letters(limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[JobView]:
         """Jobs that failed for good (or too often), waiting for a person."""
-        return _jobs(engine, Job.state == "dead", limit)
+        return _jobs(engine, Job.state == JobState.DEAD, limit)
 
     @protected.post("/api/jobs/{job_id}/retry", response_model=RetryResult, tags=["jobs"],
               responses={404: {"description": "no such job, or it is running"}})
@@ -310,9 +315,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
               responses={404: {"description": "no such destination"}})
     def echo(name: str) -> EchoResult:
         """Check a destination now: C-ECHO for DICOM, an HTTP request for DICOMweb."""
-        from node.scu import destination_peer
-        from node.scu import echo as c_echo
-        from node.tls import TlsConfigError
+        from node.network.scu import destination_peer
+        from node.network.scu import echo as c_echo
+        from node.network.tls import TlsConfigError
 
         destination = next((d for d in settings.destinations if d.name == name), None)
         if destination is None:

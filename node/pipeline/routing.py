@@ -83,14 +83,17 @@ def mismatches(match: SeriesMatch, study: StudyView, series: SeriesView) -> list
 def _choose(select: str, candidates: Sequence[SeriesView]) -> list[SeriesView]:
     if not candidates or select == "all":
         return list(candidates)
-    thick = lambda s: s.slice_thickness if s.slice_thickness is not None else 1e9  # noqa: E731
-    if select == "smoothest_kernel":
-        key = lambda s: (kernel_sharpness(s.convolution_kernel), thick(s), -s.instance_count)  # noqa: E731
-    elif select == "thinnest":
-        key = lambda s: (thick(s), -s.instance_count)  # noqa: E731
-    else:  # most_instances
-        key = lambda s: (-s.instance_count, thick(s))  # noqa: E731
-    return [min(candidates, key=lambda s: (*key(s), s.series_instance_uid))]
+    def thick(s: SeriesView) -> float:
+        return s.slice_thickness if s.slice_thickness is not None else 1e9
+
+    def key(s: SeriesView) -> tuple[float, ...]:
+        if select == "smoothest_kernel":
+            return (kernel_sharpness(s.convolution_kernel), thick(s), -s.instance_count)
+        if select == "thinnest":
+            return (thick(s), -s.instance_count)
+        return (-s.instance_count, thick(s))  # most_instances
+
+    return [min(candidates, key=lambda s: (key(s), s.series_instance_uid))]
 
 
 def route_study(routes: Iterable[Route], study: StudyView) -> list[RouteDecision]:

@@ -15,39 +15,42 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydicom import dcmread
 from sqlalchemy import Connection, select, update
 
+from ai.protocol import Finding
 from config.settings import Notification, Route, Settings, TriageRule
+from node.jobs.kinds import NotifyPayload, StudyWork, study_job
 from storage.models import Study
-from storage.queue import JobQueue, NewJob
+from storage.queue import JobQueue
+from storage.states import StudyLevel
 from storage.timeline import PRIORITIZED, record
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("routine", "urgent", "critical")
+LEVELS = tuple(StudyLevel)
 #: How much sooner a job of each level is claimed, in priority steps (each worth
 #: ``job_aging_s_per_priority`` seconds of waiting, 5 minutes by default): an urgent
 #: job goes before routine ones up to an hour older, a critical one up to two.
-JOB_BOOST = {"routine": 0, "urgent": 12, "critical": 24}
+JOB_BOOST = {StudyLevel.ROUTINE: 0, StudyLevel.URGENT: 12, StudyLevel.CRITICAL: 24}
 #: Requested Procedure Priority (0040,1003) values and the level they start a study at.
-REQUEST_LEVELS = {"STAT": "urgent", "HIGH": "urgent", "MEDIUM": "routine", "ROUTINE": "routine", "LOW": "routine"}
+REQUEST_LEVELS = {"STAT": StudyLevel.URGENT, "HIGH": StudyLevel.URGENT, "MEDIUM": StudyLevel.ROUTINE,
+                  "ROUTINE": StudyLevel.ROUTINE, "LOW": StudyLevel.ROUTINE}
 #: Without [[triage]] rules: a finding its model marks present, scored 0.5 or more, makes a study urgent.
 DEFAULT_RULE = TriageRule(finding="*", min_score=0.5, level="urgent")
 
 
 def rank(level: str) -> int:
-    return LEVELS.index(level) if level in LEVELS else 0
+    return StudyLevel.of(level).rank
 
 
-def highest(levels: Iterable[str]) -> str:
-    return max(levels, key=rank, default="routine")
+def highest(levels: Iterable[str]) -> StudyLevel:
+    return max((StudyLevel.of(level) for level in levels), key=rank, default=StudyLevel.ROUTINE)
 
 
 def job_priority(route_priority: int, level: str) -> int:
-    return route_priority + JOB_BOOST.get(level, 0)
+    return route_priority + JOB_BOOST[StudyLevel.of(level)]
 
 
 def requested_priority(path: Path) -> str | None:
@@ -66,22 +69,24 @@ def requested_priority(path: Path) -> str | None:
 
 
 @dataclass(frozen=True)
-class Decision:
-    level: str
+class LevelDecision:
+    """A level a study should be at, and why."""
+
+    level: StudyLevel
     reason: str
 
 
-def arrival_level(requested: str | None, routes: Sequence[Route]) -> Decision:
+def arrival_level(requested: str | None, routes: Sequence[Route]) -> LevelDecision:
     """The level a study completes at: the higher of its request's and its routes'."""
-    candidates = [Decision("routine", "routine")]
+    candidates = [LevelDecision(StudyLevel.ROUTINE, "routine")]
     if requested:
-        candidates.append(Decision(REQUEST_LEVELS[requested], f"request priority {requested}"))
+        candidates.append(LevelDecision(REQUEST_LEVELS[requested], f"request priority {requested}"))
     for route in routes:
-        candidates.append(Decision(route.level, f"route {route.name}"))
-    return max(candidates, key=lambda d: rank(d.level))
+        candidates.append(LevelDecision(StudyLevel(route.level), f"route {route.name}"))
+    return max(candidates, key=lambda d: d.level.rank)
 
 
-def findings_level(rules: Sequence[TriageRule], model: str, findings: Sequence[dict[str, Any]]) -> Decision | None:
+def findings_level(rules: Sequence[TriageRule], model: str, findings: Sequence[Finding]) -> LevelDecision | None:
     """The highest level the findings of one model reach under the rules, or None."""
     rules = rules or [DEFAULT_RULE]
     reached = []
@@ -90,56 +95,54 @@ def findings_level(rules: Sequence[TriageRule], model: str, findings: Sequence[d
             if rule.model not in (None, model):
                 continue
             if rule.finding == "*":
-                applies = bool(finding.get("present")) and finding["score"] >= rule.min_score
+                applies = finding.present and finding.score >= rule.min_score
             else:
-                applies = rule.finding.lower() == str(finding["name"]).lower() and finding["score"] >= rule.min_score
+                applies = rule.finding.lower() == finding.name.lower() and finding.score >= rule.min_score
             if applies:
-                reached.append(Decision(rule.level, f"{model}: {finding['name']} (score {finding['score']:.2f})"))
-    return max(reached, key=lambda d: rank(d.level)) if reached else None
+                reached.append(LevelDecision(StudyLevel(rule.level),
+                                             f"{model}: {finding.name} (score {finding.score:.2f})"))
+    return max(reached, key=lambda d: d.level.rank) if reached else None
 
 
-def raise_level(conn: Connection, study_id: int, decision: Decision, results_version: int | None) -> str:
+def raise_level(conn: Connection, study_id: int, decision: LevelDecision, results_version: int | None) -> StudyLevel:
     """Raise the study to ``decision``'s level if that is higher (in the caller's
     transaction, the study row locked); the study's level after."""
     current = conn.execute(select(Study.priority).where(Study.id == study_id).with_for_update()).scalar()
-    if current is not None and rank(decision.level) <= rank(current):
-        return str(current)
+    if current is not None and decision.level.rank <= rank(current):
+        return StudyLevel.of(current)
     conn.execute(update(Study).where(Study.id == study_id).values(
         priority=decision.level, priority_reason=decision.reason[:200]))
     record(conn, study_id, PRIORITIZED, f"{decision.level}: {decision.reason}", results_version)
     return decision.level
 
 
-def notify_jobs(conn: Connection, queue: JobQueue, notifications: Sequence[Notification], study_id: int,
-                study_uid: str, results_version: int, level: str, reason: str) -> list[str]:
-    """Queue one notification per configured receiver whose threshold ``level`` meets
-    (at most one per study, results version, receiver and level); their names."""
+def notify_jobs(conn: Connection, queue: JobQueue, notifications: Sequence[Notification], work: StudyWork,
+                decision: LevelDecision) -> list[str]:
+    """Queue one notification per configured receiver whose threshold the decision's
+    level meets (at most one per study, results version, receiver and level); their names."""
     names = []
     for notification in notifications:
-        if rank(level) < rank(notification.min_level):
+        if decision.level.rank < rank(notification.min_level):
             continue
-        queue.enqueue(NewJob(
-            kind="notify", dedupe_key=f"notify:{study_uid}:v{results_version}:{notification.name}:{level}",
-            payload={"notification": notification.name, "level": level, "reason": reason[:200]},
-            priority=job_priority(0, level), study_id=study_id, results_version=results_version,
-        ), conn)
+        payload = NotifyPayload(notification.name, decision.level, decision.reason[:200])
+        queue.enqueue(study_job(payload, work, job_priority(0, decision.level)), conn)
         names.append(notification.name)
     return names
 
 
-def after_findings(conn: Connection, settings: Settings, queue: JobQueue, study_id: int, study_uid: str,
-                   results_version: int, model: str, findings: Sequence[dict[str, Any]]) -> str:
+def after_findings(conn: Connection, settings: Settings, queue: JobQueue, work: StudyWork, model: str,
+                   findings: Sequence[Finding]) -> StudyLevel:
     """Apply the triage rules to one model's findings (in the caller's transaction):
     raise the level, and queue a notification to each receiver whose threshold the
     findings' level meets (notifications are about results, so a study's level at
     arrival alone notifies no one); the study's level after."""
     decision = findings_level(settings.triage, model, findings)
     if decision is None:
-        return str(conn.execute(select(Study.priority).where(Study.id == study_id)).scalar() or "routine")
-    level = raise_level(conn, study_id, decision, results_version)
-    log.info("study %s: %s reaches %s; the study is %s", study_uid, decision.reason, decision.level, level)
-    sent = notify_jobs(conn, queue, settings.notifications, study_id, study_uid, results_version,
-                       decision.level, decision.reason)
+        return StudyLevel.of(conn.execute(select(Study.priority).where(Study.id == work.study_id)).scalar())
+    level = raise_level(conn, work.study_id, decision, work.results_version)
+    log.info("study %s: %s reaches %s; the study is %s", work.study_instance_uid, decision.reason,
+             decision.level, level)
+    sent = notify_jobs(conn, queue, settings.notifications, work, decision)
     if sent:
-        log.info("study %s: notifying %s", study_uid, ", ".join(sent))
+        log.info("study %s: notifying %s", work.study_instance_uid, ", ".join(sent))
     return level

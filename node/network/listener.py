@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
-import socketserver
+import ssl
 import threading
 import time
 import zlib
@@ -19,9 +18,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
-from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -29,8 +28,17 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import Settings
-from node.access import AccessPolicy
-from node.tls import peer_identity, server_context
+from node.network.access import AccessPolicy
+from node.network.pynetdicom_internals import (
+    AcceptingServer,
+    Rejection,
+    TlsAcceptingServer,
+    check_before_negotiation,
+    check_internals,
+    guard_network_thread,
+    when_finished,
+)
+from node.network.tls import peer_identity, server_context
 from storage.files import FileStore, encode_file_meta
 from storage.header import InvalidInstance, read_header
 from storage.ingest import StoredFile, record_instance
@@ -54,6 +62,12 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 ]
 
 
+def _log_client_certificate(host: str, connection: ssl.SSLSocket) -> None:
+    who = peer_identity(connection)
+    if who:
+        log.info("TLS connection from %s with client certificate %r", host, who)
+
+
 def _status(code: int, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = code
@@ -63,59 +77,6 @@ def _status(code: int, comment: str) -> Dataset:
 
 # A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation), local limit exceeded
 REJECT_LIMIT = (0x02, 0x03, 0x02)
-
-
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with the socket options the node needs.
-
-    SO_REUSEPORT lets several listener processes share the port (the kernel spreads
-    connections over them); TCP_NODELAY avoids stalls with dcmtk-based peers, which
-    otherwise wait on Nagle's algorithm and delayed ACKs (~18 images/s).
-    """
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
-
-    def shutdown(self) -> None:
-        # Made with AE.make_server, so not in the AE's own list of servers that
-        # pynetdicom's shutdown() would update.
-        socketserver.BaseServer.shutdown(self)
-        self.server_close()
-
-
-class _TlsServer(_Server):
-    """The TLS port: the handshake runs in the association's own thread, within the
-    ACSE timeout, so that a slow or hostile client cannot hold up the accept loop."""
-
-    handshake_timeout_s: float = 30.0
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = self.socket.accept()  # type: ignore[union-attr]
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assert self.ssl_context is not None
-        wrapped = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
-        return wrapped, address
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            request.settimeout(self.handshake_timeout_s)
-            request.do_handshake()
-            request.settimeout(None)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            log.warning("TLS connection from %s refused: %s", client_address[0], reason)
-            self.shutdown_request(request)
-            return
-        who = peer_identity(request)
-        if who:
-            log.info("TLS connection from %s with client certificate %r", client_address[0], who)
-        super().process_request_thread(request, client_address)
 
 
 PEER_BUCKETS = 1024  # hosts are counted in this many buckets per listener process
@@ -168,76 +129,6 @@ class AssociationSlots:
         if sum(self._peers[i * PEER_BUCKETS + bucket] for i in range(len(self._counters))) > self._per_peer:
             return "max_associations_per_peer"
         return None
-
-
-def _guard_network_thread(assoc: Association, host: str) -> None:
-    """Abort the association when its network (DUL) thread fails on a malformed PDU.
-
-    pynetdicom lets some decoding errors (an even presentation context ID in an
-    A-ASSOCIATE-RQ, a DIMSE command set without a Command Field) end that thread,
-    leaving the association waiting out its timeouts with nobody reading the socket.
-    """
-    dul = assoc.dul
-    run = dul.run
-
-    def guarded() -> None:
-        try:
-            run()
-        except Exception as exc:
-            log.warning("association from %s aborted: malformed PDU (%s)", host, type(exc).__name__)
-            abort = A_ABORT_RQ()
-            abort.source, abort.reason_diagnostic = 0x02, 0x06  # provider: invalid PDU parameter
-            sock = dul.socket.socket if dul.socket else None
-            if sock is not None:
-                try:
-                    sock.sendall(abort.encode())
-                except OSError:
-                    pass
-            assoc.is_aborted, assoc.is_established = True, False
-            assoc._kill = True
-            dul._kill_thread = True
-            dul.to_user_queue.put(None)  # wake an acceptor waiting for the A-ASSOCIATE
-
-    dul.run = guarded  # type: ignore[method-assign]
-
-
-class _AccessControlledACSE(ACSE):
-    """pynetdicom's ACSE with the node's access policy and association limit checked
-    before negotiation."""
-
-    def __init__(
-        self, assoc: Association, policy: AccessPolicy, slots: AssociationSlots, host: str
-    ) -> None:
-        super().__init__(assoc)
-        self._policy = policy
-        self._slots = slots
-        self._host = host
-
-    def _reject(self, calling: str, reason: str, rsd: tuple[int, int, int]) -> None:
-        log.warning("association rejected: %s", reason)
-        self.requestor.ae_title = calling
-        self.send_reject(*rsd)
-        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
-        self.assoc.kill()
-
-    def _negotiate_as_acceptor(self) -> None:
-        request = self.requestor.primitive
-        calling = str(request.calling_ae_title)
-        called = str(request.called_ae_title)
-        decision = self._policy.decide(calling, called, self._host)
-        if not decision.allowed:
-            assert decision.reject is not None
-            self._reject(calling, decision.reason, decision.reject)
-            return
-        limit = self._slots.over_limit(self._host)
-        if limit:
-            self._reject(
-                calling,
-                f"{calling!r} from {self._host}: {limit} reached; raise it if the peers need more",
-                REJECT_LIMIT,
-            )
-            return
-        super()._negotiate_as_acceptor()
 
 
 MB = 1024 * 1024
@@ -316,6 +207,7 @@ class StorageListener:
         self._traffic: dict[int, _Traffic] = {}
         self._max_instance_bytes = int(settings.max_instance_mb * MB)
         self._low_disk = _Throttled(60.0)
+        check_internals()
         self._ae = self._build_ae()
         # Built now, so that a bad certificate or key is reported at start-up.
         self._tls_context = server_context(settings.tls) if settings.tls else None
@@ -334,6 +226,7 @@ class StorageListener:
         ae.dimse_timeout = s.dimse_timeout_s
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         return ae
 
@@ -359,14 +252,16 @@ class StorageListener:
         ]
         s = self._settings
         self._servers.append(
-            self._ae.make_server((s.host, s.port), evt_handlers=handlers, server_class=_Server)
+            self._ae.make_server((s.host, s.port), evt_handlers=handlers, server_class=AcceptingServer)
         )
         if s.tls is not None:
             tls_server = self._ae.make_server(
-                (s.host, s.tls.port), evt_handlers=handlers, server_class=_TlsServer,
+                (s.host, s.tls.port), evt_handlers=handlers, server_class=TlsAcceptingServer,
                 ssl_context=self._tls_context,
             )
-            tls_server.handshake_timeout_s = s.acse_timeout_s  # type: ignore[attr-defined]
+            assert isinstance(tls_server, TlsAcceptingServer)
+            tls_server.handshake_timeout_s = s.acse_timeout_s
+            tls_server.on_handshake = _log_client_certificate
             self._servers.append(tls_server)
         for server in self._servers:
             threading.Thread(target=server.serve_forever, name="ainode-accept", daemon=True).start()
@@ -407,22 +302,26 @@ class StorageListener:
     def _on_connection(self, event: evt.Event) -> None:
         """A new connection, before its association thread starts."""
         assoc = event.assoc
-        host = str(event.address[0]) if event.address else ""
+        address = getattr(event, "address", None)  # set for connection events
+        host = str(address[0]) if address else ""
         self._traffic[id(assoc)] = _Traffic(host)
         self._slots.opened(host)
-        assoc.acse = _AccessControlledACSE(assoc, self.policy, self._slots, host)
-        _guard_network_thread(assoc, host)
-        run = assoc.run
+        check_before_negotiation(assoc, lambda calling, called: self._admission(calling, called, host))
+        guard_network_thread(assoc, host)
+        # Released at "connection closed", or else when the association's thread ends.
+        when_finished(assoc, lambda: self._release(assoc))
 
-        def run_then_release() -> None:
-            # The slot is released at "connection closed", or else when the association's
-            # thread ends: that event needs a network thread still alive to report it.
-            try:
-                run()
-            finally:
-                self._release(assoc)
-
-        assoc.run = run_then_release  # type: ignore[method-assign]
+    def _admission(self, calling: str, called: str, host: str) -> tuple[str, Rejection] | None:
+        """Whether an association request may be negotiated: the access policy, then
+        the association limits; None to go on, else why not and the rejection."""
+        decision = self.policy.decide(calling, called, host)
+        if not decision.allowed:
+            assert decision.reject is not None
+            return decision.reason, decision.reject
+        limit = self._slots.over_limit(host)
+        if limit:
+            return f"{calling!r} from {host}: {limit} reached; raise it if the peers need more", REJECT_LIMIT
+        return None
 
     def _on_close(self, event: evt.Event) -> None:
         self._release(event.assoc)
@@ -494,7 +393,9 @@ class StorageListener:
         started = time.perf_counter()
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         transfer_syntax = str(event.context.transfer_syntax)
-        encoded = event.request.DataSet.getbuffer()
+        request = event.request
+        assert isinstance(request, C_STORE) and request.DataSet is not None
+        encoded = request.DataSet.getbuffer()
         refusal = self._over_limits(event, len(encoded))
         if refusal is not None:
             return refusal
@@ -503,11 +404,11 @@ class StorageListener:
         except InvalidInstance as exc:
             log.warning("C-STORE from %s refused: %s", calling_ae, exc)
             return _status(CANNOT_UNDERSTAND, str(exc))
-        if header.sop_instance_uid != str(event.request.AffectedSOPInstanceUID):
+        if header.sop_instance_uid != str(request.AffectedSOPInstanceUID):
             log.warning(
                 "C-STORE from %s refused: SOP Instance UID %s in the dataset differs from the "
                 "request's %s", calling_ae, header.sop_instance_uid,
-                event.request.AffectedSOPInstanceUID,
+                request.AffectedSOPInstanceUID,
             )
             return _status(CANNOT_UNDERSTAND, "SOP Instance UID differs from the request")
         if header.sop_class_uid != str(event.context.abstract_syntax):
@@ -539,7 +440,7 @@ class StorageListener:
         except SQLAlchemyError as exc:
             log.error(
                 "C-STORE of instance %s failed: cannot record it in the database (%s)",
-                header.sop_instance_uid, type(exc.orig or exc).__name__,
+                header.sop_instance_uid, type(getattr(exc, "orig", None) or exc).__name__,
             )
             self._forget_unrecorded(relative)
             return _status(OUT_OF_RESOURCES, "cannot record in the database")

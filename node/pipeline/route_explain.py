@@ -9,9 +9,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from config.settings import Route, Settings
-from node.completion import load_study_view
-from node.routing import SeriesView, StudyView, route_study
-from node.scu import collect_files
+from node.network.scu import collect_files
+from node.pipeline.completion import load_study_view
+from node.pipeline.routing import SeriesView, StudyView, route_study
 from storage.db import open_database
 from storage.header import InstanceHeader, read_file_header
 from storage.models import Study

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import signal
 import threading
 import time
@@ -21,11 +20,15 @@ from types import FrameType
 from typing import Any
 
 from config.settings import Settings
-from node.listener import AssociationSlots, StorageListener
-from node.logs import setup_logging
-from node.workers import Worker, job_handlers
+from node.jobs.context import JobContext
+from node.jobs.kinds import JobKind
+from node.jobs.worker import Worker
+from node.network.listener import AssociationSlots, StorageListener
+from node.pipeline.lifecycle import queue_for
+from node.runner.logs import setup_logging
 from storage.db import make_engine
 from storage.files import FileStore
+from storage.queue import ClaimedJob
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +93,10 @@ def run_listener(settings: Settings, name: str, ready: Any, counters: Any, peers
 def run_worker(settings: Settings, name: str, ready: Any) -> None:
     """Body of one job worker process: finishes its current job on SIGTERM."""
     stop = _child_process(settings)
+    from node.runner.handlers import general_handlers  # highdicom is loaded by workers only
+
     engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
-    worker = Worker(name, settings, engine, job_handlers(settings, engine))
+    worker = Worker(name, settings, engine, queue_for(settings, engine), general_handlers(settings, engine))
     ready.put((name, None))
     worker.run(stop)
     engine.dispose()
@@ -102,7 +107,7 @@ def run_inference_worker(settings: Settings, name: str, ready: Any, device: str,
     """Body of one inference worker process: one device, its models loaded once."""
     stop = _child_process(settings)
     try:
-        from node.inference import InferenceRunner  # torch is imported here only
+        from node.pipeline.inference import InferenceRunner  # torch is imported here only
 
         engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
         runner = InferenceRunner.start(settings, engine, device, configured)
@@ -111,14 +116,14 @@ def run_inference_worker(settings: Settings, name: str, ready: Any, device: str,
                    else f"{type(exc).__name__}: {exc}"))
         return
 
-    def infer(job: Any, ctx: Any) -> None:
+    def infer(job: ClaimedJob, ctx: JobContext) -> None:
         try:
             runner(job, ctx)
         finally:
             _report(runner, name)
 
     _report(runner, name)
-    worker = Worker(name, settings, engine, {"infer": infer})
+    worker = Worker(name, settings, engine, queue_for(settings, engine), {JobKind.INFER: infer})
     ready.put((name, None))
     worker.run(stop)
     engine.dispose()
@@ -137,7 +142,7 @@ def run_api(settings: Settings, name: str, ready: Any) -> None:
 
     import uvicorn
 
-    from node.api import create_app
+    from node.web.api import create_app
 
     _die_with_parent()
     setup_logging(settings.log_level)
@@ -224,7 +229,7 @@ class Supervisor:
     def stop(self, timeout_s: float) -> None:
         live = [p for p in self._processes.values() if p.is_alive()]
         for process in live:
-            os.kill(process.pid, signal.SIGTERM)
+            process.terminate()  # SIGTERM
         deadline = time.monotonic() + timeout_s
         for process in live:
             process.join(max(0.0, deadline - time.monotonic()))

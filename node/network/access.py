@@ -13,7 +13,9 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, calle
 
 
 @dataclass(frozen=True)
-class Decision:
+class AccessDecision:
+    """Whether an association request is accepted; if not, why and the A-ASSOCIATE-RJ to send."""
+
     allowed: bool
     reason: str = ""
     reject: tuple[int, int, int] | None = None
@@ -55,25 +57,25 @@ class AccessPolicy:
     def from_settings(cls, settings: Settings) -> AccessPolicy:
         return cls(settings.ae_title, tuple(settings.peers), settings.accept_any)
 
-    def decide(self, calling_ae: str, called_ae: str, host: str) -> Decision:
+    def decide(self, calling_ae: str, called_ae: str, host: str) -> AccessDecision:
         calling_ae, called_ae = calling_ae.strip(), called_ae.strip()
         if called_ae != self.own_ae_title:
-            return Decision(
+            return AccessDecision(
                 False, f"called AE title {called_ae!r} is not this node's ({self.own_ae_title!r})",
                 REJECT_CALLED_AE,
             )
         if self.accept_any:
-            return Decision(True)
+            return AccessDecision(True)
         if self.peers:
             if any(_matches(p, calling_ae, host) for p in self.peers):
-                return Decision(True)
-            return Decision(
+                return AccessDecision(True)
+            return AccessDecision(
                 False, f"calling AE title {calling_ae!r} from {host} is not in [[peers]]",
                 REJECT_CALLING_AE,
             )
         if _is_loopback(host):
-            return Decision(True)
-        return Decision(
+            return AccessDecision(True)
+        return AccessDecision(
             False,
             f"no [[peers]] are configured, so only loopback may send; {calling_ae!r} came from {host}",
             REJECT_CALLING_AE,

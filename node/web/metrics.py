@@ -24,9 +24,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, func, select
 
 from config.settings import Settings
-from node.triage import LEVELS
-from storage.models import Instance, Job, Prediction, Study, StudyEvent, WorkerStatus
-from storage.queue import STATES
+from node.jobs.kinds import JobKind
+from storage.models import Instance, Job, PredictionRecord, Study, StudyEvent, WorkerStatus
+from storage.states import JobState, StudyLevel, StudyState
 from storage.timeline import DELIVERED, DELIVERY_FAILED, NOTIFIED, NOTIFY_FAILED, epoch
 
 INFERENCE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
@@ -57,11 +57,13 @@ class DatabaseCollector:
             studies = conn.execute(select(func.count()).select_from(Study)).scalar() or 0
             completed = conn.execute(select(func.count()).where(Study.completed_at.is_not(None))).scalar() or 0
             by_level = dict(conn.execute(select(Study.priority, func.count()).group_by(Study.priority)).all())
+            by_state_of_study = dict(conn.execute(select(Study.state, func.count()).group_by(Study.state))
+                                     .all())
             jobs = conn.execute(select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)).all()
             oldest = conn.execute(select(Job.kind, func.min(Job.created_at))
-                                  .where(Job.state == "queued", Job.run_after <= now).group_by(Job.kind)).all()
+                                  .where(Job.state == JobState.QUEUED, Job.run_after <= now).group_by(Job.kind)).all()
             inference = [float(a + b) for a, b in conn.execute(
-                select(Prediction.load_seconds, Prediction.inference_seconds))]
+                select(PredictionRecord.load_seconds, PredictionRecord.inference_seconds))]
             # End to end: a study's last image to its first delivery of that results version.
             delivered = conn.execute(
                 select(Study.last_received_at, func.min(StudyEvent.at))
@@ -77,19 +79,25 @@ class DatabaseCollector:
         yield CounterMetricFamily("ainode_studies_received", "Studies received.", value=studies)
         yield CounterMetricFamily("ainode_studies_completed", "Studies completed (work decided).", value=completed)
         levels = GaugeMetricFamily("ainode_studies_by_level", "Studies at each worklist level.", labels=["level"])
-        for level in LEVELS:
+        for level in StudyLevel:
             levels.add_metric([level], by_level.get(level, 0))
         yield levels
+        states = GaugeMetricFamily("ainode_studies_by_state", "Studies in each state of their lifecycle.",
+                                   labels=["state"])
+        for study_state in StudyState:
+            states.add_metric([study_state], by_state_of_study.get(study_state, 0))
+        yield states
         by_state = GaugeMetricFamily("ainode_jobs", "Jobs by kind and state.", labels=["kind", "state"])
         seen = {(k, s): n for k, s, n in jobs}
-        for kind in sorted({k for k, _ in seen} | {"infer", "encode", "send", "notify"}):
-            for state in STATES:
+        pipeline_kinds = {JobKind.INFER, JobKind.ENCODE, JobKind.SEND, JobKind.NOTIFY}
+        for kind in sorted({k for k, _ in seen} | pipeline_kinds):
+            for state in JobState:
                 by_state.add_metric([kind, state], seen.get((kind, state), 0))
         yield by_state
         age = GaugeMetricFamily("ainode_queue_oldest_age_seconds",
                                 "Age of the oldest job waiting to run, by kind (0: none waiting).", labels=["kind"])
         waiting = dict(oldest)
-        for kind in sorted(set(waiting) | {"infer", "encode", "send", "notify"}):
+        for kind in sorted(set(waiting) | pipeline_kinds):
             age.add_metric([kind], max(0.0, now - waiting[kind]) if kind in waiting else 0.0)
         yield age
         yield _histogram("ainode_inference_seconds", "Series load plus model run time per prediction.",
@@ -107,7 +115,7 @@ class DatabaseCollector:
                                 "GPU memory held by each inference worker (as it last reported).",
                                 labels=["worker", "device"])
         for name, device, used in gpus:
-            gpu.add_metric([name, device], float(used))
+            gpu.add_metric([name, device], float(used or 0))
         yield gpu
         if self._settings.data_dir.exists():
             yield GaugeMetricFamily("ainode_disk_free_bytes", "Free space where images are kept.",
@@ -117,5 +125,5 @@ class DatabaseCollector:
 def metrics_text(settings: Settings, engine: Engine) -> tuple[bytes, str]:
     """The metrics in Prometheus' text format, and its content type."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(settings, engine))  # type: ignore[arg-type]
+    registry.register(DatabaseCollector(settings, engine))
     return generate_latest(registry), CONTENT_TYPE_LATEST

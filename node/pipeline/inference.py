@@ -4,7 +4,7 @@ keep their models loaded.
 An ``infer`` job names a model and the series its route chose. For each series the
 worker loads the volume, runs the model under ``torch.inference_mode`` (autocast on
 a GPU when the model allows it, GPU memory bounded per model) and records a
-:class:`storage.models.Prediction` with its label map file. The job is idempotent: a
+:class:`storage.models.PredictionRecord` with its label map file. The job is idempotent: a
 prediction already recorded is not computed again, and a job whose study has since
 moved on to a newer results version does nothing.
 """
@@ -13,33 +13,31 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import logging
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from sqlalchemy import Engine, select
 
-from ai.protocol import Model, ModelCannotRun, Prediction
+from ai.labelmap import LabelMap
+from ai.protocol import Finding, Model, ModelCannotRun, Prediction, PredictionMismatch, check_prediction
 from ai.registry import RegistryError, installed_models
 from ai.volume import NotAVolume, Volume, load_volume
 from config.settings import Settings
-from node.completion import encode_job
-from node.triage import after_findings, job_priority
-from node.workers import JobContext, PermanentJobError, current_study, queue_for
+from node.jobs.context import JobContext, PermanentJobError, current_study
+from node.jobs.kinds import EncodePayload, InferPayload, StudyWork, read_payload, study_job
+from node.pipeline.lifecycle import queue_for
+from node.pipeline.triage import after_findings, job_priority
 from storage.db import dialect_insert, writing
 from storage.files import FileStore
 from storage.inventory import series_files
-from storage.models import Prediction as PredictionRow
-from storage.models import Series, WorkerStatus
+from storage.models import PredictionRecord, Series, WorkerStatus
 from storage.queue import ClaimedJob
-from storage.timeline import INFERRED, record
+from storage.timeline import DECLINED, INFERRED, record, record_now
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +87,6 @@ def gpu_memory_bound(device: torch.device, bound_mb: int) -> Iterator[None]:
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
         torch.cuda.empty_cache()
-
-
-def _save_labelmap(store: FileStore, relative: str, prediction: Prediction, volume: Volume) -> None:
-    """The label map with the geometry and source images it belongs to (``.npz``)."""
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer, labelmap=prediction.labelmap, spacing=np.array(volume.spacing),
-        origin=np.array(volume.origin), direction=volume.direction,
-        sop_instance_uids=np.array(volume.sop_instance_uids),
-        frame_numbers=np.array(volume.frame_numbers),
-        series_instance_uid=np.array(volume.series_instance_uid),
-    )
-    store.write(relative, [buffer.getbuffer()])
 
 
 class InferenceRunner:
@@ -159,36 +144,37 @@ class InferenceRunner:
                 "device": str(self.device), "gpu_memory_bytes": used, "updated_at": time.time()}))
 
     def __call__(self, job: ClaimedJob, ctx: JobContext) -> None:
-        name = job.payload["model"]
-        loaded = self.models.get(name)
+        payload = read_payload(InferPayload, job)
+        loaded = self.models.get(payload.model)
         if loaded is None:
-            raise PermanentJobError(f"model {name!r} is not used by any enabled route of this worker")
-        study = current_study(self._engine, job)
-        if study is None:
+            raise PermanentJobError(f"model {payload.model!r} is not used by any enabled route of this worker")
+        work = current_study(self._engine, job)
+        if work is None:
             return
-        for series_uid in job.payload["series"]:
+        for series_uid in payload.series:
             if ctx.cancelled.is_set():
                 raise RuntimeError("cancelled")
-            self._run_series(job, study, series_uid, loaded)
+            self._run_series(job, payload, work, series_uid, loaded)
         # Triage on the findings, then the results are encoded and sent (the dedupe
-        # keys make a rerun harmless).
-        version = int(job.results_version or 0)
+        # keys make a rerun harmless). A model that declined every series has nothing
+        # to encode: the study is not applicable to it.
         with writing(self._engine) as conn:
-            findings = [f for row in conn.execute(select(PredictionRow.findings).where(
-                PredictionRow.study_id == study.id, PredictionRow.model == name,
-                PredictionRow.results_version == version)).scalars() for f in row]
-            level = after_findings(conn, self._settings, self._queue, study.id, study.study_instance_uid,
-                                   version, name, findings)
-            # A study raised by its findings has its results delivered sooner too.
-            self._queue.enqueue(encode_job(study.study_instance_uid, name, version, dict(job.payload),
-                                           max(job.priority, job_priority(0, level)), study.id), conn)
+            rows = conn.execute(select(PredictionRecord.findings).where(
+                PredictionRecord.study_id == work.study_id, PredictionRecord.model == payload.model,
+                PredictionRecord.results_version == work.results_version)).scalars().all()
+            findings = [Finding.from_json(f) for row in rows for f in row]
+            level = after_findings(conn, self._settings, self._queue, work, payload.model, findings)
+            if rows:
+                # A study raised by its findings has its results delivered sooner too.
+                encode = EncodePayload(payload.model, payload.route, payload.destinations)
+                self._queue.enqueue(study_job(encode, work, max(job.priority, job_priority(0, level))), conn)
 
-    def _already_done(self, study_id: int, model: str, version: int, series_uid: str) -> bool:
+    def _already_done(self, work: StudyWork, model: str, series_uid: str) -> bool:
         with self._engine.connect() as conn:
-            return conn.execute(select(PredictionRow.id).where(
-                PredictionRow.study_id == study_id, PredictionRow.model == model,
-                PredictionRow.results_version == version,
-                PredictionRow.series_instance_uid == series_uid,
+            return conn.execute(select(PredictionRecord.id).where(
+                PredictionRecord.study_id == work.study_id, PredictionRecord.model == model,
+                PredictionRecord.results_version == work.results_version,
+                PredictionRecord.series_instance_uid == series_uid,
             )).first() is not None
 
     def _series_files(self, series_uid: str) -> tuple[int | None, list[Path]]:
@@ -197,10 +183,11 @@ class InferenceRunner:
                 Series.series_instance_uid == series_uid)).scalar()
         return number, [self._store.absolute(p) for p in series_files(self._engine, series_uid)]
 
-    def _run_series(self, job: ClaimedJob, study: Any, series_uid: str, loaded: LoadedModel) -> None:
+    def _run_series(self, job: ClaimedJob, payload: InferPayload, work: StudyWork, series_uid: str,
+                    loaded: LoadedModel) -> None:
         model = loaded.model
-        version = int(job.results_version or 0)
-        if self._already_done(study.id, model.name, version, series_uid):
+        version = work.results_version
+        if self._already_done(work, model.name, series_uid):
             return
         number, paths = self._series_files(series_uid)
         label = f"series {number if number is not None else '?'}"
@@ -215,42 +202,49 @@ class InferenceRunner:
             raise PermanentJobError(f"{label} is {volume.modality or 'of no modality'}; model "
                                     f"{model.name} accepts {', '.join(model.accepts.modalities)}")
         loaded_at = time.perf_counter()
-        prediction = self._predict(loaded, volume, label)
+        try:
+            prediction = self._predict(loaded, volume, label)
+        except ModelCannotRun as exc:
+            reason = f"model {model.name} cannot run on {label}: {exc}"
+            record_now(self._engine, work.study_id, DECLINED, reason, version)
+            log.info("study %s v%d: %s", work.study_instance_uid, version, reason)
+            return
         finished = time.perf_counter()
-        if prediction.labelmap is not None and prediction.labelmap.shape != volume.shape:
-            raise RuntimeError(f"model {model.name} returned a label map of shape "
-                               f"{prediction.labelmap.shape} for a volume of {volume.shape}")
+        try:
+            check_prediction(model.outputs, prediction, volume.shape)
+        except PredictionMismatch as exc:
+            raise PermanentJobError(f"model {model.name} {model.version} returned {exc} on {label}") from None
         relative = None
         if prediction.labelmap is not None:
             relative = self._store.result_path(
-                study.study_instance_uid, f"{model.name}-v{version}-{job.id}-{series_uid[-24:]}.npz")
-            _save_labelmap(self._store, relative, prediction, volume)
+                work.study_instance_uid, f"{model.name}-v{version}-{job.id}-{series_uid[-24:]}.npz")
+            self._store.write(relative, [LabelMap.of_volume(prediction.labelmap, volume).to_npz()])
         units = {m.name: m.unit.value for m in model.outputs.measurements}
         row = dict(
-            study_id=study.id, results_version=version, model=model.name,
-            model_version=model.version, route=job.payload.get("route"),
+            study_id=work.study_id, results_version=version, model=model.name,
+            model_version=model.version, route=payload.route,
             series_instance_uid=series_uid, job_id=job.id, device=str(self.device),
             outputs=dataclasses.asdict(model.outputs),
-            measurements=[dict(name=m.name, value=m.value, unit=units.get(m.name), reliable=m.reliable,
-                               note=m.note) for m in prediction.measurements],
-            findings=[dict(name=f.name, score=f.score, present=f.present) for f in prediction.findings],
+            measurements=[m.to_json(units.get(m.name)) for m in prediction.measurements],
+            findings=[f.to_json() for f in prediction.findings],
             provenance=prediction.provenance, labelmap_path=relative,
             load_seconds=loaded_at - started, inference_seconds=finished - loaded_at,
             created_at=time.time(),
         )
         with writing(self._engine) as conn:
-            inserted = conn.execute(
-                dialect_insert(conn, PredictionRow.__table__).values(**row).on_conflict_do_nothing()).rowcount
+            inserted = conn.execute(dialect_insert(conn, PredictionRecord.__table__).values(**row)
+                                    .on_conflict_do_nothing()).rowcount
             if inserted:
-                record(conn, study.id, INFERRED, f"{model.name} {model.version} on {label}: "
+                record(conn, work.study_id, INFERRED, f"{model.name} {model.version} on {label}: "
                        f"{loaded_at - started:.1f} s load + {finished - loaded_at:.1f} s on {self.device}",
                        version)
         present = [f.name for f in prediction.findings if f.present]
         log.info("study %s v%d: %s on %s (%d slices) in %.1f s load + %.1f s on %s; findings: %s",
-                 study.study_instance_uid, version, model.name, label, volume.shape[0],
+                 work.study_instance_uid, version, model.name, label, volume.shape[0],
                  loaded_at - started, finished - loaded_at, self.device, ", ".join(present) or "none")
 
     def _predict(self, loaded: LoadedModel, volume: Volume, label: str) -> Prediction:
+        """Run the model; :class:`ModelCannotRun` passes through (the model declines)."""
         model = loaded.model
         autocast = self.device.type == "cuda" and model.device_needs.mixed_precision
         try:
@@ -258,8 +252,6 @@ class InferenceRunner:
                     torch.autocast(self.device.type, enabled=autocast), \
                     gpu_memory_bound(self.device, loaded.memory_bound_mb):
                 return model.predict(volume)
-        except ModelCannotRun as exc:
-            raise PermanentJobError(f"model {model.name} cannot run on {label}: {exc}") from None
         except torch.cuda.OutOfMemoryError:
             raise PermanentJobError(
                 f"model {model.name} needed more than its {loaded.memory_bound_mb} MiB of GPU memory "

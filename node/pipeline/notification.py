@@ -9,34 +9,38 @@ often end in chat tools.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-import socket
 import time
 from dataclasses import dataclass
-from typing import Any
 
+import hl7
+import hl7.mllp
 from pydicom import dcmread
 from sqlalchemy import Engine, select
 
+from ai.protocol import Finding
 from config.settings import Notification, Settings
-from node.httpclient import Unreachable, http_request
-from node.workers import JobContext, PermanentJobError, current_study
+from node.jobs.context import JobContext, PermanentJobError, current_study
+from node.jobs.kinds import NotifyPayload, StudyWork, read_payload
+from node.network.httpclient import post_json
 from storage.files import FileStore
 from storage.inventory import first_instance_path
-from storage.models import Prediction, Study
+from storage.models import PredictionRecord, Study
 from storage.queue import ClaimedJob
 from storage.timeline import NOTIFIED, NOTIFY_FAILED, record_now
 
 log = logging.getLogger(__name__)
 
-START, END = b"\x0b", b"\x1c\x0d"  # MLLP framing
+#: HL7 v2's default delimiters; a parsed MSH with them is what escapes field values.
+_MSH_START = "MSH|^~\\&|"
+_DELIMITERS = hl7.parse(_MSH_START + "AINODE\r")
 
 
 def hl7_escape(text: str) -> str:
-    """HL7 v2 escapes for the delimiters in a field value."""
-    out = text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\")
-    return out.replace("~", "\\R\\").replace("&", "\\T\\").replace("\r", " ").replace("\n", " ")
+    """A field value with HL7 v2's delimiters (and characters beyond ASCII) escaped
+    (python-hl7); line breaks become spaces."""
+    return str(_DELIMITERS.escape(text.replace("\r", " ").replace("\n", " ")))
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class StudyFacts:
     results_version: int
     level: str
     reason: str
-    findings: list[dict[str, Any]]
+    findings: tuple[Finding, ...]
     patient_id: str = ""
     patient_name: str = ""
     birth_date: str = ""
@@ -65,7 +69,7 @@ def oru_r01(facts: StudyFacts, notification: Notification, control_id: str, now:
     e = hl7_escape
     name = "^".join(e(part) for part in facts.patient_name.split("^"))
     segments = [
-        f"MSH|^~\\&|AINODE|{e(notification.sending_facility)}|{e(notification.receiving_application)}|"
+        f"{_MSH_START}AINODE|{e(notification.sending_facility)}|{e(notification.receiving_application)}|"
         f"{e(notification.receiving_facility)}|{stamp}+0000||ORU^R01^ORU_R01|{e(control_id)}|P|2.5.1",
         f"PID|1||{e(facts.patient_id)}||{name}||{e(facts.birth_date)}|{e(facts.sex)}",
         f"OBR|1||{e(facts.accession_number)}|AITRIAGE^AI triage^99AINODE|||"
@@ -76,42 +80,45 @@ def oru_r01(facts: StudyFacts, notification: Notification, control_id: str, now:
         f"OBX|3|ST|110180^Study Instance UID^DCM||{e(facts.study_instance_uid)}||||||F",
     ]
     for i, finding in enumerate(facts.findings, start=4):
-        flag = "A" if finding.get("present") else "N"
-        segments.append(f"OBX|{i}|NM|AISCORE^{e(str(finding['name']))[:60]}^99AINODE||"
-                        f"{float(finding['score']):.3f}|||{flag}|||F")
-    return "\r".join(segments) + "\r"
+        flag = "A" if finding.present else "N"
+        segments.append(f"OBX|{i}|NM|AISCORE^{e(finding.name)[:60]}^99AINODE||"
+                        f"{finding.score:.3f}|||{flag}|||F")
+    message = "\r".join(segments) + "\r"
+    hl7.parse(message)  # it must read back as HL7 v2
+    return message
+
+
+async def _exchange(host: str, port: int, message: str) -> hl7.Message:
+    reader, writer = await hl7.mllp.open_hl7_connection(host, port, encoding="utf-8")
+    try:
+        writer.writemessage(hl7.parse(message))
+        await writer.drain()
+        return await reader.readmessage()
+    finally:
+        writer.close()
 
 
 def send_mllp(host: str, port: int, message: str, timeout_s: float) -> str:
-    """Send one message framed for MLLP and return the acknowledgement's MSA-1
-    (AA/CA accept); raises when the receiver cannot be reached or rejects it."""
-    with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(START + message.encode("utf-8") + END)
-        reply = b""
-        while END not in reply:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError("the MLLP receiver closed the connection without an acknowledgement")
-            reply += chunk
-    text = reply.strip(START + END).decode("utf-8", "replace")
-    msa = next((seg.split("|") for seg in text.replace("\n", "\r").split("\r") if seg.startswith("MSA|")), None)
-    if msa is None or len(msa) < 2:
-        raise RuntimeError("the MLLP acknowledgement has no MSA segment")
-    if msa[1] not in ("AA", "CA"):
-        raise RuntimeError(f"the receiver answered {msa[1]}" + (f": {msa[3][:80]}" if len(msa) > 3 else ""))
-    return msa[1]
-
-
-def post_webhook(url: str, document: dict[str, Any], timeout_s: float) -> int:
+    """Send one message over MLLP (python-hl7's framing) and return the
+    acknowledgement's MSA-1 (AA/CA accept); raises when the receiver cannot be
+    reached, does not answer in time, or rejects the message."""
     try:
-        status, _ = http_request(url, json.dumps(document).encode(),
-                                 {"Content-Type": "application/json", "User-Agent": "AINode"}, "POST", timeout_s)
-    except Unreachable as exc:
-        raise RuntimeError(f"webhook unreachable: {exc}") from None
-    if not 200 <= status < 300:
-        raise RuntimeError(f"webhook answered HTTP {status}")
-    return status
+        ack = asyncio.run(asyncio.wait_for(_exchange(host, port, message), timeout_s))
+    except TimeoutError:
+        raise RuntimeError(f"the MLLP receiver did not acknowledge within {timeout_s:g} s") from None
+    except asyncio.IncompleteReadError:
+        raise RuntimeError("the MLLP receiver closed the connection without an acknowledgement") from None
+    except OSError as exc:
+        raise RuntimeError(f"the MLLP receiver at {host}:{port} cannot be reached ({type(exc).__name__})") from None
+    try:
+        msa = ack.segment("MSA")
+    except KeyError:
+        raise RuntimeError("the MLLP acknowledgement has no MSA segment") from None
+    code = str(msa[1])
+    if code not in ("AA", "CA"):
+        text = str(msa[3]) if len(msa) > 3 else ""
+        raise RuntimeError(f"the receiver answered {code}" + (f": {text[:80]}" if text else ""))
+    return code
 
 
 class NotificationHandler:
@@ -129,12 +136,13 @@ class NotificationHandler:
         raise PermanentJobError(f"notification {name!r} is no longer configured; add it back to "
                                 "[[notifications]] and retry the job")
 
-    def _facts(self, study: Any, version: int, level: str, reason: str) -> StudyFacts:
+    def _facts(self, work: StudyWork, payload: NotifyPayload) -> StudyFacts:
         with self._engine.connect() as conn:
-            accession = conn.execute(select(Study.accession_number).where(Study.id == study.id)).scalar()
-            findings = [f for row in conn.execute(select(Prediction.findings).where(
-                Prediction.study_id == study.id, Prediction.results_version == version)).scalars() for f in row]
-            path = first_instance_path(conn, study.id)
+            accession = conn.execute(select(Study.accession_number).where(Study.id == work.study_id)).scalar()
+            findings = tuple(Finding.from_json(f) for row in conn.execute(select(PredictionRecord.findings).where(
+                PredictionRecord.study_id == work.study_id,
+                PredictionRecord.results_version == work.results_version)).scalars() for f in row)
+            path = first_instance_path(conn, work.study_id)
         patient: dict[str, str] = {}
         if path:
             try:
@@ -145,16 +153,18 @@ class NotificationHandler:
                     ("modality", "Modality"))}
             except Exception:
                 log.warning("study %s: its images' patient attributes could not be read for the "
-                            "notification", study.study_instance_uid)
-        return StudyFacts(study.study_instance_uid, accession or "", version, level, reason, findings, **patient)
+                            "notification", work.study_instance_uid)
+        return StudyFacts(work.study_instance_uid, accession or "", work.results_version, payload.level,
+                          payload.reason, findings, **patient)
 
-    def notify(self, job: ClaimedJob, ctx: JobContext) -> None:
-        study = current_study(self._engine, job)
-        if study is None:
+    def __call__(self, job: ClaimedJob, ctx: JobContext) -> None:
+        payload = read_payload(NotifyPayload, job)
+        work = current_study(self._engine, job)
+        if work is None:
             return
-        version = int(job.results_version or 0)
-        notification = self._notification(job.payload["notification"])
-        facts = self._facts(study, version, job.payload["level"], job.payload.get("reason", ""))
+        version = work.results_version
+        notification = self._notification(payload.notification)
+        facts = self._facts(work, payload)
         try:
             if notification.type == "hl7":
                 message = oru_r01(facts, notification, control_id=f"AINODE-{job.id}")
@@ -165,14 +175,14 @@ class NotificationHandler:
                 document = {
                     "event": "study.level", "level": facts.level, "reason": facts.reason,
                     "study_instance_uid": facts.study_instance_uid, "accession_number": facts.accession_number,
-                    "results_version": version, "findings": facts.findings,
+                    "results_version": version, "findings": [f.to_json() for f in facts.findings],
                 }
-                status = post_webhook(notification.url or "", document, notification.timeout_s)
+                status = post_json(notification.url or "", document, notification.timeout_s)
                 what = f"webhook {notification.name} (HTTP {status})"
         except Exception as exc:
-            record_now(self._engine, study.id, NOTIFY_FAILED,
+            record_now(self._engine, work.study_id, NOTIFY_FAILED,
                        f"{notification.name}: {type(exc).__name__}: {exc}", version)
             raise
-        record_now(self._engine, study.id, NOTIFIED, f"{facts.level}: {what}", version)
-        log.info("study %s v%d: %s notified (%s)", study.study_instance_uid, version, notification.name,
+        record_now(self._engine, work.study_id, NOTIFIED, f"{facts.level}: {what}", version)
+        log.info("study %s v%d: %s notified (%s)", work.study_instance_uid, version, notification.name,
                  facts.level)

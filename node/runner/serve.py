@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,11 +29,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
 from config.settings import Settings
-from node.access import AccessPolicy
-from node.completion import CompletionPolicy, CompletionSweep
-from node.devices import inference_devices
-from node.listener import PEER_BUCKETS
-from node.processes import (
+from node.network.access import AccessPolicy
+from node.network.listener import PEER_BUCKETS
+from node.network.tls import TlsConfigError, server_context
+from node.pipeline.completion import CompletionPolicy, CompletionSweep
+from node.pipeline.lifecycle import queue_for
+from node.runner.devices import inference_devices
+from node.runner.supervisor import (
     Role,
     StartupError,
     Supervisor,
@@ -42,8 +44,6 @@ from node.processes import (
     run_listener,
     run_worker,
 )
-from node.tls import TlsConfigError, server_context
-from node.workers import queue_for
 from storage.db import open_database
 from storage.files import FileStore
 from storage.reconcile import reconcile
@@ -152,12 +152,12 @@ def _scheduler(settings: Settings, engine: Engine) -> BackgroundScheduler:
         store = FileStore(settings.data_dir)
 
         def purge() -> None:
-            cutoff = datetime.now(timezone.utc) - timedelta(days=settings.retention_days)
+            cutoff = datetime.now(UTC) - timedelta(days=settings.retention_days)
             purge_older_than(engine, store, cutoff)
 
         scheduler.add_job(guarded(purge, "retention cleanup"), "interval",
                           seconds=settings.retention_sweep_s, max_instances=1, coalesce=True,
-                          id="retention", next_run_time=datetime.now(timezone.utc),
+                          id="retention", next_run_time=datetime.now(UTC),
                           misfire_grace_time=None)
     scheduler.add_job(guarded(queue.reap, "lease reaper"), "interval",
                       seconds=max(1.0, settings.job_lease_s / 4), max_instances=1, coalesce=True,

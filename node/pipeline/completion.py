@@ -9,25 +9,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.orm import Session
 
 from config.settings import Route, Settings
-from node.routing import SeriesView, StudyView, expected_series_present, route_study
-from node.triage import arrival_level, job_priority, raise_level, requested_priority
+from node.jobs.kinds import InferPayload, StudyWork, study_job
+from node.pipeline.routing import SeriesView, StudyView, expected_series_present, route_study
+from node.pipeline.triage import arrival_level, job_priority, raise_level, requested_priority
 from storage.db import writing
 from storage.files import FileStore
 from storage.inventory import first_instance_path
 from storage.models import Series, Study
-from storage.queue import JobQueue, NewJob
+from storage.queue import JobQueue
+from storage.states import StudyState
 from storage.timeline import COMPLETED, record
 
 log = logging.getLogger(__name__)
-
-COMPLETE, DONE, RECEIVING = "complete", "done", "receiving"
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def completion_reason(
 
 
 def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def load_study_view(conn: Connection, study_id: int) -> StudyView:
@@ -110,9 +109,9 @@ class CompletionSweep:
 
     def run(self, now: datetime | None = None) -> list[str]:
         """One sweep; the UIDs of the studies it completed."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         with self._engine.connect() as conn:
-            candidates = list(conn.execute(select(Study.id).where(Study.state == RECEIVING)).scalars())
+            candidates = list(conn.execute(select(Study.id).where(Study.state == StudyState.RECEIVING)).scalars())
         completed = []
         for study_id in candidates:
             uid = self._try_complete(study_id, now)
@@ -130,7 +129,7 @@ class CompletionSweep:
                        Study.results_version, Study.study_instance_uid)
                 .where(Study.id == study_id).with_for_update()
             ).one_or_none()
-            if row is None or row.state != RECEIVING:
+            if row is None or row.state != StudyState.RECEIVING:
                 return None
             view = load_study_view(conn, study_id)
             reason = completion_reason(
@@ -143,24 +142,19 @@ class CompletionSweep:
             requested = self._requested_priority(conn, study_id)
             arrival = arrival_level(requested, [d.route for d in decisions])
             conn.execute(update(Study).where(Study.id == study_id).values(
-                state=COMPLETE if decisions else DONE, results_version=version,
+                state=StudyState.COMPLETE if decisions else StudyState.DONE, results_version=version,
                 completed_at=now, completion_reason=reason, requested_priority=requested))
             record(conn, study_id, COMPLETED, f"{reason}; " + (
                 ", ".join(f"{d.route.name} -> {d.route.model}" for d in decisions) or "no route matched"),
                 version)
             level = raise_level(conn, study_id, arrival, version)
+            work = StudyWork(study_id, view.study_instance_uid, version)
             for decision in decisions:
                 route = decision.route
-                self._queue.enqueue(NewJob(
-                    kind="infer",
-                    dedupe_key=f"infer:{view.study_instance_uid}:{route.model}:v{version}",
-                    payload={
-                        "model": route.model, "route": route.name,
-                        "series": [s.series_instance_uid for s in decision.chosen],
-                        "destinations": list(route.destinations),
-                    },
-                    priority=job_priority(route.priority, level), study_id=study_id, results_version=version,
-                ), conn)
+                payload = InferPayload(route.model, route.name,
+                                       tuple(s.series_instance_uid for s in decision.chosen),
+                                       tuple(route.destinations))
+                self._queue.enqueue(study_job(payload, work, job_priority(route.priority, level)), conn)
         log.info(
             "study %s complete (%s), results version %d: %s", view.study_instance_uid, reason,
             version, ", ".join(f"{d.route.name} -> {d.route.model} on {len(d.chosen)} series"
@@ -168,9 +162,3 @@ class CompletionSweep:
         )
         return view.study_instance_uid
 
-
-def encode_job(study_uid: str, model: str, version: int, payload: dict[str, Any], priority: int,
-               study_id: int) -> NewJob:
-    """The ``encode`` job that follows an ``infer`` job."""
-    return NewJob(kind="encode", dedupe_key=f"encode:{study_uid}:{model}:v{version}", payload=payload,
-                  priority=priority, study_id=study_id, results_version=version)

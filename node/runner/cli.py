@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -14,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, load_settings
-from node.logs import setup_logging
+from node.runner.logs import setup_logging
+from storage.states import JobState
 
 app = typer.Typer(
     name="ainode",
@@ -54,7 +56,7 @@ def _settings(config: Path | None, data_dir: Path | None, **flags: Any) -> Setti
 
 
 def _address(text: str) -> Any:
-    from node.scu import parse_address
+    from node.network.scu import parse_address
 
     try:
         return parse_address(text)
@@ -79,8 +81,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
 ) -> None:
     """Run the node in the foreground (SIGINT/SIGTERM stop it cleanly)."""
-    from node.serve import DataDirInUse, StartupError
-    from node.serve import serve as run
+    from node.runner.serve import DataDirInUse, StartupError
+    from node.runner.serve import serve as run
 
     settings = _settings(config, data_dir, port=port, ae_title=ae_title, host=host)
     setup_logging(settings.log_level)
@@ -105,7 +107,7 @@ def worker(
 ) -> None:
     """Run job and inference workers only (no listener): a compute machine sharing the
     node's PostgreSQL database and data folder."""
-    from node.serve import StartupError, run_workers
+    from node.runner.serve import StartupError, run_workers
 
     settings = _settings(config, data_dir)
     setup_logging(settings.log_level)
@@ -123,24 +125,31 @@ def status(
     data_dir: DataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """What the node holds: studies, series and instances."""
+    """What the node holds: studies (by state), series, instances, and its jobs."""
     from storage.db import open_database
-    from storage.inventory import inventory
+    from storage.inventory import inventory, studies_by_state
     from storage.queue import JobQueue
 
     settings = _settings(config, data_dir)
     engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
     counts = inventory(engine)
+    states = studies_by_state(engine)
     jobs = JobQueue(engine).counts()
     engine.dispose()
     if as_json:
-        out.print_json(json.dumps({**counts, "jobs": jobs}))
+        out.print_json(json.dumps({**counts, "studies_by_state": states, "jobs": jobs}))
         return
     table = Table(title=f"AINode data in {settings.data_dir}")
     for name in ("studies", "series", "instances", "bytes"):
         table.add_column(name, justify="right")
     table.add_row(*(f"{counts[k]:,}" for k in ("studies", "series", "instances", "bytes")))
     out.print(table)
+    if counts["studies"]:
+        by_state = Table(title="studies by state")
+        for state in states:
+            by_state.add_column(state, justify="right")
+        by_state.add_row(*(str(n) for n in states.values()))
+        out.print(by_state)
     if jobs:
         out.print(_jobs_by_state_table(jobs))
 
@@ -153,9 +162,9 @@ def echo(
     calling_ae: Annotated[str | None, typer.Option(help="Calling AE title (default: the node's).")] = None,
 ) -> None:
     """Check a peer, or a configured [[destinations]] entry, with a C-ECHO."""
-    from node.scu import destination_peer
-    from node.scu import echo as c_echo
-    from node.tls import TlsConfigError
+    from node.network.scu import destination_peer
+    from node.network.scu import echo as c_echo
+    from node.network.tls import TlsConfigError
 
     settings = _settings(config, data_dir)
     named = {d.name: d for d in settings.destinations}
@@ -190,7 +199,7 @@ def send(
 
     Files that are not DICOM (READMEs, licences) are skipped and listed.
     """
-    from node.scu import FAILURE, SKIPPED, WARNING, collect_files, send_files
+    from node.network.scu import FAILURE, SKIPPED, WARNING, collect_files, send_files
 
     settings = _settings(config, data_dir)
     peer = _address(to)
@@ -222,24 +231,22 @@ def send(
         raise typer.Exit(1)
 
 
-def _jobs_by_state_table(jobs: dict[str, dict[str, int]]) -> Table:
-    from storage.queue import STATES
-
+def _jobs_by_state_table(jobs: dict[str, dict[JobState, int]]) -> Table:
     table = Table(title="jobs")
     table.add_column("kind")
-    for state in STATES:
+    for state in JobState:
         table.add_column(state, justify="right")
     for kind, by_state in sorted(jobs.items()):
-        table.add_row(kind, *(str(by_state[state]) for state in STATES))
+        table.add_row(kind, *(str(by_state[state]) for state in JobState))
     return table
 
 
 def _when(epoch: float | None) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if epoch is None:
         return ""
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @app.command()
@@ -253,11 +260,11 @@ def jobs(
 ) -> None:
     """List jobs, newest first, with their last error."""
     from storage.db import open_database
-    from storage.queue import STATES, JobQueue
+    from storage.queue import JobQueue
 
     for s_ in state or []:
-        if s_ not in STATES:
-            _fail(f"--state {s_!r}: use one of {', '.join(STATES)}", 2)
+        if s_ not in set(JobState):
+            _fail(f"--state {s_!r}: use one of {', '.join(JobState)}", 2)
     settings = _settings(config, data_dir)
     engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
     rows = JobQueue(engine).list(states=state or (), kinds=kind or (), limit=limit)
@@ -287,15 +294,15 @@ def predictions(
     from sqlalchemy import select
 
     from storage.db import open_database
-    from storage.models import Prediction, Study
+    from storage.models import PredictionRecord, Study
 
     settings = _settings(config, data_dir)
     engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
     with engine.connect() as conn:
         rows = conn.execute(
-            select(*Prediction.__table__.columns, Study.study_instance_uid)
-            .join(Study, Prediction.study_id == Study.id)
-            .order_by(Prediction.id.desc()).limit(limit)
+            select(*PredictionRecord.__table__.columns, Study.study_instance_uid)
+            .join(Study, PredictionRecord.study_id == Study.id)
+            .order_by(PredictionRecord.id.desc()).limit(limit)
         ).all()
     engine.dispose()
     fields = ("id", "study_instance_uid", "results_version", "model", "model_version", "route",
@@ -360,28 +367,30 @@ def selftest_queue(
     import time as _time
     import uuid
 
+    from node.jobs.kinds import JobKind, NoopPayload, selftest_job
     from storage.db import open_database
-    from storage.queue import DEAD, SUCCEEDED, JobQueue, NewJob
+    from storage.queue import JobQueue
 
     settings = _settings(config, data_dir)
     engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
     queue = JobQueue(engine)
     batch = uuid.uuid4().hex[:8]
-    ids = [queue.enqueue(NewJob("noop", f"noop:{batch}:{i}", {"seconds": seconds, "fail": fail},
-                                max_attempts=settings.job_max_attempts)) for i in range(jobs_)]
+    ids = [queue.enqueue(selftest_job(NoopPayload(batch, i, seconds, fail), settings.job_max_attempts))
+           for i in range(jobs_)]
     out.print(f"queued {len(ids)} no-op job(s), batch {batch}")
+    finished = (JobState.SUCCEEDED, JobState.DEAD)
     deadline = _time.monotonic() + wait
     while wait and _time.monotonic() < deadline:
-        rows = [r for r in queue.list(kinds=["noop"], limit=100_000) if r.id in ids]
-        if all(r.state in (SUCCEEDED, DEAD) for r in rows):
+        rows = [r for r in queue.list(kinds=[JobKind.NOOP], limit=100_000) if r.id in ids]
+        if all(r.state in finished for r in rows):
             break
         _time.sleep(0.2)
     if wait:
-        rows = [r for r in queue.list(kinds=["noop"], limit=100_000) if r.id in ids]
-        done = {st: sum(1 for r in rows if r.state == st) for st in (SUCCEEDED, DEAD)}
-        out.print(f"succeeded {done[SUCCEEDED]}, dead {done[DEAD]}, "
+        rows = [r for r in queue.list(kinds=[JobKind.NOOP], limit=100_000) if r.id in ids]
+        done = {st: sum(1 for r in rows if r.state == st) for st in finished}
+        out.print(f"succeeded {done[JobState.SUCCEEDED]}, dead {done[JobState.DEAD]}, "
                   f"unfinished {len(rows) - sum(done.values())}")
-        if done[SUCCEEDED] != len(ids):
+        if done[JobState.SUCCEEDED] != len(ids):
             engine.dispose()
             raise typer.Exit(1)
     engine.dispose()
@@ -398,7 +407,7 @@ def route_test(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Dry-run the routing rules: which rule takes which series, and why others do not."""
-    from node.route_test import explain, views_from_database, views_from_files
+    from node.pipeline.route_explain import explain, views_from_database, views_from_files
 
     settings = _settings(config, data_dir)
     path = Path(target)
@@ -429,7 +438,7 @@ def models(
         available = installed_models(settings.model_folders)
     except RegistryError as exc:
         _fail(str(exc), 1)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, installed in sorted(available.items()):
         options = settings.models[name].options if name in settings.models else None
         try:

@@ -18,7 +18,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from config.settings import Destination, validate_ae_title
-from node.tls import client_context
+from node.network.tls import client_context
 
 log = logging.getLogger(__name__)
 

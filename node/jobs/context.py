@@ -1,0 +1,56 @@
+"""What a job handler is given, what it may raise, and the study its job is about.
+
+A handler is a plain function of the claimed job and a :class:`JobContext`; it
+returns on success and raises on failure (the exception's type and message become
+the job's ``last_error``, so they must not contain patient data). Handlers must be
+idempotent: a job whose worker died is run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from config.settings import Settings
+from node.jobs.kinds import StudyWork
+from storage.models import Study
+from storage.queue import ClaimedJob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobContext:
+    settings: Settings
+    engine: Engine
+    #: Set when the lease was lost or the worker is stopping; long handlers check it.
+    cancelled: threading.Event
+
+
+Handler = Callable[[ClaimedJob, JobContext], None]
+
+
+class PermanentJobError(Exception):
+    """Retrying cannot help (the input is unusable, the model refuses it): the job is
+    dead at once, with this message as its reason, until an operator retries it."""
+
+
+def current_study(engine: Engine, job: ClaimedJob) -> StudyWork | None:
+    """The study a job works on, or None when the study has moved on to a newer
+    results version than the job's: that work is superseded and skipped. A removed
+    study fails the job for good."""
+    with engine.connect() as conn:
+        study = conn.execute(
+            select(Study.id, Study.study_instance_uid, Study.results_version).where(Study.id == job.study_id)
+        ).one_or_none()
+    if study is None:
+        raise PermanentJobError("the study was removed before its work was done")
+    if study.results_version != job.results_version:
+        log.info("job %d (%s): study %s moved on to results version %d; version %s is skipped",
+                 job.id, job.kind, study.study_instance_uid, study.results_version, job.results_version)
+        return None
+    return StudyWork(study.id, study.study_instance_uid, study.results_version)

@@ -1,0 +1,147 @@
+"""The kinds of job, and what each carries.
+
+Every kind has one payload type. A payload names the work within its study and
+results version, and builds the job's dedupe key, so that enqueueing the same work
+twice (a rerun after a crash, two sweeps racing) adds one job. Payloads are stored
+as JSON in the job row and validated when read back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+
+from storage.queue import ClaimedJob, NewJob
+
+
+class JobKind(StrEnum):
+    """What a job does; each kind has one handler (see :mod:`node.runner.handlers`)."""
+
+    NOOP = "noop"  # the queue's self-test (``ainode selftest queue``)
+    INFER = "infer"  # run a model on the series a route chose
+    ENCODE = "encode"  # make the SEG, SR and key images of a model's predictions
+    SEND = "send"  # deliver them to one destination
+    NOTIFY = "notify"  # tell one receiver (RIS, webhook) about a study's level
+
+
+@dataclass(frozen=True)
+class StudyWork:
+    """The study, and its results version, that a job is about."""
+
+    study_id: int
+    study_instance_uid: str
+    results_version: int
+
+
+@dataclass(frozen=True)
+class InferPayload:
+    kind: ClassVar[JobKind] = JobKind.INFER
+
+    model: str
+    route: str
+    series: tuple[str, ...]
+    destinations: tuple[str, ...] = ()
+
+    def dedupe_key(self, work: StudyWork) -> str:
+        return f"infer:{work.study_instance_uid}:{self.model}:v{work.results_version}"
+
+
+@dataclass(frozen=True)
+class EncodePayload:
+    kind: ClassVar[JobKind] = JobKind.ENCODE
+
+    model: str
+    route: str
+    destinations: tuple[str, ...] = ()
+
+    def dedupe_key(self, work: StudyWork) -> str:
+        return f"encode:{work.study_instance_uid}:{self.model}:v{work.results_version}"
+
+
+@dataclass(frozen=True)
+class SendPayload:
+    kind: ClassVar[JobKind] = JobKind.SEND
+
+    model: str
+    destination: str
+
+    def dedupe_key(self, work: StudyWork) -> str:
+        return f"send:{work.study_instance_uid}:{self.model}:v{work.results_version}:{self.destination}"
+
+
+@dataclass(frozen=True)
+class NotifyPayload:
+    kind: ClassVar[JobKind] = JobKind.NOTIFY
+
+    notification: str
+    level: str
+    reason: str = ""
+
+    def dedupe_key(self, work: StudyWork) -> str:
+        return f"notify:{work.study_instance_uid}:v{work.results_version}:{self.notification}:{self.level}"
+
+
+@dataclass(frozen=True)
+class NoopPayload:
+    """The queue self-test: wait ``seconds``, fail when told to. ``batch`` and
+    ``index`` tell the jobs of one ``ainode selftest queue`` apart."""
+
+    kind: ClassVar[JobKind] = JobKind.NOOP
+
+    batch: str
+    index: int
+    seconds: float = 0.0
+    fail: bool = False
+
+    def dedupe_key(self) -> str:
+        return f"noop:{self.batch}:{self.index}"
+
+
+StudyPayload = InferPayload | EncodePayload | SendPayload | NotifyPayload
+Payload = StudyPayload | NoopPayload
+P = TypeVar("P", InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload)
+
+
+class BadPayload(ValueError):
+    """A job row's payload is not what its kind carries (a job written by another
+    version of the node, or by hand)."""
+
+
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {
+    cls: TypeAdapter(cls) for cls in (InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload)}
+
+
+def _adapter(cls: type[Any]) -> TypeAdapter[Any]:
+    return _ADAPTERS[cls]
+
+
+def payload_json(payload: Payload) -> dict[str, Any]:
+    """The payload as stored in the job row."""
+    data: dict[str, Any] = _adapter(type(payload)).dump_python(payload, mode="json")
+    return data
+
+
+def read_payload(cls: type[P], job: ClaimedJob) -> P:
+    """The payload of a claimed job, validated against its kind's type."""
+    if job.kind != cls.kind:
+        raise BadPayload(f"job {job.id} is a {job.kind} job, not {cls.kind}")
+    try:
+        payload: P = _adapter(cls).validate_python(job.payload)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "payload" for e in exc.errors())
+        raise BadPayload(f"job {job.id} ({job.kind}) has an unusable payload ({fields})") from None
+    return payload
+
+
+def study_job(payload: StudyPayload, work: StudyWork, priority: int) -> NewJob:
+    """The job that does ``payload``'s work for one study and results version."""
+    return NewJob(kind=payload.kind, dedupe_key=payload.dedupe_key(work), payload=payload_json(payload),
+                  priority=priority, study_id=work.study_id, results_version=work.results_version)
+
+
+def selftest_job(payload: NoopPayload, max_attempts: int | None = None) -> NewJob:
+    return NewJob(kind=payload.kind, dedupe_key=payload.dedupe_key(), payload=payload_json(payload),
+                  max_attempts=max_attempts)

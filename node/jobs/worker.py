@@ -1,0 +1,87 @@
+"""The worker loop: claim a job, run its handler while heartbeating, record the outcome.
+
+What a handler is and may raise is in :mod:`node.jobs.context`; which handler runs
+which kind is decided by whoever builds the worker (:mod:`node.runner.handlers`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+
+from sqlalchemy import Engine
+
+from config.settings import Settings
+from node.jobs.context import Handler, JobContext, PermanentJobError
+from node.jobs.kinds import BadPayload, JobKind
+from storage.queue import ClaimedJob, JobQueue, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(settings.job_max_attempts, settings.job_retry_base_delay_s,
+                       settings.job_retry_max_delay_s)
+
+
+class Worker:
+    """Runs jobs one at a time until ``stop`` is set (finishing the current job)."""
+
+    def __init__(self, name: str, settings: Settings, engine: Engine, queue: JobQueue,
+                 handlers: Mapping[JobKind, Handler], poll_s: float = 0.5) -> None:
+        self.name = name
+        self._settings = settings
+        self._engine = engine
+        self._queue = queue
+        self._policy = retry_policy(settings)
+        self._handlers = dict(handlers)
+        self._poll_s = poll_s
+
+    def run(self, stop: threading.Event) -> None:
+        kinds = sorted(self._handlers)
+        while not stop.is_set():
+            try:
+                job = self._queue.claim(self.name, kinds)
+            except Exception as exc:  # database briefly unavailable: wait and retry
+                log.warning("worker %s cannot claim jobs (%s); retrying", self.name, type(exc).__name__)
+                stop.wait(self._poll_s * 4)
+                continue
+            if job is None:
+                stop.wait(self._poll_s)
+                continue
+            self.run_one(job)
+
+    def run_one(self, job: ClaimedJob) -> None:
+        cancelled = threading.Event()
+        beating = threading.Thread(target=self._heartbeat, args=(job, cancelled), daemon=True)
+        beating.start()
+        started = time.monotonic()
+        try:
+            self._handlers[JobKind(job.kind)](job, JobContext(self._settings, self._engine, cancelled))
+        except Exception as exc:
+            cancelled.set()
+            permanent = isinstance(exc, (PermanentJobError, BadPayload))
+            error = str(exc) if permanent else f"{type(exc).__name__}: {exc}"
+            state = self._queue.fail(job, error, self._policy, permanent=permanent)
+            log.warning("job %d (%s) attempt %d failed: %s -> %s", job.id, job.kind, job.attempts,
+                        error, state or "lease lost")
+            return
+        finally:
+            cancelled.set()
+            beating.join()
+        if self._queue.complete(job):
+            log.info("job %d (%s) succeeded in %.1f s", job.id, job.kind, time.monotonic() - started)
+        else:
+            log.warning("job %d (%s) finished after its lease was lost; the retry counts", job.id, job.kind)
+
+    def _heartbeat(self, job: ClaimedJob, cancelled: threading.Event) -> None:
+        interval = max(0.2, self._settings.job_lease_s / 3)
+        while not cancelled.wait(interval):
+            try:
+                if not self._queue.heartbeat(job):
+                    log.warning("job %d lost its lease; stopping it", job.id)
+                    cancelled.set()
+            except Exception as exc:
+                log.warning("heartbeat for job %d failed (%s)", job.id, type(exc).__name__)

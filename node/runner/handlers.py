@@ -1,0 +1,24 @@
+"""Which handler runs which kind of job: the wiring between the job framework and the
+pipeline's steps (inference workers run ``infer`` only; see :mod:`node.runner.supervisor`)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from config.settings import Settings
+from node.jobs.context import Handler
+from node.jobs.kinds import JobKind
+from node.jobs.selftest import run_noop
+from node.pipeline.delivery import SendHandler
+from node.pipeline.encoding import EncodeHandler
+from node.pipeline.notification import NotificationHandler
+
+
+def general_handlers(settings: Settings, engine: Engine) -> dict[JobKind, Handler]:
+    """The job kinds a general worker runs, and their handlers."""
+    return {
+        JobKind.NOOP: run_noop,
+        JobKind.ENCODE: EncodeHandler(settings, engine),
+        JobKind.SEND: SendHandler(settings, engine),
+        JobKind.NOTIFY: NotificationHandler(settings, engine),
+    }
