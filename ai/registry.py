@@ -8,7 +8,6 @@ Built-in models register through the entry point too (in this project's
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -18,13 +17,7 @@ from typing import Any
 from ai.manifest import MANIFEST_NAME, ManifestError, ManifestModel, read_manifest
 from ai.protocol import Model
 
-log = logging.getLogger(__name__)
-
 GROUP = "ainode.models"
-
-
-class ModelNotFound(LookupError):
-    pass
 
 
 class RegistryError(ValueError):
@@ -103,12 +96,3 @@ def installed_models(folders: Sequence[Path] = ()) -> dict[str, InstalledModel]:
                 manifest.name, f"folder {model_dir}", _folder_factory(model_dir))
     return models
 
-
-def create_model(name: str, options: Mapping[str, Any] | None = None,
-                 folders: Sequence[Path] = ()) -> Model:
-    models = installed_models(folders)
-    if name not in models:
-        raise ModelNotFound(
-            f"model {name!r} is not installed (installed: {', '.join(sorted(models)) or 'none'})"
-        )
-    return models[name].create(options)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from storage.queue import ClaimedJob, NewJob
+from storage.states import StudyLevel
 
 
 class JobKind(StrEnum):
@@ -77,7 +78,7 @@ class NotifyPayload:
     kind: ClassVar[JobKind] = JobKind.NOTIFY
 
     notification: str
-    level: str
+    level: StudyLevel
     reason: str = ""
 
     def dedupe_key(self, work: StudyWork) -> str:

@@ -33,10 +33,11 @@ def _in_archive(orthanc: Orthanc) -> dict[str, str]:
     return {i["Tags"]["SOPInstanceUID"]: i["Tags"]["SOPClassUID"] for i in orthanc.instances()}
 
 
-def _send_jobs_failing(node: Node, count: int) -> bool:
+def _send_jobs_failing(node: Node, count: int, attempts: int = 1) -> bool:
+    """At least ``count`` deliveries have failed ``attempts`` times and wait to retry."""
     with database(node) as db:
-        failing = db.execute("SELECT count(*) FROM jobs WHERE kind = 'send' AND attempts >= 1 "
-                             "AND state = 'queued' AND last_error IS NOT NULL").fetchone()[0]
+        failing = db.execute("SELECT count(*) FROM jobs WHERE kind = 'send' AND attempts >= ? "
+                             "AND state = 'queued' AND last_error IS NOT NULL", (attempts,)).fetchone()[0]
     return failing >= count
 
 
@@ -54,7 +55,7 @@ def test_archive_down_for_a_while_then_everything_is_delivered(
         send(node.port, trial, trial.datasets)
         assert len(trial.acknowledged) == len(trial.datasets)
     wait_until(lambda: _send_jobs_failing(node, 3), 120, "deliveries failing against the stopped archive")
-    time.sleep(5)  # several more failed attempts
+    wait_until(lambda: _send_jobs_failing(node, 3, attempts=3), 120, "several more failed attempts")
     orthanc.start()
     outage = time.monotonic() - down
     wait_until(lambda: settled(node), 120, "every job to finish")
@@ -85,7 +86,9 @@ def test_database_locked_by_another_process(
         # While it is held, an image cannot be recorded: 0xA700, not a false success.
         second = fresh_study(template)
         assert store_datasets(node.port, second[:2], calling_ae="CT01") == [0xA700, 0xA700]
-        time.sleep(6)  # completion, claims and heartbeats of the first study's jobs all fail meanwhile
+        # Meanwhile the completion sweep and the workers' claims fail, and are retried.
+        wait_until(lambda: "completion sweep failed" in (log := node.log()) and "cannot claim jobs" in log,
+                   60, "the sweep and the workers to meet the locked database")
         assert node.proc is not None and node.proc.poll() is None, "the node stopped"
     finally:
         locker.execute("ROLLBACK")

@@ -9,15 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pydicom.uid import generate_uid
 from sqlalchemy import Engine, select
 
+from ai.protocol import Accepts, Code, DeviceNeeds, Outputs, Prediction, SegmentSpec
+from ai.volume import Volume
 from config.settings import Settings, load_settings
 from node.jobs.context import JobContext
 from node.jobs.kinds import JobKind
 from node.jobs.worker import Worker
 from node.pipeline.completion import CompletionPolicy, CompletionSweep
-from node.pipeline.inference import InferenceRunner
+from node.pipeline.inference import InferenceRunner, LoadedModel
 from node.pipeline.lifecycle import queue_for
 from storage.db import open_database
 from storage.files import FileStore
@@ -153,3 +156,44 @@ def test_a_model_that_declines_the_input_makes_the_study_not_applicable(tmp_path
     assert state == "not_applicable"
     assert len(declined) == 1
     assert declined[0].detail.startswith("model ct-chest cannot run on series 1: no lungs found")
+
+
+class _UndeclaredLabel:
+    """A model whose label map holds a label it does not declare."""
+
+    name, version = "liar", "2"
+    accepts = Accepts(modalities=("CT",), min_slices=3)
+    device_needs = DeviceNeeds(gpu="none")
+    outputs = Outputs(segments=(SegmentSpec(1, "Dense", Code("91723000", "SCT", "Anatomical Structure"),
+                                            Code("85756007", "SCT", "Tissue")),))
+
+    def load(self, device: str) -> None:
+        pass
+
+    def predict(self, volume: Volume) -> Prediction:
+        labelmap = np.zeros(volume.shape, dtype=np.uint8)
+        labelmap[:, 4:8, 4:8] = 7
+        return Prediction(labelmap=labelmap)
+
+
+def test_a_prediction_that_breaks_its_models_declaration_is_refused_with_the_reason(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path / "data", job_max_attempts=3, routes=[
+        {"name": "liar", "model": "liar", "match": {"modality": ["CT"], "min_instances": 5}}])
+    store = FileStore(settings.data_dir)
+    store.prepare()
+    engine = open_database(settings.effective_database_url)
+    queue = queue_for(settings, engine)
+    runner = InferenceRunner(settings, engine, torch.device("cpu"), {"liar": LoadedModel(_UndeclaredLabel(), 0)})
+    worker = Worker("test-worker", settings, engine, queue, {JobKind.INFER: runner})
+    study, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
+    _receive(engine, store, study, series, [float(z) for z in range(6)], T0)
+    CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings)).run(T0 + timedelta(minutes=1))
+    job = queue.claim("test-worker", ["infer"])
+    assert job is not None
+    worker.run_one(job)
+    [dead] = queue.list(kinds=["infer"])
+    assert dead.state == "dead" and dead.attempts == 1  # the model will not change its mind
+    assert dead.last_error == "model liar 2 returned label(s) 7 that it does not declare on series 1"
+    with engine.connect() as conn:
+        assert conn.execute(select(PredictionRecord)).all() == []  # nothing recorded
+        assert conn.execute(select(Study.state)).scalar_one() == "failed"

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom.uid import generate_uid
 
 from tests.conftest import SHARED_DATA, Node, send_study, wait_until
-from tests.synthetic import write_ct_study
+from tests.synthetic import TEST_UID_ROOT, write_ct_study
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +48,13 @@ def test_chest_ct_completes_once_and_a_resend_makes_a_new_version(
     assert time.monotonic() - sent_at >= 3  # not before the quiet period
     assert job["state"] == "queued" and job["results_version"] == 1
     assert job["payload"]["model"] == "ct-chest" and len(job["payload"]["series"]) == 1
-    time.sleep(2)  # later sweeps do not complete it again
-    assert len(_jobs(node, "--kind", "infer")) == 1
-    assert node.log().count("complete (quiet), results version 1") == 1
+    # Later sweeps do not complete it again: another study completing shows that they ran.
+    other = generate_uid(TEST_UID_ROOT)
+    write_ct_study(tmp_path / "other", series=1, slices=3, study_uid=other)
+    send_study(node, tmp_path / "other")
+    wait_until(lambda: f"study {other} complete (quiet)" in node.log(), 30, "a later sweep")
+    assert len(_jobs(node, "--kind", "infer")) == 1  # the other study matches no route
+    assert node.log().count("complete (quiet), results version 1") == 2  # once each
 
     one = sorted(study.rglob("*.dcm"))[0]
     send_study(node, one)  # a late resend reopens the study
@@ -60,7 +65,7 @@ def test_chest_ct_completes_once_and_a_resend_makes_a_new_version(
     jobs = wait_until(two_versions, what="the second version's job")
     assert sorted(j["results_version"] for j in jobs) == [1, 2]
     counts = json.loads(node.run("status", "--json").stdout)
-    assert counts["instances"] == 128 and counts["jobs"]["infer"]["queued"] == 2
+    assert counts["instances"] == 128 + 3 and counts["jobs"]["infer"]["queued"] == 2
 
 
 def test_route_test_names_rule_and_series(tmp_path: Path) -> None:

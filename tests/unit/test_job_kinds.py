@@ -1,0 +1,52 @@
+"""Job payloads: the JSON a job row keeps, read back typed, and the dedupe keys that make
+enqueueing the same work twice add one job."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.jobs.kinds import (
+    BadPayload,
+    EncodePayload,
+    InferPayload,
+    JobKind,
+    NotifyPayload,
+    SendPayload,
+    StudyWork,
+    read_payload,
+    study_job,
+)
+from storage.queue import ClaimedJob
+from storage.states import StudyLevel
+
+WORK = StudyWork(7, "1.2.3.4", 2)
+
+
+def _claimed(kind: str, payload: dict) -> ClaimedJob:
+    return ClaimedJob(1, kind, payload, WORK.study_id, WORK.results_version, 1, 5, "w")
+
+
+def test_a_payload_goes_through_its_job_row_unchanged() -> None:
+    payload = InferPayload("ct-chest", "chest", ("1.2.3.4.5", "1.2.3.4.6"), ("pacs",))
+    job = study_job(payload, WORK, priority=12)
+    assert (job.kind, job.priority, job.study_id, job.results_version) == (JobKind.INFER, 12, 7, 2)
+    assert job.payload == {"model": "ct-chest", "route": "chest", "series": ["1.2.3.4.5", "1.2.3.4.6"],
+                           "destinations": ["pacs"]}  # plain JSON in the row
+    assert read_payload(InferPayload, _claimed(job.kind, job.payload)) == payload
+
+
+def test_dedupe_keys_name_the_study_version_and_work() -> None:
+    assert study_job(InferPayload("m", "r", ("s",)), WORK, 0).dedupe_key == "infer:1.2.3.4:m:v2"
+    assert study_job(EncodePayload("m", "r"), WORK, 0).dedupe_key == "encode:1.2.3.4:m:v2"
+    assert study_job(SendPayload("m", "pacs"), WORK, 0).dedupe_key == "send:1.2.3.4:m:v2:pacs"
+    assert study_job(NotifyPayload("ris", StudyLevel.URGENT), WORK, 0).dedupe_key == "notify:1.2.3.4:v2:ris:urgent"
+
+
+def test_a_payload_that_does_not_fit_its_kind_is_refused_by_name() -> None:
+    with pytest.raises(BadPayload, match=r"job 1 \(send\) has an unusable payload \(destination\)"):
+        read_payload(SendPayload, _claimed("send", {"model": "m"}))
+    with pytest.raises(BadPayload, match="is a send job, not encode"):
+        read_payload(EncodePayload, _claimed("send", {"model": "m", "destination": "pacs"}))
+    # A job written by an earlier version with more fields still reads.
+    old = {"model": "m", "route": "r", "series": ["s"], "destinations": []}
+    assert read_payload(EncodePayload, _claimed("encode", old)) == EncodePayload("m", "r", ())
