@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Engine, select
 
@@ -37,6 +38,23 @@ Handler = Callable[[ClaimedJob, JobContext], None]
 class PermanentJobError(Exception):
     """Retrying cannot help (the input is unusable, the model refuses it): the job is
     dead at once, with this message as its reason, until an operator retries it."""
+
+
+class Named(Protocol):
+    name: str
+
+
+N = TypeVar("N", bound=Named)
+
+
+def configured(entries: Iterable[N], name: str, table: str) -> N:
+    """The ``[[table]]`` entry a job names; gone from the configuration, the job is dead
+    until it is added back (the job can then be retried)."""
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    raise PermanentJobError(f"{table} entry {name!r} is no longer configured; add it back to "
+                            f"[[{table}]] and retry the job")
 
 
 def current_study(engine: Engine, job: ClaimedJob) -> StudyWork | None:

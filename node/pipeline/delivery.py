@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from config.settings import Destination, Settings
-from node.jobs.context import JobContext, PermanentJobError, current_study
+from node.jobs.context import JobContext, PermanentJobError, configured, current_study
 from node.jobs.kinds import SendPayload, read_payload
 from node.network.dicomweb import stow_rs
 from node.network.scu import FAILURE, WARNING, destination_peer, send_files
@@ -31,19 +31,12 @@ class SendHandler:
         self._engine = engine
         self._store = FileStore(settings.data_dir)
 
-    def _destination(self, name: str) -> Destination:
-        for destination in self._settings.destinations:
-            if destination.name == name:
-                return destination
-        raise PermanentJobError(f"destination {name!r} is no longer configured; add it back to "
-                                "[[destinations]] and retry the job")
-
     def __call__(self, job: ClaimedJob, ctx: JobContext) -> None:
         payload = read_payload(SendPayload, job)
         work = current_study(self._engine, job)
         if work is None:
             return
-        destination = self._destination(payload.destination)
+        destination = configured(self._settings.destinations, payload.destination, "destinations")
         with self._engine.connect() as conn:
             rows = conn.execute(select(ResultObject.path, ResultObject.kind).where(
                 ResultObject.study_id == work.study_id, ResultObject.model == payload.model,

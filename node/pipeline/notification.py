@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select
 
 from ai.protocol import Finding
 from config.settings import Notification, Settings
-from node.jobs.context import JobContext, PermanentJobError, current_study
+from node.jobs.context import JobContext, configured, current_study
 from node.jobs.kinds import NotifyPayload, StudyWork, read_payload
 from node.network.httpclient import post_json
 from storage.files import FileStore
@@ -129,13 +129,6 @@ class NotificationHandler:
         self._engine = engine
         self._store = FileStore(settings.data_dir)
 
-    def _notification(self, name: str) -> Notification:
-        for notification in self._settings.notifications:
-            if notification.name == name:
-                return notification
-        raise PermanentJobError(f"notification {name!r} is no longer configured; add it back to "
-                                "[[notifications]] and retry the job")
-
     def _facts(self, work: StudyWork, payload: NotifyPayload) -> StudyFacts:
         with self._engine.connect() as conn:
             accession = conn.execute(select(Study.accession_number).where(Study.id == work.study_id)).scalar()
@@ -163,7 +156,7 @@ class NotificationHandler:
         if work is None:
             return
         version = work.results_version
-        notification = self._notification(payload.notification)
+        notification = configured(self._settings.notifications, payload.notification, "notifications")
         facts = self._facts(work, payload)
         try:
             if notification.type == "hl7":

@@ -4,7 +4,6 @@ SQLite and PostgreSQL databases (the queue tells node/pipeline/lifecycle.py)."""
 from __future__ import annotations
 
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -115,4 +114,3 @@ def test_two_deliveries_finishing_at_once_leave_the_study_done(engine: Engine, t
         for thread in threads:
             thread.join(30)
         assert _state(engine, work) == StudyState.DONE
-        time.sleep(0)  # next round
