@@ -28,6 +28,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -334,7 +335,24 @@ class Settings(BaseSettings):
         le=64,
         description="Processes receiving DICOM on the port; 0 means one per CPU core (2 to 8).",
     )
-    network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association timeout.")
+    network_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="Idle association timeout; also how long a PDU may take to arrive once it has begun.",
+    )
+    handshake_timeout_s: float = Field(
+        default=10.0, gt=0, le=300,
+        description="Time from TCP connect to a complete A-ASSOCIATE-RQ (TLS handshake included); "
+                    "bytes trickling in do not extend it.",
+    )
+    max_pending_handshakes: int = Field(
+        default=64, ge=1, le=10_000,
+        description="Connections per listener process still sending their A-ASSOCIATE-RQ; beyond it "
+                    "the oldest such connection is closed to make room.",
+    )
+    max_pending_handshakes_per_peer: int = Field(
+        default=16, ge=1, le=10_000,
+        description="The same, for one sending host (IP address).",
+    )
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
 
@@ -400,6 +418,11 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=0, le=65535, description="Its port; 0: no API.")
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token the API asks for (required when api_host is not loopback).",
+    )
+    api_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names by which browsers reach the API besides localhost and this machine's own "
+                    "names (IP addresses are always accepted); any other Host header is refused.",
     )
     job_lease_s: float = Field(
         default=60.0, ge=1,
@@ -564,6 +587,14 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         merged = cls(**given)
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe_error(e) for e in exc.errors())) from None
+    except SettingsError as exc:  # a list or table setting from the environment that is not JSON
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = field.group(1) if field else "?"
+        raise ConfigError(
+            f"setting '{name}' from the environment ({ENV_PREFIX}{name.upper()}): not valid JSON; write it as "
+            f"JSON, e.g. {ENV_PREFIX}PEERS='[{{\"ae_title\": \"CT01\", \"host\": \"10.0.0.5\"}}]', "
+            "or set it in the config file"
+        ) from None
     # A plain Settings (not the per-file subclass) so that it pickles for the
     # listener processes; every value is given, so nothing is read a second time.
     return Settings(**merged.model_dump())

@@ -25,6 +25,10 @@ class InvalidInstance(ValueError):
     """The dataset lacks, or has an unusable, identifying attribute."""
 
 
+class InstanceTooLarge(ValueError):
+    """The dataset, once inflated, is larger than the node accepts."""
+
+
 @dataclass(frozen=True)
 class InstanceHeader:
     """The identifying and descriptive attributes of one received instance."""
@@ -148,16 +152,51 @@ def _parse(data: bytes, ts: UID) -> tuple[Dataset, bool]:
     return ds, fp.tell() < len(data)
 
 
-def read_header(encoded: bytes | memoryview, transfer_syntax_uid: str) -> InstanceHeader:
+_INFLATE_CHUNK = 4 * 1024 * 1024
+#: Inflated bytes kept for parsing the header; the rest is only counted.
+_INFLATED_HEADER = 16 * 1024 * 1024
+
+
+def _inflate_header(encoded: bytes | memoryview, max_bytes: int) -> bytes:
+    """The start of a Deflated Explicit VR dataset, inflated chunk by chunk: the
+    whole stream is inflated to check its size against ``max_bytes`` (a 2 MB deflate
+    bomb can expand to gigabytes), but only the first 16 MiB are kept."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    kept = bytearray()
+    total = 0
+    data: bytes | memoryview = encoded
+    while True:
+        chunk = inflater.decompress(data, _INFLATE_CHUNK)
+        total += len(chunk)
+        if total > max_bytes:
+            raise InstanceTooLarge(f"the deflated dataset inflates to more than {max_bytes} bytes")
+        if len(kept) < _INFLATED_HEADER:
+            kept += chunk[: _INFLATED_HEADER - len(kept)]
+        data = inflater.unconsumed_tail
+        if inflater.eof:
+            return bytes(kept)
+        if not data and not chunk:
+            raise InvalidInstance("the deflated dataset ends before its deflate stream does")
+
+
+def read_header(encoded: bytes | memoryview, transfer_syntax_uid: str,
+                max_inflated_bytes: int = 2**31) -> InstanceHeader:
     """Parse the header of a dataset as received in a C-STORE (no file meta).
 
     Only a prefix is parsed when it holds every indexed attribute, so that the
-    pixel data of a large image is not copied for nothing.
+    pixel data of a large image is not copied for nothing. A deflated dataset is
+    inflated as a stream, and refused (:class:`InstanceTooLarge`) once it exceeds
+    ``max_inflated_bytes``.
     """
     ts = UID(transfer_syntax_uid)
+    if ts == DeflatedExplicitVRLittleEndian:
+        try:
+            inflated = _inflate_header(encoded, max_inflated_bytes)
+        except zlib.error as exc:
+            raise InvalidInstance(f"dataset cannot be inflated ({type(exc).__name__})") from None
     try:
         if ts == DeflatedExplicitVRLittleEndian:
-            ds, _ = _parse(zlib.decompress(encoded, -zlib.MAX_WBITS), ts)
+            ds, _ = _parse(inflated, ts)
         else:
             ds, complete = _parse(bytes(encoded[:_PREFIX]), ts)
             if not complete and len(encoded) > _PREFIX:

@@ -19,3 +19,14 @@ def child_pids(pid: int, recursive: bool = False) -> list[int]:
             if recursive:
                 found += child_pids(child, recursive=True)
     return found
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The highest resident memory of ``pid`` so far (VmHWM), in MiB; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0

@@ -84,3 +84,42 @@ def write_ct_study(
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
     return paths
+
+
+def deflate_bomb(ds: Dataset, inflated_bytes: int) -> bytes:
+    """``ds`` (without its pixel data) as Deflated Explicit VR Little Endian, followed by
+    a Pixel Data element of ``inflated_bytes`` zeros: a few MB that inflate to that many."""
+    import struct
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    header = ds.copy()
+    if "PixelData" in header:
+        del header.PixelData
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, header)
+    length = inflated_bytes - inflated_bytes % 2
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = [deflater.compress(fp.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))]
+    zeros = bytes(16 * 1024 * 1024)
+    left = length
+    while left:
+        step = min(left, len(zeros))
+        out.append(deflater.compress(zeros[:step] if step < len(zeros) else zeros))
+        left -= step
+    out.append(deflater.flush())
+    return b"".join(out)
+
+
+def encode_dataset(ds: Dataset, implicit: bool = False) -> bytes:
+    """``ds`` encoded as a C-STORE carries it (little endian, no file meta)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, implicit
+    write_dataset(fp, ds)
+    return fp.getvalue()

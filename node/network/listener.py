@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import ssl
 import threading
 import time
@@ -29,19 +30,28 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import Settings
 from node.network.access import AccessPolicy
+from node.network.handshake import (
+    HandshakeRefused,
+    PduLimits,
+    PendingHandshakes,
+    associate_rj,
+    read_associate_request,
+)
 from node.network.pynetdicom_internals import (
     AcceptingServer,
-    Rejection,
+    Admission,
     TlsAcceptingServer,
-    check_before_negotiation,
+    admission_of,
     check_internals,
     guard_network_thread,
+    refuse_other_services,
     when_finished,
 )
 from node.network.tls import peer_identity, server_context
 from storage.files import FileStore, encode_file_meta
-from storage.header import InvalidInstance, read_header
+from storage.header import InstanceHeader, InstanceTooLarge, InvalidInstance, read_header
 from storage.ingest import StoredFile, record_instance
+from storage.instance_lock import InstanceLocks
 from storage.models import Instance
 
 log = logging.getLogger(__name__)
@@ -62,10 +72,12 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 ]
 
 
-def _log_client_certificate(host: str, connection: ssl.SSLSocket) -> None:
-    who = peer_identity(connection)
-    if who:
-        log.info("TLS connection from %s with client certificate %r", host, who)
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.settimeout(2.0)
+        sock.sendall(data)
+    except OSError:
+        pass
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -206,7 +218,11 @@ class StorageListener:
         self._servers: list[ThreadedAssociationServer] = []
         self._traffic: dict[int, _Traffic] = {}
         self._max_instance_bytes = int(settings.max_instance_mb * MB)
+        self._pending = PendingHandshakes(settings.max_pending_handshakes,
+                                          settings.max_pending_handshakes_per_peer)
+        self._pdu_limits = PduLimits.from_settings(settings.max_pdu_size, self._max_instance_bytes)
         self._low_disk = _Throttled(60.0)
+        self._locks = InstanceLocks(settings.data_dir)
         check_internals()
         self._ae = self._build_ae()
         # Built now, so that a bad certificate or key is reported at start-up.
@@ -255,15 +271,13 @@ class StorageListener:
             self._ae.make_server((s.host, s.port), evt_handlers=handlers, server_class=AcceptingServer)
         )
         if s.tls is not None:
-            tls_server = self._ae.make_server(
+            self._servers.append(self._ae.make_server(
                 (s.host, s.tls.port), evt_handlers=handlers, server_class=TlsAcceptingServer,
                 ssl_context=self._tls_context,
-            )
-            assert isinstance(tls_server, TlsAcceptingServer)
-            tls_server.handshake_timeout_s = s.acse_timeout_s
-            tls_server.on_handshake = _log_client_certificate
-            self._servers.append(tls_server)
+            ))
         for server in self._servers:
+            assert isinstance(server, AcceptingServer)
+            server.gate = self._admit
             threading.Thread(target=server.serve_forever, name="ainode-accept", daemon=True).start()
 
     def stop(self, drain_timeout_s: float = 30.0) -> bool:
@@ -282,6 +296,7 @@ class StorageListener:
         for server in servers:
             for assoc in server.active_associations:
                 assoc.abort()
+        self._locks.close()
         return drained
 
     def _forget_unrecorded(self, relative: str) -> None:
@@ -299,37 +314,73 @@ class StorageListener:
 
     # --- event handlers -------------------------------------------------------------
 
+    def _admit(self, sock: socket.socket, host: str) -> Admission | None:
+        """A new connection, in its own thread: its whole A-ASSOCIATE-RQ within
+        handshake_timeout_s, then the access policy, then an association slot.
+
+        Until then it holds no slot, only a place among the pending handshakes, so
+        that connections that never ask for an association keep nobody out.
+        """
+        deadline = time.monotonic() + self._settings.handshake_timeout_s
+        ticket = self._pending.add(host, sock)
+        try:
+            request = read_associate_request(sock, deadline)
+        except HandshakeRefused as refused:
+            if refused.tls:
+                log.warning("TLS connection from %s refused: %s", host, refused.reason)
+            else:
+                (log.debug if refused.quiet else log.info)("connection from %s closed: %s", host, refused.reason)
+            if refused.answer:
+                _send_quietly(sock, refused.answer)
+            return None
+        finally:
+            self._pending.remove(ticket)
+        if isinstance(sock, ssl.SSLSocket) and (who := peer_identity(sock)):
+            log.info("TLS connection from %s with client certificate %r", host, who)
+        calling = request.calling_ae_title
+        decision = self.policy.decide(calling, request.called_ae_title, host)
+        if not decision.allowed:
+            assert decision.reject is not None
+            log.warning("association rejected: %s", decision.reason)
+            _send_quietly(sock, associate_rj(*decision.reject))
+            return None
+        self._slots.opened(host)
+        limit = self._slots.over_limit(host)
+        if limit:
+            self._slots.closed(host)
+            log.warning("association rejected: %r from %s: %s reached; raise it if the peers need more",
+                        calling, host, limit)
+            _send_quietly(sock, associate_rj(*REJECT_LIMIT))
+            return None
+        released = threading.Event()
+
+        def release() -> None:  # once, at connection close or when the association's thread ends
+            if not released.is_set():
+                released.set()
+                self._slots.closed(host)
+
+        return Admission(request.pdu, self._pdu_limits, release, self._settings.network_timeout_s)
+
     def _on_connection(self, event: evt.Event) -> None:
-        """A new connection, before its association thread starts."""
+        """An admitted connection, before its association thread starts."""
         assoc = event.assoc
         address = getattr(event, "address", None)  # set for connection events
         host = str(address[0]) if address else ""
         self._traffic[id(assoc)] = _Traffic(host)
-        self._slots.opened(host)
-        check_before_negotiation(assoc, lambda calling, called: self._admission(calling, called, host))
         guard_network_thread(assoc, host)
-        # Released at "connection closed", or else when the association's thread ends.
-        when_finished(assoc, lambda: self._release(assoc))
+        refuse_other_services(assoc, host)
+        when_finished(assoc, lambda: self._forget(assoc))
 
-    def _admission(self, calling: str, called: str, host: str) -> tuple[str, Rejection] | None:
-        """Whether an association request may be negotiated: the access policy, then
-        the association limits; None to go on, else why not and the rejection."""
-        decision = self.policy.decide(calling, called, host)
-        if not decision.allowed:
-            assert decision.reject is not None
-            return decision.reason, decision.reject
-        limit = self._slots.over_limit(host)
-        if limit:
-            return f"{calling!r} from {host}: {limit} reached; raise it if the peers need more", REJECT_LIMIT
-        return None
+    def _forget(self, assoc: Association) -> None:
+        self._traffic.pop(id(assoc), None)
 
     def _on_close(self, event: evt.Event) -> None:
-        self._release(event.assoc)
-
-    def _release(self, assoc: Association) -> None:
-        traffic = self._traffic.pop(id(assoc), None)  # once per association
-        if traffic is not None:
-            self._slots.closed(traffic.host)
+        """The slot is free as soon as the connection closes (the association's
+        thread may linger until its timeouts)."""
+        self._traffic.pop(id(event.assoc), None)
+        admission = admission_of(event.assoc)
+        if admission is not None:
+            admission.release()
 
     def _on_pdu(self, event: evt.Event) -> None:
         """Count dataset bytes as they arrive; abort an instance over the size limit
@@ -389,6 +440,32 @@ class StorageListener:
             return _status(OUT_OF_RESOURCES, "low disk space on the receiving node")
         return None
 
+    def _write_and_record(self, header: InstanceHeader, relative: str, meta: bytes, encoded: memoryview,
+                          transfer_syntax: str, calling_ae: str) -> Dataset | None:
+        """The file, then its row; a failure status when either cannot be done."""
+        try:
+            size = self._store.write(relative, [meta, encoded])
+        except OSError as exc:
+            log.error(
+                "C-STORE of instance %s failed: cannot write the file (%s)",
+                header.sop_instance_uid, exc.strerror or type(exc).__name__,
+            )
+            return _status(OUT_OF_RESOURCES, "cannot write to disk")
+        try:
+            old_path = record_instance(
+                self._engine, header, StoredFile(relative, size, transfer_syntax, calling_ae or None)
+            )
+        except SQLAlchemyError as exc:
+            log.error(
+                "C-STORE of instance %s failed: cannot record it in the database (%s)",
+                header.sop_instance_uid, type(getattr(exc, "orig", None) or exc).__name__,
+            )
+            self._forget_unrecorded(relative)
+            return _status(OUT_OF_RESOURCES, "cannot record in the database")
+        if old_path is not None:
+            self._store.remove(old_path)
+        return None
+
     def _receive(self, event: evt.Event) -> Dataset | int:
         started = time.perf_counter()
         calling_ae = str(event.assoc.requestor.ae_title).strip()
@@ -400,7 +477,11 @@ class StorageListener:
         if refusal is not None:
             return refusal
         try:
-            header = read_header(encoded, transfer_syntax)
+            header = read_header(encoded, transfer_syntax, self._max_instance_bytes)
+        except InstanceTooLarge:
+            log.warning("C-STORE from %s refused: the deflated dataset inflates beyond max_instance_mb (%.0f MB)",
+                        calling_ae, self._settings.max_instance_mb)
+            return _status(OUT_OF_RESOURCES, "inflated instance larger than the node accepts")
         except InvalidInstance as exc:
             log.warning("C-STORE from %s refused: %s", calling_ae, exc)
             return _status(CANNOT_UNDERSTAND, str(exc))
@@ -425,30 +506,13 @@ class StorageListener:
         relative = self._store.relative_path(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
-        try:
-            size = self._store.write(relative, [meta, encoded])
-        except OSError as exc:
-            log.error(
-                "C-STORE of instance %s failed: cannot write the file (%s)",
-                header.sop_instance_uid, exc.strerror or type(exc).__name__,
-            )
-            return _status(OUT_OF_RESOURCES, "cannot write to disk")
-        try:
-            old_path = record_instance(
-                self._engine, header, StoredFile(relative, size, transfer_syntax, calling_ae or None)
-            )
-        except SQLAlchemyError as exc:
-            log.error(
-                "C-STORE of instance %s failed: cannot record it in the database (%s)",
-                header.sop_instance_uid, type(getattr(exc, "orig", None) or exc).__name__,
-            )
-            self._forget_unrecorded(relative)
-            return _status(OUT_OF_RESOURCES, "cannot record in the database")
-        if old_path is not None:
-            self._store.remove(old_path)
+        with self._locks.hold(header.sop_instance_uid):  # this sender's file and row win together
+            refusal = self._write_and_record(header, relative, meta, encoded, transfer_syntax, calling_ae)
+        if refusal is not None:
+            return refusal
         log.debug(
             "stored instance %s (%d bytes, %s) from %s in %.1f ms",
-            header.sop_instance_uid, size, transfer_syntax, calling_ae,
+            header.sop_instance_uid, len(encoded), transfer_syntax, calling_ae,
             (time.perf_counter() - started) * 1000,
         )
         return SUCCESS

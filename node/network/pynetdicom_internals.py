@@ -1,10 +1,12 @@
 """Every place where the node reaches into pynetdicom beyond its public API, in one
 module, each with the reason.
 
-pynetdicom's public API has no hook for: checking who is asking before negotiation
-starts; aborting an association whose network thread died on a malformed PDU;
-releasing an association's slot the moment its connection ends; the TLS handshake
-outside the accept loop; SO_REUSEPORT on the listening socket. The node needs all
+pynetdicom's public API has no hook for: deciding on a connection before pynetdicom
+reads from it (it would buffer whatever length a PDU header claims); checking each
+PDU header against a limit before its body is read; aborting an association whose
+network thread died on a malformed PDU; releasing an association's slot the moment
+its connection ends; the TLS handshake outside the accept loop; SO_REUSEPORT and a
+deep listen backlog on the listening socket. The node needs all
 of them on a hospital network, so they are done here, against pynetdicom 3.0
 (``pyproject.toml`` pins ``>=3.0,<3.1``). :func:`check_internals` says at start-up,
 and in the test suite, if an installed pynetdicom no longer has what is used here.
@@ -15,28 +17,28 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
-import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from pynetdicom import evt
-from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from node.network.handshake import INVALID_PDU_PARAMETER, PduLimits, a_abort
 
 log = logging.getLogger(__name__)
 
 #: (class, attribute) pairs this module relies on beyond pynetdicom's public API.
 RELIED_ON: tuple[tuple[type, str], ...] = (
-    (ACSE, "_negotiate_as_acceptor"),  # overridden: the admission check comes first
-    (ACSE, "requestor"),  # the A-ASSOCIATE-RQ primitive being negotiated
-    (ACSE, "send_reject"),
-    (ACSE, "assoc"),
-    (Association, "acse"),  # replaced per association by the checking ACSE
+    (RequestHandler, "_create_association"),  # extended: the checked socket goes in
     (Association, "dul"),
     (Association, "run"),  # wrapped: the slot is released when the thread ends
+    (Association, "_serve_request"),  # wrapped: services the node does not offer get a status
+    (Association, "_accepted_cx"),
+    (Association, "dimse"),
     (Association, "_kill"),  # set to end the association's thread after a malformed PDU
     (Association, "kill"),
     (DULServiceProvider, "run"),  # wrapped: a decoding error aborts instead of ending the thread
@@ -44,17 +46,31 @@ RELIED_ON: tuple[tuple[type, str], ...] = (
     (DULServiceProvider, "to_user_queue"),
     (DULServiceProvider, "socket"),
     (AssociationSocket, "socket"),
-    (ThreadedAssociationServer, "process_request_thread"),  # the TLS handshake, in its own thread
+    (AssociationSocket, "ready"),  # overridden: the A-ASSOCIATE-RQ already read counts as ready
+    (AssociationSocket, "recv"),  # overridden: PDU headers checked before their bodies are read
+    (ThreadedAssociationServer, "process_request_thread"),  # the admission, in the connection's thread
     (ThreadedAssociationServer, "get_request"),
     (ThreadedAssociationServer, "server_bind"),
     (ThreadedAssociationServer, "ssl_context"),
 )
 
-#: A-ASSOCIATE-RJ as (result, source, reason/diagnostic).
-Rejection = tuple[int, int, int]
-#: Decides on an association request before negotiation: None to go on, else why
-#: it is refused (for the log) and the A-ASSOCIATE-RJ to answer.
-AdmissionCheck = Callable[[str, str], tuple[str, Rejection] | None]
+
+@dataclass(frozen=True)
+class Admission:
+    """A connection allowed in: the A-ASSOCIATE-RQ already read from it (pynetdicom
+    reads it again from here), the PDU limits that apply to it from now on, and what
+    to call once when it ends (its association slot)."""
+
+    associate_rq: bytes
+    limits: PduLimits
+    release: Callable[[], None]
+    #: How long a PDU may take once it has begun to arrive (network_timeout_s).
+    idle_timeout_s: float
+
+
+#: Decides on a new connection from its own thread: reads and checks its
+#: A-ASSOCIATE-RQ; None when the connection was refused (and answered) already.
+Gate = Callable[[socket.socket, str], Admission | None]
 
 
 def _has(cls: type, name: str) -> bool:
@@ -82,8 +98,31 @@ class AcceptingServer(ThreadedAssociationServer):
 
     SO_REUSEPORT lets several listener processes share the port (the kernel spreads
     connections over them); TCP_NODELAY avoids stalls with dcmtk-based peers, which
-    otherwise wait on Nagle's algorithm and delayed ACKs (~18 images/s).
+    otherwise wait on Nagle's algorithm and delayed ACKs (~18 images/s). The listen
+    backlog is deep, so that a burst of connections waits in the kernel, not in
+    refused SYNs. Each connection first passes ``gate`` in its own thread; only an
+    admitted one becomes a pynetdicom association.
     """
+
+    request_queue_size = 1024
+    gate: Gate | None = None  # set by the listener before serving
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        assert self.gate is not None, "the listener sets the gate before serving"
+        try:
+            admission = self.gate(request, str(client_address[0]))
+        except Exception as exc:  # never take the accept loop down with one connection
+            log.error("connection from %s dropped: admission failed (%s)", client_address[0], type(exc).__name__)
+            admission = None
+        if admission is None:
+            self.shutdown_request(request)
+            return
+        try:
+            _AdmittedRequestHandler(request, client_address, self, admission)
+        except Exception:
+            admission.release()
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -104,12 +143,8 @@ class AcceptingServer(ThreadedAssociationServer):
 
 class TlsAcceptingServer(AcceptingServer):
     """The TLS port: pynetdicom wraps the socket and shakes hands in the accept loop,
-    where one silent client blocks everyone; here the handshake runs in the
-    connection's own thread, within ``handshake_timeout_s``."""
-
-    handshake_timeout_s: float = 30.0
-    #: Called with (client address, the client certificate's common name or None).
-    on_handshake: Callable[[str, ssl.SSLSocket], None] | None = None
+    where one silent client blocks everyone; here the socket is only wrapped, and the
+    handshake is the first step of the gate, in the connection's own thread."""
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None and self.ssl_context is not None
@@ -118,19 +153,91 @@ class TlsAcceptingServer(AcceptingServer):
         wrapped = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return wrapped, address
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            request.settimeout(self.handshake_timeout_s)
-            request.do_handshake()
-            request.settimeout(None)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            log.warning("TLS connection from %s refused: %s", client_address[0], reason)
-            self.shutdown_request(request)
+
+class CheckedSocket(AssociationSocket):
+    """pynetdicom's association socket, first serving the A-ASSOCIATE-RQ the gate
+    read, and checking each PDU header before pynetdicom reads the body.
+
+    pynetdicom's network thread reads a PDU as ``recv(6)`` (type and length), then
+    ``recv(length)``, appending to one buffer: a header claiming 4 GiB would have it
+    buffer all that arrives. Here a header over the limit aborts the association at
+    once, and a PDU that stops arriving half-way ends it after ``idle_timeout_s``.
+    """
+
+    _pending: bytearray
+    _pdu_left: int
+    admission: Admission
+    _host: str
+
+    @classmethod
+    def take_over(cls, sock: AssociationSocket, admission: Admission, host: str) -> None:
+        # The socket pynetdicom made is kept (its events are already queued), with
+        # this class's methods: a subclass without state of its own in __init__.
+        sock.__class__ = cls
+        assert isinstance(sock, CheckedSocket)
+        sock._pending = bytearray(admission.associate_rq)
+        sock._pdu_left = 0
+        sock.admission = admission
+        sock._host = host
+        if sock.socket is not None:
+            sock.socket.settimeout(admission.idle_timeout_s)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._pending) or bool(super().ready)
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        data = bytearray(self._pending[:nr_bytes])
+        del self._pending[:nr_bytes]
+        if len(data) < nr_bytes:
+            try:
+                data += super().recv(nr_bytes - len(data))
+            except OSError as exc:  # TimeoutError included: a PDU that stopped arriving
+                if isinstance(exc, TimeoutError):
+                    log.warning("association from %s aborted: a PDU stopped arriving for %.0f s "
+                                "(network_timeout_s)", self._host, self.admission.idle_timeout_s)
+                self._close_with(a_abort(INVALID_PDU_PARAMETER))
+                return bytearray()
+        if self._pdu_left == 0 and nr_bytes == 6 and len(data) == 6:
+            pdu_type, length = data[0], int.from_bytes(data[2:6], "big")
+            limit = self.admission.limits.of(pdu_type)
+            if length > limit:
+                log.warning("association from %s aborted: a PDU of type 0x%02X announced %d bytes, more "
+                            "than the %d accepted (max_pdu_size)", self._host, pdu_type, length, limit)
+                self._close_with(a_abort(INVALID_PDU_PARAMETER))
+                return bytearray()  # pynetdicom sees a closed connection
+            self._pdu_left = length
+        else:
+            self._pdu_left = max(0, self._pdu_left - len(data))
+        return data
+
+    def _close_with(self, answer: bytes) -> None:
+        sock = self.socket
+        if sock is None:
             return
-        if self.on_handshake is not None:
-            self.on_handshake(str(client_address[0]), request)
-        super().process_request_thread(request, client_address)
+        try:
+            sock.sendall(answer)
+        except OSError:
+            pass
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _AdmittedRequestHandler(RequestHandler):
+    """pynetdicom's handler for a connection the gate let in."""
+
+    def __init__(self, request: Any, client_address: Any, server: Any, admission: Admission) -> None:
+        self._admission = admission
+        super().__init__(request, client_address, server)  # handles the request
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        assert assoc.dul.socket is not None
+        CheckedSocket.take_over(assoc.dul.socket, self._admission, str(self.client_address[0]))
+        when_finished(assoc, self._admission.release)
+        return assoc
 
 
 def guard_network_thread(assoc: Association, host: str) -> None:
@@ -165,33 +272,41 @@ def guard_network_thread(assoc: Association, host: str) -> None:
     dul.run = guarded  # type: ignore[method-assign]
 
 
-class _CheckingACSE(ACSE):
-    """pynetdicom's ACSE with an admission check before negotiation (pynetdicom
-    checks only its own thread count, after accepting the connection)."""
+#: DIMSE status "Unrecognized Operation" (PS3.7 C.4.1.1.3, 0x0211).
+UNRECOGNIZED_OPERATION = 0x0211
+VERIFICATION = "1.2.840.10008.1.1"
 
-    def __init__(self, assoc: Association, check: AdmissionCheck) -> None:
-        super().__init__(assoc)
-        self._check = check
 
-    def _negotiate_as_acceptor(self) -> None:
-        request = self.requestor.primitive
-        assert request is not None  # negotiation starts once the A-ASSOCIATE-RQ is in
-        calling = str(request.calling_ae_title)
-        refusal = self._check(calling, str(request.called_ae_title))
-        if refusal is None:
-            super()._negotiate_as_acceptor()
+def refuse_other_services(assoc: Association, host: str) -> None:
+    """Answer a DIMSE request the node does not offer (C-FIND, C-GET, C-MOVE, N-*,
+    or a C-STORE or C-ECHO on a presentation context of the other kind) with
+    0x0211 and go on, where pynetdicom would log a traceback and abort."""
+    serve = assoc._serve_request
+
+    def checked(msg: Any, context_id: int) -> None:
+        context = assoc._accepted_cx.get(context_id)
+        verification = context is not None and context.abstract_syntax == VERIFICATION
+        offered = isinstance(msg, C_ECHO) if verification else isinstance(msg, C_STORE)
+        if context is None or offered or not msg.is_valid_request:
+            serve(msg, context_id)  # pynetdicom's own answers to these are proper already
             return
-        reason, rejection = refusal
-        log.warning("association rejected: %s", reason)
-        self.requestor.ae_title = calling
-        self.send_reject(*rejection)
-        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
-        self.assoc.kill()
+        log.warning("association from %s: %s on a %s context is not a service of this node; answered 0x%04X",
+                    host, msg.msg_type, context.abstract_syntax, UNRECOGNIZED_OPERATION)
+        response = type(msg)()
+        response.MessageIDBeingRespondedTo = msg.MessageID
+        sop_class = getattr(msg, "AffectedSOPClassUID", None) or getattr(msg, "RequestedSOPClassUID", None)
+        if sop_class and hasattr(response, "AffectedSOPClassUID"):
+            response.AffectedSOPClassUID = sop_class
+        response.Status = UNRECOGNIZED_OPERATION
+        assoc.dimse.send_msg(response, context_id)
+
+    assoc._serve_request = checked  # type: ignore[method-assign]
 
 
-def check_before_negotiation(assoc: Association, check: AdmissionCheck) -> None:
-    """Run ``check`` on the association's request before pynetdicom negotiates it."""
-    assoc.acse = _CheckingACSE(assoc, check)
+def admission_of(assoc: Association) -> Admission | None:
+    """The admission of an association the gate let in."""
+    sock = assoc.dul.socket
+    return sock.admission if isinstance(sock, CheckedSocket) else None
 
 
 def when_finished(assoc: Association, release: Callable[[], None]) -> None:

@@ -35,6 +35,9 @@ def _profile(context: ssl.SSLContext) -> ssl.SSLContext:
 
 
 def _load_chain(context: ssl.SSLContext, certificate: Path, private_key: Path, setting: str) -> None:
+    for name, path in (("certificate", certificate), ("private_key", private_key)):
+        if not path.is_file():  # ssl's own error does not say which file is missing
+            raise TlsConfigError(f"{setting}.{name}: {path} does not exist; fix the path")
     try:
         context.load_cert_chain(certificate, private_key)
     except FileNotFoundError as exc:

@@ -91,12 +91,9 @@ def serve(
         code = run(settings)
     except (DataDirInUse, StartupError) as exc:
         _fail(str(exc), 1)
-    except OSError as exc:
-        _fail(
-            f"cannot start: {exc.strerror or exc} (listening on {settings.host}:{settings.port}?"
-            " choose another --port or stop what uses it)",
-            1,
-        )
+    except OSError as exc:  # ports and the data folder are checked with their own messages first
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"cannot start: {exc.strerror or exc}{where}", 1)
     raise typer.Exit(code)
 
 

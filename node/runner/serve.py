@@ -34,6 +34,7 @@ from node.network.listener import PEER_BUCKETS
 from node.network.tls import TlsConfigError, server_context
 from node.pipeline.completion import CompletionPolicy, CompletionSweep
 from node.pipeline.lifecycle import queue_for
+from node.runner.child import PROCESS_LOCK
 from node.runner.devices import inference_devices
 from node.runner.supervisor import (
     Role,
@@ -93,6 +94,51 @@ class RunMarker:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _lock_holders(path: Path) -> list[int]:
+    """The processes holding a lock on ``path`` (from /proc/locks; empty elsewhere)."""
+    try:
+        inode = os.stat(path).st_ino
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    pids = set()
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter, listed after the holder
+            continue
+        if len(fields) >= 6 and fields[5].rsplit(":", 1)[-1] == str(inode):
+            pids.add(int(fields[4]))
+    return sorted(pids)
+
+
+def refuse_if_processes_remain(data_dir: Path, wait_s: float = 5.0) -> None:
+    """Fail when processes of an earlier ``ainode serve`` still run on ``data_dir``.
+
+    Every process of a node holds the data directory's process lock. After the main
+    process was killed its children die with it, which takes the kernel a moment;
+    anything still holding the lock after ``wait_s`` would race this start (the
+    same port, the same files), so the start is refused, naming the processes.
+    """
+    path = data_dir / PROCESS_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        pids = " ".join(str(p) for p in _lock_holders(path)) or "unknown"
+        raise StartupError(f"processes of an earlier AINode still run on {data_dir} (pids {pids}); stop them "
+                           f"(e.g. `kill {pids}`) and start again")
+    finally:
+        os.close(fd)
 
 
 def listener_process_count(settings: Settings, cpu_count: int | None = None) -> int:
@@ -230,15 +276,23 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     """Run the node in the foreground until SIGINT/SIGTERM (or ``stop``); exit status."""
     stop = stop or threading.Event()
     store = FileStore(settings.data_dir)
-    store.prepare()
     marker = RunMarker(settings.data_dir)
-    unclean = marker.acquire()
-    clean = False
     try:
+        store.prepare()
+        unclean = marker.acquire()
+    except OSError as exc:
+        raise StartupError(f"cannot use data_dir {settings.data_dir}: {exc.strerror or exc}; choose another "
+                           "--data-dir (data_dir) or make it a folder this user can write") from None
+    # The marker stays only when files may lack rows: the previous run was killed and
+    # this one did not reconcile yet, or this run's processes did not stop in order.
+    clean = not unclean
+    try:
+        refuse_if_processes_remain(settings.data_dir)
         engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
         if unclean:
             log.warning("the previous run did not stop cleanly; reconciling files and database")
             reconcile(store, engine)
+            clean = True
         _check_port_free(settings.host, settings.port)
         if settings.tls is not None:
             _check_port_free(settings.host, settings.tls.port, setting="tls.port")
@@ -259,8 +313,9 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         roles += worker_roles(settings)
         if settings.api_port:
             roles.append(Role("api", run_api))
-        supervisor = Supervisor(settings, roles, ctx)
+        supervisor = Supervisor(settings, roles, ctx, hold_data_dir=True)
         scheduler = _scheduler(settings, engine)
+        clean = False  # until the processes have stopped in order
         try:
             supervisor.start()
             scheduler.start()
@@ -286,8 +341,9 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
                 scheduler.shutdown(wait=True)
             supervisor.stop(timeout_s=settings.dimse_timeout_s + 5)
             engine.dispose()
+            # Stopped in order (SIGTERM, C-STOREs drained), a failed start included.
+            clean = not supervisor.had_crash
         log.info("AINode stopped")
-        clean = not supervisor.had_crash
     finally:
         marker.release(clean)
     return 0

@@ -3,13 +3,14 @@ watches, restarts and stops them.
 
 Each process is started with ``spawn`` (no state inherited by accident), gets its
 configuration as an argument, reports when it is ready, and dies with the main
-process even when that is killed with SIGKILL.
+process even when that is killed with SIGKILL, from its first instruction on
+(:mod:`node.runner.child`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
+import pickle
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ from node.jobs.kinds import JobKind
 from node.jobs.worker import Worker
 from node.network.listener import AssociationSlots, StorageListener
 from node.pipeline.lifecycle import queue_for
+from node.runner import child
 from node.runner.logs import setup_logging
 from storage.db import make_engine
 from storage.files import FileStore
@@ -32,21 +34,8 @@ from storage.queue import ClaimedJob
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
-
-
 class StartupError(RuntimeError):
     """The node cannot start; the message says why and what to do."""
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to kill this process when the node's main process dies (even by
-    SIGKILL), so that no orphan keeps the port or writes to the data directory."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the supervisor's shutdown still applies
-        pass
 
 
 def _child_signals(stop: threading.Event) -> None:
@@ -60,8 +49,8 @@ def _child_signals(stop: threading.Event) -> None:
 
 
 def _child_process(settings: Settings) -> threading.Event:
-    """What every node process does first; returns the event its signals set."""
-    _die_with_parent()
+    """What every node process does after :func:`node.runner.child.run`; returns the
+    event its signals set."""
     setup_logging(settings.log_level)
     stop = threading.Event()
     _child_signals(stop)
@@ -144,7 +133,6 @@ def run_api(settings: Settings, name: str, ready: Any) -> None:
 
     from node.web.api import create_app
 
-    _die_with_parent()
     setup_logging(settings.log_level)
     try:
         engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
@@ -156,7 +144,8 @@ def run_api(settings: Settings, name: str, ready: Any) -> None:
     except Exception as exc:
         ready.put((name, f"{type(exc).__name__}: {exc}"))
         return
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                            log_config=None))
 
     def report_ready() -> None:
         while not server.started and not server.should_exit:
@@ -180,9 +169,13 @@ class Role:
 class Supervisor:
     """The node's processes: started, watched, restarted if one dies, stopped."""
 
-    def __init__(self, settings: Settings, roles: list[Role], ctx: Any) -> None:
-        """``ctx``: the spawn context that also made any shared memory in ``roles``."""
+    def __init__(self, settings: Settings, roles: list[Role], ctx: Any, hold_data_dir: bool = False) -> None:
+        """``ctx``: the spawn context that also made any shared memory in ``roles``;
+        ``hold_data_dir``: every process holds the data directory's process lock
+        (``ainode serve``), so that a later start can tell they still run."""
         self._settings = settings
+        self._lock_dir = str(settings.data_dir) if hold_data_dir else None
+        self._pickled = pickle.dumps(settings)
         self._ctx = ctx
         self._ready = self._ctx.Queue()
         self._roles = roles
@@ -193,7 +186,8 @@ class Supervisor:
 
     def _spawn(self, role: Role) -> None:
         process = self._ctx.Process(
-            target=role.target, args=(self._settings, role.name, self._ready, *role.args),
+            target=child.run,
+            args=(self._lock_dir, child.reference(role.target), self._pickled, role.name, self._ready, *role.args),
             name=role.name, daemon=False,
         )
         process.start()
@@ -235,5 +229,6 @@ class Supervisor:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 log.error("%s did not stop; killing it", process.name)
+                self.had_crash = True  # what it was writing may lack its row
                 process.kill()
                 process.join()

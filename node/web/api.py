@@ -12,11 +12,12 @@ from __future__ import annotations
 import hmac
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, Engine, case, select
 
@@ -27,6 +28,7 @@ from node.jobs.kinds import JobKind
 from node.network.httpclient import Unreachable, http_request
 from node.pipeline.lifecycle import STUDY_STEPS, queue_for
 from node.pipeline.triage import LEVELS, rank
+from node.web.browser import SAME_ORIGIN_HEADER, SECURITY_HEADERS, BrowserGuard
 from node.web.metrics import metrics_text
 from storage.models import Job, PredictionRecord, Series, Study
 from storage.states import LIVE_JOB_STATES, JobState, StudyLevel, StudyState
@@ -35,6 +37,7 @@ from storage.timeline import epoch, timeline
 # --- response models (the OpenAPI schema is generated from these) ---------------------
 
 Delivery = Literal["none", "pending", "delivered", "failed"]
+MAX_ID = 2**63 - 1  # the largest row id the databases hold
 
 
 class FindingView(BaseModel):
@@ -193,23 +196,45 @@ def _jobs(engine: Engine, where: Any, limit: int) -> list[JobView]:
 
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
     """The API for one node's settings and database."""
+    # No /docs page (it would load scripts from a public CDN into the origin that
+    # keeps the token) and no trailing-slash redirects (their Location is built from Host).
     app = FastAPI(
         title="AINode", version=VERSION,
-        description="Worklist, study timelines, jobs, models and destinations of an AINode, and its metrics.",
+        description="Worklist, study timelines, jobs, models and destinations of an AINode, and its metrics. "
+                    f"Requests that change something send the bearer token or the header {SAME_ORIGIN_HEADER}: 1.",
+        docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False,
     )
     token = settings.api_token.get_secret_value() if settings.api_token else None
     queue = queue_for(settings, engine)
+    guard = BrowserGuard.from_settings(settings)
 
-    def authorized(request: Request) -> None:
-        if token is None:
-            return
+    def has_token(request: Request) -> bool:
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        return (token is not None and scheme.lower() == "bearer"
+                and hmac.compare_digest(value.strip().encode(), token.encode()))
+
+    def authorized(request: Request) -> None:
+        if token is not None and not has_token(request):
             raise HTTPException(401, "a valid bearer token is required (api_token)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
+    @app.middleware("http")
+    async def browser_guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        refusal = guard.refusal(request.method, request.headers, has_token(request))
+        if refusal is not None:
+            status, detail = refusal
+            response: Response = JSONResponse({"detail": detail}, status_code=status)
+        else:
+            response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
     protected = APIRouter(dependencies=[Depends(authorized)])
+
+    @protected.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def worklist_page() -> str:
@@ -284,7 +309,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
               responses={404: {"description": "no such job, or it is running"}})
     def retry(job_id: int) -> RetryResult:
         """Run a dead, waiting or succeeded job again, attempts reset."""
-        n = queue.retry(job_id=job_id)
+        n = queue.retry(job_id=job_id) if 1 <= job_id <= MAX_ID else 0
         if n == 0:
             raise HTTPException(404, f"job {job_id} does not exist or is running")
         return RetryResult(requeued=n)

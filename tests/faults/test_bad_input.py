@@ -22,15 +22,11 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 from pynetdicom.dsutils import split_dataset
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import AddressInformation
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from tests.conftest import SHARED_DATA, Node, free_port, missing_peer
 from tests.faults.pipeline import database
-from tests.integration.scu import associate, send_raw_c_store, store_datasets
+from tests.integration.scu import associate, raw_associate_rq, send_raw_c_store, store_datasets
 from tests.procs import child_pids
 from tests.synthetic import TEST_UID_ROOT, ct_slice
 
@@ -125,24 +121,7 @@ def _echo(port: int) -> bool:
             assoc.release()
 
 
-def _associate_rq() -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title, primitive.called_ae_title = "FUZZ", "AINODE"
-    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 0)
-    primitive.called_presentation_address = AddressInformation("127.0.0.1", 11112)  # not encoded
-    context = build_context(Verification)
-    context.context_id = 1
-    primitive.presentation_context_definition_list = [context]
-    length = MaximumLengthNotification()
-    length.maximum_length_received = 16384
-    primitive.user_information = [length]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
-
-
-ASSOCIATE_RQ = _associate_rq()  # a valid request from FUZZ to AINODE, for Verification
+ASSOCIATE_RQ = raw_associate_rq()  # a valid request from FUZZ to AINODE, for Verification
 
 
 #: What the node may answer to each kind of malformed PDU: anything but hanging, and
@@ -182,8 +161,11 @@ def _raw_exchange(port: int, after_association: bool, data: bytes) -> str:
             sock.sendall(ASSOCIATE_RQ)
             answer = sock.recv(65536)
             assert answer[:1] == b"\x02", "the node did not accept a valid association request"
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the node answered and closed before all was sent: read its answer
+            pass
         received = b""
         try:
             while chunk := sock.recv(65536):

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread
@@ -80,6 +81,16 @@ def send_raw_c_store(assoc: Association, sop_class: str, sop_instance: str, tran
     request.MessageID, request.Priority = message_id, 2
     request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = sop_class, sop_instance
     request.DataSet = BytesIO(payload)
+    response = send_request(assoc, request, transfer_syntax)
+    if response is None or getattr(response, "Status", None) is None:
+        return None
+    return int(response.Status)
+
+
+def send_request(assoc: Association, request: Any, transfer_syntax: str) -> Any:
+    """Send any DIMSE request on the context of its SOP class and ``transfer_syntax``,
+    as it is; the response primitive, or None when none came."""
+    sop_class = request.AffectedSOPClassUID
     context = assoc._get_valid_context(sop_class, transfer_syntax, "scu")
     # As Association.send_c_store does: pause its reactor while this thread talks DIMSE.
     assoc._reactor_checkpoint.clear()
@@ -90,6 +101,32 @@ def send_raw_c_store(assoc: Association, sop_class: str, sop_instance: str, tran
         _, response = assoc.dimse.get_msg(block=True)
     finally:
         assoc._reactor_checkpoint.set()
-    if response is None or getattr(response, "Status", None) is None:
-        return None
-    return int(response.Status)
+    return response
+
+
+def raw_associate_rq(calling_ae: str = "FUZZ", called_ae: str = "AINODE",
+                     sop_classes: Iterable[str] = (Verification,)) -> bytes:
+    """The bytes of a valid A-ASSOCIATE-RQ (explicit and implicit VR little endian for
+    each SOP class), for tests that talk to the node over a raw socket."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+    from pynetdicom.transport import AddressInformation
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = calling_ae, called_ae
+    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 0)
+    primitive.called_presentation_address = AddressInformation("127.0.0.1", 11112)  # not encoded
+    contexts = []
+    for i, sop_class in enumerate(sop_classes):
+        context = build_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        context.context_id = 2 * i + 1
+        contexts.append(context)
+    primitive.presentation_context_definition_list = contexts
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    primitive.user_information = [length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())

@@ -21,9 +21,14 @@ pytestmark = pytest.mark.integration
 TOKEN = "test-token-0123456789abcdef"
 
 
-def _call(url: str, method: str = "GET", token: str | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
-                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+def _call(url: str, method: str = "GET", token: str | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """A request as the worklist page makes it (with its same-origin header), unless
+    ``headers`` says otherwise."""
+    sent = {"X-AINode-Request": "1"} if headers is None else headers
+    if token:
+        sent["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None, headers=sent)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             status, body = response.status, response.read()

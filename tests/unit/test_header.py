@@ -7,8 +7,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 
-from storage.header import InvalidInstance, read_header
-from tests.synthetic import TEST_UID_ROOT, ct_slice
+from storage.header import InstanceTooLarge, InvalidInstance, read_header
+from tests.synthetic import TEST_UID_ROOT, ct_slice, deflate_bomb
 
 
 def _encode(ds, implicit: bool, little: bool = True) -> bytes:
@@ -68,3 +68,26 @@ def test_plane_of() -> None:
     assert plane_of([0, 1, 0, 0, 0, -1]) == "SAGITTAL"
     assert plane_of([1, 0, 0, 0, 0.7071, 0.7071]) == "OBLIQUE"
     assert plane_of([1, 0, 0, 0, 0.9848, 0.1736]) == "AXIAL"  # 10 degree gantry tilt
+
+
+def test_a_deflate_bomb_is_refused_without_inflating_it_whole() -> None:
+    import resource
+
+    ds = ct_slice(generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT), 0)
+    bomb = deflate_bomb(ds, 1024 * 1024 * 1024)
+    assert len(bomb) < 2 * 1024 * 1024  # 1 GiB in under 2 MB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InstanceTooLarge, match="inflates to more than"):
+        read_header(bomb, "1.2.840.10008.1.2.1.99", max_inflated_bytes=64 * 1024 * 1024)
+    # ru_maxrss is in KiB: inflating went chunk by chunk, not into one 1 GiB buffer
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024
+    # Under the limit, the same kind of dataset is read (only its header is kept)
+    header = read_header(deflate_bomb(ds, 32 * 1024 * 1024), "1.2.840.10008.1.2.1.99",
+                         max_inflated_bytes=64 * 1024 * 1024)
+    assert header.sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_a_truncated_deflate_stream_is_invalid() -> None:
+    ds = ct_slice(generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT), 0)
+    with pytest.raises(InvalidInstance, match="ends before"):
+        read_header(deflate_bomb(ds, 1024 * 1024)[:500], "1.2.840.10008.1.2.1.99")
