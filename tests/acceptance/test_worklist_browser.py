@@ -13,27 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Node, missing_peer, send_study, wait_until
+from tests.browser import headless_chromium as _browser
+from tests.conftest import Node, send_study, wait_until
 from tests.phantoms import chest_phantom, write_phantom_series
 
 pytestmark = pytest.mark.integration
 
 URGENT, ROUTINE = (0xEF, 0x6C, 0x00), (0x78, 0x90, 0x9C)  # the badges' colours in worklist.html
-
-
-def _browser():  # type: ignore[no-untyped-def]
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        missing_peer("Chromium is not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900",
-                     "--disable-gpu"):
-        options.add_argument(argument)
-    return webdriver.Chrome(service=Service(driver), options=options)
 
 
 def _rows_of(pixels: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:

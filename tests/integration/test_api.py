@@ -105,9 +105,10 @@ def test_beyond_loopback_the_api_asks_for_its_token(node_factory) -> None:
     assert started.returncode != 0 and "api_token" in started.stderr
 
     node: Node = node_factory(f'api_host = "0.0.0.0"\napi_token = "{TOKEN}"\n').start()
-    for path in ("/api/studies", "/api/jobs", "/api/dead-letters", "/metrics"):
+    for path in ("/api/studies", "/api/jobs", "/api/dead-letters", "/metrics", "/openapi.json"):
         assert _call(node.api_url + path)[0] == 401
         assert _call(node.api_url + path, token="wrong-token-0123456789")[0] == 401
         assert _call(node.api_url + path, token=TOKEN)[0] == 200
     assert _call(node.api_url + "/api/jobs/1/retry", "POST")[0] == 401
     assert _call(node.api_url + "/api/health")[0] == 200  # for load balancers; says nothing private
+    assert _call(node.api_url + "/docs", token=TOKEN)[0] == 404  # no page that loads a CDN's scripts
