@@ -3,8 +3,10 @@
 States (an explicit state machine)::
 
     queued --claim--> running --complete--> succeeded
-       ^                 |  \\--fail (attempts left)--> queued (after a backoff)
-       |                 |   \\-fail (no attempts left, or permanent)--> dead
+       ^   \\             |  \\--fail (attempts left)--> queued (after a backoff)
+       |    \\            |   \\-fail (no attempts left, or permanent)--> dead
+       |     \\           |\\--supersede (its results version is left behind)--> superseded
+       |      \\--supersede (the study completed a newer version)--> superseded
        |                 \\--lease expired (reaper)--> queued | dead
        \\-------------- retry (operator) --------------- dead
 
@@ -34,6 +36,7 @@ from storage.models import Job
 from storage.states import JobState
 
 QUEUED, RUNNING, SUCCEEDED, DEAD = JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.DEAD
+SUPERSEDED = JobState.SUPERSEDED
 
 _jobs: Table = Job.__table__  # type: ignore[assignment]
 #: What an observer is told of a job that moved.
@@ -204,6 +207,29 @@ class JobQueue:
                 updated_at=now, last_error=None).returning(*_CHANGE)).all()
             self._observe(conn, rows, SUCCEEDED)
         return len(rows) == 1
+
+    def supersede(self, job: ClaimedJob, reason: str) -> bool:
+        """End a running job whose results version was left behind; False when the
+        lease was lost."""
+        now = self._clock()
+        with writing(self.engine) as conn:
+            rows = conn.execute(update(_jobs).where(self._owned(job)).values(
+                state=SUPERSEDED, lease_owner=None, lease_expires_at=None, finished_at=now,
+                updated_at=now, last_error=reason[:2000]).returning(*_CHANGE)).all()
+            self._observe(conn, rows, SUPERSEDED)
+        return len(rows) == 1
+
+    def supersede_older(self, conn: Connection, study_id: int, version: int, reason: str) -> int:
+        """Inside the caller's transaction: end the queued jobs of ``study_id`` for
+        results versions before ``version`` (running ones end so when they next look
+        at their study); how many."""
+        now = self._clock()
+        rows = conn.execute(update(_jobs).where(
+            _jobs.c.study_id == study_id, _jobs.c.results_version < version, _jobs.c.state == QUEUED,
+        ).values(state=SUPERSEDED, finished_at=now, updated_at=now, last_error=reason[:2000])
+            .returning(*_CHANGE)).all()
+        self._observe(conn, rows, SUPERSEDED)
+        return len(rows)
 
     def fail(self, job: ClaimedJob, error: str, policy: RetryPolicy | None = None,
              permanent: bool = False) -> str | None:

@@ -16,6 +16,9 @@ class JobState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     DEAD = "dead"
+    #: Work for a results version the study has left behind (more images arrived, so a
+    #: newer version will be computed): ended without running, or without its effect.
+    SUPERSEDED = "superseded"
 
 
 #: Jobs that still hold work: waiting for a worker, or running under a lease.

@@ -11,9 +11,12 @@ from sqlalchemy import Connection, Engine, insert, select
 
 from storage.db import writing
 from storage.models import Study, StudyEvent
+from storage.states import JobState
 
 COMPLETED, PRIORITIZED, INFERRED, DECLINED, ENCODED = "completed", "prioritized", "inferred", "declined", "encoded"
 DELIVERED, DELIVERY_FAILED, NOTIFIED, NOTIFY_FAILED = "delivered", "delivery_failed", "notified", "notify_failed"
+#: A results version left behind; its unfinished jobs end in the job state of that name.
+SUPERSEDED = JobState.SUPERSEDED.value
 
 
 def record(conn: Connection, study_id: int, step: str, detail: str = "", results_version: int | None = None,

@@ -20,6 +20,7 @@ from config.settings import Settings
 from node.jobs.kinds import StudyWork
 from storage.models import Study
 from storage.queue import ClaimedJob
+from storage.states import StudyState
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,30 @@ def configured(entries: Iterable[N], name: str, table: str) -> N:
                             f"[[{table}]] and retry the job")
 
 
-def current_study(engine: Engine, job: ClaimedJob) -> StudyWork | None:
-    """The study a job works on, or None when the study has moved on to a newer
-    results version than the job's: that work is superseded and skipped. A removed
-    study fails the job for good."""
+class Superseded(Exception):
+    """The job's results version was left behind: its study received more images after
+    it completed, so a newer version will be (or was) computed. The job ends as
+    ``superseded``, with this message, without doing its work."""
+
+
+def current_study(engine: Engine, job: ClaimedJob) -> StudyWork:
+    """The study a job works on, for the job's results version.
+
+    Raises :class:`Superseded` when the study has left that version behind: it is
+    receiving again (reopened by a late image) or has completed a newer version. A
+    removed study fails the job for good.
+    """
     with engine.connect() as conn:
         study = conn.execute(
-            select(Study.id, Study.study_instance_uid, Study.results_version).where(Study.id == job.study_id)
+            select(Study.id, Study.study_instance_uid, Study.results_version, Study.state)
+            .where(Study.id == job.study_id)
         ).one_or_none()
     if study is None:
         raise PermanentJobError("the study was removed before its work was done")
     if study.results_version != job.results_version:
-        log.info("job %d (%s): study %s moved on to results version %d; version %s is skipped",
-                 job.id, job.kind, study.study_instance_uid, study.results_version, job.results_version)
-        return None
+        raise Superseded(f"results version {job.results_version} superseded: the study completed again as "
+                         f"version {study.results_version}")
+    if study.state == StudyState.RECEIVING:
+        raise Superseded(f"results version {job.results_version} superseded: the study is receiving images "
+                         "again; a new version follows its completion")
     return StudyWork(study.id, study.study_instance_uid, study.results_version)

@@ -24,7 +24,7 @@ from storage.inventory import first_instance_path
 from storage.models import Series, Study
 from storage.queue import JobQueue
 from storage.states import StudyState
-from storage.timeline import COMPLETED, record
+from storage.timeline import COMPLETED, SUPERSEDED, record
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,14 @@ class CompletionPolicy:
     quiet_period_s: float
     force_complete_after_s: float
     routes: tuple[Route, ...]
+    #: When this node started: a quiet period counts from then at the earliest. Images
+    #: in flight when the node stopped were not acknowledged, and senders send them
+    #: again after the restart; a study must not complete before they had the chance.
+    counting_from: datetime | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CompletionPolicy:
-        return cls(settings.quiet_period_s, settings.force_complete_after_s, tuple(settings.routes))
+    def from_settings(cls, settings: Settings, started: datetime | None = None) -> CompletionPolicy:
+        return cls(settings.quiet_period_s, settings.force_complete_after_s, tuple(settings.routes), started)
 
     def quiet_period_for(self, study: StudyView) -> float:
         """The shortest quiet period among the rules that take a series of the study
@@ -59,7 +63,8 @@ def completion_reason(
     """Why the study is complete now ("expected-series", "quiet", "forced"), or None."""
     if any(expected_series_present(r, study) for r in policy.routes if r.enabled):
         return "expected-series"
-    if (now - last_received).total_seconds() >= policy.quiet_period_for(study):
+    quiet_since = max(last_received, policy.counting_from) if policy.counting_from else last_received
+    if (now - quiet_since).total_seconds() >= policy.quiet_period_for(study):
         return "quiet"
     if (now - first_received).total_seconds() >= policy.force_complete_after_s:
         return "forced"
@@ -144,6 +149,12 @@ class CompletionSweep:
             conn.execute(update(Study).where(Study.id == study_id).values(
                 state=StudyState.COMPLETE if decisions else StudyState.DONE, results_version=version,
                 completed_at=now, completion_reason=reason, requested_priority=requested))
+            if row.results_version:
+                left = self._queue.supersede_older(
+                    conn, study_id, version, f"results version {row.results_version} superseded: the study "
+                                             f"completed again as version {version}")
+                record(conn, study_id, SUPERSEDED, f"by results version {version} (more images arrived); "
+                       f"{left} queued job(s) of it ended", row.results_version)
             record(conn, study_id, COMPLETED, f"{reason}; " + (
                 ", ".join(f"{d.route.name} -> {d.route.model}" for d in decisions) or "no route matched"),
                 version)

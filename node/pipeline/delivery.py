@@ -34,8 +34,6 @@ class SendHandler:
     def __call__(self, job: ClaimedJob, ctx: JobContext) -> None:
         payload = read_payload(SendPayload, job)
         work = current_study(self._engine, job)
-        if work is None:
-            return
         destination = configured(self._settings.destinations, payload.destination, "destinations")
         with self._engine.connect() as conn:
             rows = conn.execute(select(ResultObject.path, ResultObject.kind).where(

@@ -78,8 +78,6 @@ class EncodeHandler:
     def __call__(self, job: ClaimedJob, ctx: JobContext) -> None:
         payload = read_payload(EncodePayload, job)
         work = current_study(self._engine, job)
-        if work is None:
-            return
         with Session(self._engine) as session:
             predictions = session.scalars(select(PredictionRecord).where(
                 PredictionRecord.study_id == work.study_id, PredictionRecord.model == payload.model,

@@ -149,15 +149,15 @@ class InferenceRunner:
         if loaded is None:
             raise PermanentJobError(f"model {payload.model!r} is not used by any enabled route of this worker")
         work = current_study(self._engine, job)
-        if work is None:
-            return
         for series_uid in payload.series:
             if ctx.cancelled.is_set():
                 raise RuntimeError("cancelled")
             self._run_series(job, payload, work, series_uid, loaded)
         # Triage on the findings, then the results are encoded and sent (the dedupe
         # keys make a rerun harmless). A model that declined every series has nothing
-        # to encode: the study is not applicable to it.
+        # to encode: the study is not applicable to it. Findings of a version left
+        # behind while the model ran change no priority and notify nobody.
+        current_study(self._engine, job)
         with writing(self._engine) as conn:
             rows = conn.execute(select(PredictionRecord.findings).where(
                 PredictionRecord.study_id == work.study_id, PredictionRecord.model == payload.model,

@@ -153,8 +153,6 @@ class NotificationHandler:
     def __call__(self, job: ClaimedJob, ctx: JobContext) -> None:
         payload = read_payload(NotifyPayload, job)
         work = current_study(self._engine, job)
-        if work is None:
-            return
         version = work.results_version
         notification = configured(self._settings.notifications, payload.notification, "notifications")
         facts = self._facts(work, payload)

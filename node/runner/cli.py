@@ -16,7 +16,7 @@ from rich.table import Table
 
 from config.settings import ConfigError, Settings, load_settings
 from node.runner.logs import setup_logging
-from storage.states import JobState
+from storage.states import JobState, StudyState
 
 app = typer.Typer(
     name="ainode",
@@ -297,7 +297,8 @@ def predictions(
     engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
     with engine.connect() as conn:
         rows = conn.execute(
-            select(*PredictionRecord.__table__.columns, Study.study_instance_uid)
+            select(*PredictionRecord.__table__.columns, Study.study_instance_uid,
+                   Study.results_version.label("current_version"), Study.state.label("study_state"))
             .join(Study, PredictionRecord.study_id == Study.id)
             .order_by(PredictionRecord.id.desc()).limit(limit)
         ).all()
@@ -305,7 +306,10 @@ def predictions(
     fields = ("id", "study_instance_uid", "results_version", "model", "model_version", "route",
               "series_instance_uid", "device", "measurements", "findings", "provenance",
               "labelmap_path", "load_seconds", "inference_seconds", "created_at")
-    records = [{f: getattr(r, f) for f in fields} for r in rows]
+    # A version the study left behind (it received more images since) is superseded.
+    records = [{**{f: getattr(r, f) for f in fields},
+                "superseded": r.results_version < r.current_version or r.study_state == StudyState.RECEIVING}
+               for r in rows]
     if as_json:
         out.print_json(json.dumps(records))
         return
@@ -317,7 +321,8 @@ def predictions(
                              + ("" if m["reliable"] else " (not reliable)") for m in r["measurements"])
         found = "; ".join(f"{f['name']} {f['score']:.2f}" + (" PRESENT" if f["present"] else "")
                           for f in r["findings"])
-        table.add_row(str(r["id"]), f"{r['study_instance_uid']} v{r['results_version']}",
+        table.add_row(str(r["id"]), f"{r['study_instance_uid']} v{r['results_version']}"
+                      + (" (superseded)" if r["superseded"] else ""),
                       f"{r['model']} {r['model_version']}", measured, found,
                       f"{r['load_seconds']:.1f} + {r['inference_seconds']:.1f} ({r['device']})",
                       _when(r["created_at"]))

@@ -179,7 +179,7 @@ def _scheduler(settings: Settings, engine: Engine) -> BackgroundScheduler:
     """The periodic tasks of the main process: completion sweep, retention cleanup
     and lease reaper."""
     queue = queue_for(settings, engine)
-    sweep = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings),
+    sweep = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings, datetime.now(UTC)),
                             FileStore(settings.data_dir))
 
     def guarded(task: Callable[[], Any], name: str) -> Callable[[], None]:

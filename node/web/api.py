@@ -69,7 +69,7 @@ class StudySummary(BaseModel):
 
 
 class TimelineStep(BaseModel):
-    step: str = Field(description="first_image, last_image, completed, prioritized, inferred, declined, "
+    step: str = Field(description="first_image, last_image, completed, superseded, prioritized, inferred, declined, "
                                   "encoded, delivered, delivery_failed, notified, notify_failed")
     at: float
     detail: str | None

@@ -119,13 +119,13 @@ def job_states(node: Node) -> dict[str, int]:
 
 
 def settled(node: Node) -> bool:
-    """Every job has finished (succeeded or dead) and every study has settled (done,
+    """Every job has finished (succeeded, dead, or superseded) and every study has settled (done,
     failed or not applicable): a study reopened by a resent image and not yet complete
     again still has work to come."""
     states = job_states(node)
     with database(node) as db:
         studies = {state for (state,) in db.execute("SELECT DISTINCT state FROM studies")}
-    return bool(states) and set(states) <= {"succeeded", "dead"} \
+    return bool(states) and set(states) <= {"succeeded", "dead", "superseded"} \
         and studies <= {"done", "failed", "not_applicable"}
 
 

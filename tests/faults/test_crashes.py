@@ -105,6 +105,21 @@ def test_sigkill_at_random_moments_loses_nothing_and_delivers_once(
 
     archived = wait_until(lambda: {uid for *_, uid in current} <= set(a := in_archive()) and a, 60,
                           "every current result in the archive")
+    # A version left behind (more images came) ends as superseded: its jobs either
+    # finished before the study reopened or ended superseded without their work, so
+    # the objects of a version whose delivery was superseded never reach the archive.
+    with database(node) as db:
+        sends = db.execute("SELECT study_id, results_version, state FROM jobs WHERE kind = 'send'").fetchall()
+        marked = set(db.execute("SELECT study_id, results_version FROM study_events WHERE step = 'superseded'"))
+    for study, version, state in sends:
+        if (study, version) in superseded:
+            assert state in ("succeeded", "superseded"), (study, version, state)
+        else:
+            assert state == "succeeded", (study, version, state)
+    never_sent = {(study, version) for study, version, state in sends if state == "superseded"}
+    assert not [uid for uid, _c, study, version, _l in rows if (study, version) in never_sent and uid in archived]
+    older = {(study, version) for _u, _c, study, version, latest in rows if version < latest}
+    assert older <= marked, "a superseded results version is missing from its study's timeline"
     # Nothing in the archive under UIDs the node did not make: a result encoded again
     # after a kill kept its UIDs, so the archive replaced rather than duplicated it.
     assert {uid: held.get(uid) for uid in archived} == archived, "the archive holds foreign objects"

@@ -116,3 +116,55 @@ def test_retention_removes_old_studies_without_live_jobs(engine: Engine, tmp_pat
     assert not (store.studies_dir / old).exists()
     # The finished job's history stays, detached from the removed study.
     assert next(j for j in queue.list() if j.id == done).study_id is None
+
+
+def test_a_results_version_left_behind_is_superseded_everywhere(engine: Engine, tmp_path: Path) -> None:
+    """The crash test's interleaving, on purpose: version 1 completes and its work is
+    queued (an infer job, and a send job as if its objects were made), then a resent
+    image reopens the study. Version 1's jobs end `superseded` without doing their
+    work (nothing is sent), never `succeeded`; the timeline, the API's jobs and the
+    metrics say so; version 2 is the study's work."""
+    from config.settings import Destination, Settings
+    from node.jobs.kinds import SendPayload, StudyWork, study_job
+    from node.jobs.worker import Worker
+    from node.pipeline.lifecycle import queue_for
+    from node.runner.handlers import general_handlers
+    from node.web.api import _jobs
+    from node.web.metrics import metrics_text
+    from storage.models import Job
+    from storage.timeline import timeline
+
+    settings = Settings(data_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
+                        destinations=[Destination(name="archive", ae_title="ARCHIVE", host="127.0.0.1", port=9)])
+    queue = queue_for(settings, engine)
+    sweep = CompletionSweep(engine, queue, CompletionPolicy(30, 3600, tuple(default_routes())))
+    study, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
+    _receive(engine, study, series, 64, T0, "B")
+    assert sweep.run(T0 + timedelta(seconds=31)) == [study]
+    with engine.connect() as conn:
+        study_id = conn.execute(select(Study.id)).scalar_one()
+    send = queue.enqueue(study_job(SendPayload("ct-chest", "archive"), StudyWork(study_id, study, 1), 0))
+
+    _receive(engine, study, series, 1, T0 + timedelta(seconds=40), "B", start=3)  # the resend reopens it
+    worker = Worker("w", settings, engine, queue, general_handlers(settings, engine))
+    claimed = queue.claim("w", ["send"])
+    assert claimed is not None and claimed.id == send
+    worker.run_one(claimed)  # would deliver to a port where nothing listens: it must not try
+
+    assert sweep.run(T0 + timedelta(seconds=80)) == [study]  # version 2
+    with engine.connect() as conn:
+        jobs = {(j.kind, j.results_version): (j.state, j.last_error) for j in conn.execute(select(Job))}
+        steps = [(s.step, s.results_version, s.detail) for s in timeline(conn, study_id)]
+        state = conn.execute(select(Study.state, Study.results_version)).one()
+    assert jobs[("send", 1)][0] == "superseded" and "receiving images again" in jobs[("send", 1)][1]
+    assert jobs[("infer", 1)][0] == "superseded" and "completed again as version 2" in jobs[("infer", 1)][1]
+    assert jobs[("infer", 2)][0] == "queued"
+    assert tuple(state) == ("complete", 2)
+    assert not [s for s in steps if s[0] in ("delivered", "delivery_failed")]
+    superseded = [s for s in steps if s[0] == "superseded"]
+    assert len(superseded) == 1 and superseded[0][1] == 1 and "by results version 2" in superseded[0][2]
+    assert sorted(j.state for j in _jobs(engine, Job.study_id == study_id, 10)) == ["queued", "superseded",
+                                                                                    "superseded"]
+    body, _ = metrics_text(settings, engine)
+    assert 'ainode_jobs{kind="infer",state="superseded"} 1.0' in body.decode()
+    assert 'ainode_jobs{kind="send",state="superseded"} 1.0' in body.decode()

@@ -22,6 +22,7 @@ ENUM_MODULES = {"storage.states", "node.jobs.kinds"}
 OTHER_SENSES = {
     ("node/runner/cli.py", "send"): "the name of the `ainode send` command",
     ("node/web/api.py", "failed"): "a value of the API's delivery summary",
+    ("node/runner/cli.py", "superseded"): "a field of `ainode predictions --json`",
 }
 
 

@@ -69,3 +69,14 @@ def test_route_quiet_period_overrides_the_default() -> None:
     fast = Route(name="fast", model="m", match=SeriesMatch(modality=["CT"]), quiet_period_s=5)
     policy = CompletionPolicy(30, 3600, (fast,))
     assert completion_reason(policy, CHEST, NOW - timedelta(seconds=60), NOW - timedelta(seconds=6), NOW) == "quiet"
+
+
+def test_after_a_restart_the_quiet_period_counts_from_the_restart() -> None:
+    # Images in flight at the restart were not acknowledged: their senders send them
+    # again, so a study quiet since before the restart waits a full period after it.
+    restarted = NOW - timedelta(seconds=5)
+    policy = CompletionPolicy(30, 3600, tuple(default_routes()), counting_from=restarted)
+    last = NOW - timedelta(seconds=300)
+    assert completion_reason(policy, CHEST, last, last, NOW) is None
+    assert completion_reason(policy, CHEST, last, last, restarted + timedelta(seconds=30)) == "quiet"
+    assert completion_reason(CompletionPolicy(30, 3600, tuple(default_routes())), CHEST, last, last, NOW) == "quiet"
