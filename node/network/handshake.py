@@ -26,6 +26,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from node.network.throttled_log import ThrottledLog
+
 log = logging.getLogger(__name__)
 
 A_ASSOCIATE_RQ, A_ASSOCIATE_RJ, P_DATA_TF, A_ABORT = 0x01, 0x03, 0x04, 0x07
@@ -136,7 +138,7 @@ class PendingHandshakes:
         self._lock = threading.Lock()
         self._pending: OrderedDict[int, tuple[str, socket.socket]] = OrderedDict()
         self._next = 0
-        self.evicted = 0
+        self._log_eviction = ThrottledLog(log, 10.0)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -151,16 +153,15 @@ class PendingHandshakes:
             victims += [t for t in self._pending if t not in victims][:overall]
             for victim in victims:
                 _, victim_sock = self._pending.pop(victim)
-                self.evicted += 1
                 try:  # wakes the thread reading it, which then gives up
                     victim_sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
             self._pending[ticket] = (host, sock)
         if victims:
-            log.info("closed %d pending handshake(s) to make room for a connection from %s "
-                     "(max_pending_handshakes%s)", len(victims), host,
-                     "_per_peer" if len(same_host) + 1 > self._per_peer else "")
+            self._log_eviction("closed %d pending handshake(s) to make room for a connection from %s "
+                               "(max_pending_handshakes%s)", len(victims), host,
+                               "_per_peer" if len(same_host) + 1 > self._per_peer else "")
         return ticket
 
     def remove(self, ticket: int) -> None:

@@ -47,6 +47,7 @@ from node.network.pynetdicom_internals import (
     refuse_other_services,
     when_finished,
 )
+from node.network.throttled_log import ThrottledLog
 from node.network.tls import peer_identity, server_context
 from storage.files import FileStore, encode_file_meta
 from storage.header import InstanceHeader, InstanceTooLarge, InvalidInstance, read_header
@@ -156,20 +157,6 @@ class _Traffic:
     aborting: bool = False
 
 
-class _Throttled:
-    """A warning logged at most once per interval (a full disk refuses every image)."""
-
-    def __init__(self, interval_s: float) -> None:
-        self._interval_s = interval_s
-        self._last = -interval_s
-
-    def warn(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last >= self._interval_s:
-            self._last = now
-            log.warning(message, *args)
-
-
 @dataclass
 class _InFlight:
     """C-STOREs being handled, so that shutdown can wait for them to finish."""
@@ -221,7 +208,8 @@ class StorageListener:
         self._pending = PendingHandshakes(settings.max_pending_handshakes,
                                           settings.max_pending_handshakes_per_peer)
         self._pdu_limits = PduLimits.from_settings(settings.max_pdu_size, self._max_instance_bytes)
-        self._low_disk = _Throttled(60.0)
+        self._low_disk = ThrottledLog(log, 60.0)
+        self._no_handshake = ThrottledLog(log, 10.0, logging.INFO)
         self._locks = InstanceLocks(settings.data_dir)
         check_internals()
         self._ae = self._build_ae()
@@ -329,7 +317,8 @@ class StorageListener:
             if refused.tls:
                 log.warning("TLS connection from %s refused: %s", host, refused.reason)
             else:
-                (log.debug if refused.quiet else log.info)("connection from %s closed: %s", host, refused.reason)
+                (log.debug if refused.quiet else self._no_handshake)("connection from %s closed: %s", host,
+                                                                     refused.reason)
             if refused.answer:
                 _send_quietly(sock, refused.answer)
             return None
@@ -435,7 +424,7 @@ class StorageListener:
             return _status(OUT_OF_RESOURCES, "association size limit; open a new association")
         free = shutil.disk_usage(self._store.root).free
         if free - size < s.min_free_disk_mb * MB:
-            self._low_disk.warn("C-STORE refused: %.0f MB free on the data disk, min_free_disk_mb is %.0f",
+            self._low_disk("C-STORE refused: %.0f MB free on the data disk, min_free_disk_mb is %.0f",
                                 free / MB, s.min_free_disk_mb)
             return _status(OUT_OF_RESOURCES, "low disk space on the receiving node")
         return None

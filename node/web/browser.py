@@ -55,7 +55,9 @@ class BrowserGuard:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrowserGuard:
-        names = {"localhost", socket.gethostname(), socket.getfqdn(), *settings.api_allowed_hosts}
+        # Not getfqdn(): a reverse lookup can hang where DNS is broken; names beyond
+        # the host name go in api_allowed_hosts.
+        names = {"localhost", socket.gethostname(), *settings.api_allowed_hosts}
         return cls(frozenset(n.lower().rstrip(".") for n in names if n))
 
     def refusal(self, method: str, headers: Mapping[str, str], has_token: bool) -> tuple[int, str] | None:
