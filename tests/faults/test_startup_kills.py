@@ -103,3 +103,12 @@ def test_a_start_refuses_while_processes_of_an_earlier_node_hold_its_data_dir(no
     assert not (node.data_dir / "ainode.running").exists()
     assert "did not stop cleanly" not in node.start().log()
     node.stop()
+
+
+def test_an_unusable_data_dir_is_named_as_such(node_factory: Any, tmp_path: Path) -> None:
+    node: Node = node_factory()
+    node.data_dir = tmp_path / "a-file"
+    node.data_dir.write_text("not a folder")
+    failed = node.run("serve", "--port", str(node.port), check=False)
+    assert failed.returncode == 1
+    assert f"cannot use data_dir {node.data_dir}" in failed.stderr and "--port" not in failed.stderr

@@ -62,3 +62,9 @@ def test_listener_processes_default_and_override() -> None:
     assert listener_process_count(load_settings(), cpu_count=4) == 4
     assert listener_process_count(load_settings(), cpu_count=64) == 8
     assert listener_process_count(load_settings(listener_processes=3), cpu_count=64) == 3
+
+
+def test_a_list_setting_from_the_environment_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AINODE_PEERS", "not json")
+    with pytest.raises(ConfigError, match=r"setting 'peers' from the environment \(AINODE_PEERS\): not valid JSON"):
+        load_settings()

@@ -44,8 +44,11 @@ def test_mutual_tls_requires_a_client_certificate(ca: CertificateAuthority) -> N
 def test_unusable_files_name_the_setting(ca: CertificateAuthority, tmp_path: Path) -> None:
     issued = ca.issue("ainode3", server=True)
     other = ca.issue("other", server=True)
-    with pytest.raises(TlsConfigError, match="does not exist"):
+    with pytest.raises(TlsConfigError, match=r"tls\.certificate: .*none\.crt does not exist"):
         server_context(ListenerTls(certificate=tmp_path / "none.crt", private_key=issued.private_key))
+    # ssl's own error names no file ("tls: None does not exist"): the setting and path are named
+    with pytest.raises(TlsConfigError, match=r"tls\.private_key: .*none\.key does not exist"):
+        server_context(ListenerTls(certificate=issued.certificate, private_key=tmp_path / "none.key"))
     with pytest.raises(TlsConfigError, match=r"tls\.certificate / private_key"):
         server_context(ListenerTls(certificate=issued.certificate, private_key=other.private_key))
     not_pem = tmp_path / "ca.pem"
