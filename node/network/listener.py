@@ -209,7 +209,10 @@ class StorageListener:
                                           settings.max_pending_handshakes_per_peer)
         self._pdu_limits = PduLimits.from_settings(settings.max_pdu_size, self._max_instance_bytes)
         self._low_disk = ThrottledLog(log, 60.0)
+        # each kind of line its own throttle: a stream of stalled connections must
+        # not hide a peer that sends malformed PDUs, nor the other way round
         self._no_handshake = ThrottledLog(log, 10.0, logging.INFO)
+        self._bad_handshake = ThrottledLog(log, 10.0)
         self._locks = InstanceLocks(settings.data_dir)
         check_internals()
         self._ae = self._build_ae()
@@ -316,9 +319,11 @@ class StorageListener:
         except HandshakeRefused as refused:
             if refused.tls:
                 log.warning("TLS connection from %s refused: %s", host, refused.reason)
+            elif refused.quiet:
+                log.debug("connection from %s closed: %s", host, refused.reason)
             else:
-                (log.debug if refused.quiet else self._no_handshake)("connection from %s closed: %s", host,
-                                                                     refused.reason)
+                throttled = self._bad_handshake if refused.answer else self._no_handshake
+                throttled("connection from %s closed: %s", host, refused.reason)
             if refused.answer:
                 _send_quietly(sock, refused.answer)
             return None

@@ -12,6 +12,7 @@ from storage.queue import (
     QUEUED,
     RUNNING,
     SUCCEEDED,
+    SUPERSEDED,
     JobQueue,
     NewJob,
     QueueSettings,
@@ -48,7 +49,7 @@ def test_lifecycle_and_idempotent_enqueue(engine: Engine) -> None:
     assert queue.complete(job)
     assert _state(queue, first) == SUCCEEDED
     assert not queue.complete(job)  # a second completion is refused
-    assert queue.counts() == {"noop": {QUEUED: 0, RUNNING: 0, SUCCEEDED: 1, DEAD: 0}}
+    assert queue.counts() == {"noop": {QUEUED: 0, RUNNING: 0, SUCCEEDED: 1, DEAD: 0, SUPERSEDED: 0}}
 
 
 def test_priority_with_aging(engine: Engine) -> None:
