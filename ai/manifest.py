@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ai.protocol import (
     Accepts,
+    Assessment,
     Code,
     DeviceNeeds,
     Finding,
@@ -336,7 +337,7 @@ class ManifestModel:
             score = float(probs[entry.index])
             if not math.isfinite(score):
                 raise RuntimeError(f"model {self.name} returned a score that is not a number")
-            findings.append(Finding(entry.name, score, score >= entry.threshold))
+            findings.append(Finding(entry.name, score, Assessment.of(score >= entry.threshold)))
         return Prediction(labelmap=None, findings=findings,
                           provenance={"runtime": Path(self.manifest.file).suffix.lstrip(".")})
 

@@ -8,6 +8,7 @@ highdicom. The encoders turn a :class:`Prediction` into DICOM objects later.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -50,10 +51,16 @@ class SegmentSpec:
 
 @dataclass(frozen=True)
 class MeasurementSpec:
+    """One measurement a model makes. ``derivation`` (CID 7464, e.g. SCT 373098007
+    "Mean") says how a value summarises a region; ``method`` (e.g. CID 7474 for
+    volumes) how it was measured: both go into the SR (TID 1419 rows 5 and 3)."""
+
     name: str
     concept: Code
     unit: Code  # UCUM
     segment: int | None = None  # the label it is measured on
+    derivation: Code | None = None
+    method: Code | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,9 @@ class Outputs:
     #: (window centre, window width) to draw key images with, e.g. (-600, 1500) for lungs;
     #: None: the source images' own window.
     display_window: tuple[float, float] | None = None
+    #: The imaging procedure the results report on (TID 1500 Procedure Reported), e.g.
+    #: SCT 169069000 "Computed tomography of chest"; None: one for the source's modality.
+    procedure: Code | None = None
 
 
 @dataclass(frozen=True)
@@ -105,18 +115,69 @@ class Measurement:
                    str(data.get("note") or ""))
 
 
+class Assessment(StrEnum):
+    """What a model says of a finding. ``INDETERMINATE``: it could not judge (an
+    unreliable input, say): never to be read, shown or triaged as absent."""
+
+    PRESENT = "present"
+    ABSENT = "absent"
+    INDETERMINATE = "indeterminate"
+
+    @classmethod
+    def of(cls, present: bool) -> Assessment:
+        return cls.PRESENT if present else cls.ABSENT
+
+
 @dataclass(frozen=True)
 class Finding:
+    """One finding of a model: its assessment and its score (0..1).
+
+    ``assessment`` also takes a bool (True: present, False: absent), as earlier
+    plugins gave it. An indeterminate finding needs a ``reason`` (shown to readers,
+    no patient data) and may have no score.
+    """
+
     name: str  # a FindingSpec's name
-    score: float  # 0..1
-    present: bool
+    score: float | None
+    assessment: Assessment = Assessment.ABSENT
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.assessment, bool):
+            object.__setattr__(self, "assessment", Assessment.PRESENT if self.assessment else Assessment.ABSENT)
+        else:
+            object.__setattr__(self, "assessment", Assessment(self.assessment))
+        if self.assessment is Assessment.INDETERMINATE:
+            if not self.reason.strip():
+                raise ValueError(f"finding {self.name!r} is indeterminate without a reason")
+        elif self.score is None:
+            raise ValueError(f"finding {self.name!r} is {self.assessment} without a score")
+
+    @property
+    def present(self) -> bool:
+        return self.assessment is Assessment.PRESENT
+
+    @property
+    def indeterminate(self) -> bool:
+        return self.assessment is Assessment.INDETERMINATE
+
+    def describe(self) -> str:
+        """For people: "emphysema suspected: present (score 0.83)",
+        "...: indeterminate (not reliable: sharp reconstruction kernel B70f)"."""
+        if self.indeterminate:
+            return f"{self.name}: indeterminate ({self.reason})"
+        return f"{self.name}: {self.assessment} (score {self.score:.2f})"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "score": self.score, "present": self.present}
+        return {"name": self.name, "score": self.score, "assessment": str(self.assessment),
+                "present": self.present, "reason": self.reason}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Finding:
-        return cls(str(data["name"]), float(data["score"]), bool(data["present"]))
+        """Also reads predictions recorded before assessments (``present`` only)."""
+        score = None if data.get("score") is None else float(data["score"])
+        assessment = Assessment(data["assessment"]) if "assessment" in data else Assessment.of(bool(data["present"]))
+        return cls(str(data["name"]), score, assessment, str(data.get("reason") or ""))
 
 
 @dataclass
@@ -157,9 +218,11 @@ def outputs_from_dict(data: dict[str, Any]) -> Outputs:
         segments=tuple(SegmentSpec(s["label"], s["name"], Code(**s["category"]), Code(**s["type"]),
                                    code(s.get("laterality"))) for s in data.get("segments", ())),
         measurements=tuple(MeasurementSpec(m["name"], Code(**m["concept"]), Code(**m["unit"]),
-                                           m.get("segment")) for m in data.get("measurements", ())),
+                                           m.get("segment"), code(m.get("derivation")), code(m.get("method")))
+                           for m in data.get("measurements", ())),
         findings=tuple(FindingSpec(f["name"], Code(**f["concept"])) for f in data.get("findings", ())),
         display_window=(float(window[0]), float(window[1])) if (window := data.get("display_window")) else None,
+        procedure=code(data.get("procedure")),
     )
 
 
@@ -196,7 +259,7 @@ def check_prediction(outputs: Outputs, prediction: Prediction, shape: tuple[int,
     for f in prediction.findings:
         if f.name not in findings:
             problems.append(f"finding {f.name!r} that it does not declare")
-        elif not (np.isfinite(f.score) and 0.0 <= f.score <= 1.0):
+        elif f.score is not None and not (np.isfinite(f.score) and 0.0 <= f.score <= 1.0):
             problems.append(f"finding {f.name!r} with score {f.score} (0..1 expected)")
     if problems:
         raise PredictionMismatch("; ".join(problems))

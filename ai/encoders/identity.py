@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from config.version import VERSION
 
@@ -20,11 +21,18 @@ SOFTWARE_VERSION = VERSION
 
 @dataclass(frozen=True)
 class ResultIdentity:
+    """Who made a result from what. ``created_at`` (seconds since the epoch) is when
+    the prediction was made: the objects' content date and time, the same on every
+    encode. ``device_serial_number`` names the node that made them (its AE title)."""
+
     study_instance_uid: str
     source_series_instance_uid: str
     model: str
     model_version: str
     results_version: int
+    source_series_number: int | None = None
+    created_at: float = 0.0
+    device_serial_number: str = "AINODE"
 
     def uid(self, what: str) -> str:
         """The UID of one part of the result (``"seg-series"``, ``"sr-instance"``, ...)."""
@@ -32,9 +40,26 @@ class ResultIdentity:
                         self.model_version, str(self.results_version), what))
         return f"2.25.{uuid.uuid5(_NAMESPACE, key).int}"
 
+    def tracking_uid(self, label: int) -> str:
+        """The Tracking UID of segment ``label``: the same in the SEG's segment, the SR's
+        measurement group and the key images, so that they can be joined (PS3.3 C.8.20.2,
+        TID 1411 row 3)."""
+        return self.uid(f"tracking-{label}")
+
+    @property
+    def created(self) -> datetime:
+        return datetime.fromtimestamp(self.created_at, UTC)
+
     def series_number(self, offset: int) -> int:
-        """Series numbers from 9000 up, stable per model (viewers sort by them)."""
-        return 9000 + (uuid.uuid5(_NAMESPACE, self.model).int % 90) * 10 + offset
+        """Series numbers that sort after the source's and tell results apart: one block
+        of 10000 per model (from its name), the source series' number within it, then
+        ``offset`` (1 SEG, 2 SR, 3 key images); e.g. series 3's SR of a model: NN0032."""
+        model_block = 1 + uuid.uuid5(_NAMESPACE, self.model).int % 90
+        source = self.source_series_number
+        if source is None or source < 0:
+            source = uuid.uuid5(_NAMESPACE, self.source_series_instance_uid).int % 1000
+        return model_block * 10000 + (source % 1000) * 10 + offset
 
     def series_description(self, kind: str) -> str:
-        return f"AI {self.model} {self.model_version} {kind}"[:64]
+        source = "" if self.source_series_number is None else f" of series {self.source_series_number}"
+        return f"AI {self.model} {self.model_version} {kind}{source}"[:64]

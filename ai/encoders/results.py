@@ -151,6 +151,12 @@ def encode_prediction(
     objects = (([EncodedObject("seg", seg)] if seg is not None else []) + [EncodedObject("sr", sr)]
                + [EncodedObject("sc", image) for image in key_images])
     for obj in objects:
+        # the same results make the same bytes: no clock reading in the objects
+        obj.dataset.InstanceCreationDate = identity.created.strftime("%Y%m%d")
+        obj.dataset.InstanceCreationTime = identity.created.strftime("%H%M%S.%f")
+        for equipment in obj.dataset.get("ContributingEquipmentSequence", []):
+            if "ContributionDateTime" in equipment:
+                equipment.ContributionDateTime = identity.created.strftime("%Y%m%d%H%M%S.%f")
         _copy_shared(obj.dataset, sources[0])
         _drop_incomplete_references(obj.dataset)
         _identify_private_schemes(obj.dataset)

@@ -15,14 +15,13 @@ from pydicom.multival import MultiValue
 from scipy import ndimage
 
 from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
+from ai.encoders.seg import PALETTE
 from ai.labelmap import LabelMap
 from ai.protocol import Outputs
 
 #: The source slice behind label map slice ``i``, in modality units (HU for CT).
 SliceValues = Callable[[int], np.ndarray]
 
-#: Outline colours, one per segment in declaration order (RGB).
-PALETTE = ((255, 64, 64), (64, 220, 64), (80, 140, 255), (255, 220, 0), (0, 230, 230), (255, 80, 255))
 BANNER = "AI RESULT - DERIVED IMAGE - NOT FOR DIAGNOSTIC USE"
 MAX_KEY_IMAGES = 6
 
@@ -131,6 +130,10 @@ def encode_key_images(
             pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,  # type: ignore[arg-type]
             patient_orientation=patient_orientation(source),
             transfer_syntax_uid="1.2.840.10008.1.2.1",
+            content_date=identity.created.date(),
+            content_time=identity.created.time(),
+            series_date=identity.created.date(),
+            series_time=identity.created.time(),
         )
         image.SeriesDescription = identity.series_description("KEY IMAGES")
         # Type 2C for paired body parts: the source's, else empty (unknown).

@@ -15,6 +15,15 @@ from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
 from ai.labelmap import LabelMap
 from ai.protocol import Code, Outputs
 
+#: Segment colours (RGB), one per segment in declaration order: the SEG's recommended
+#: display colours and the key images' outlines.
+PALETTE = ((255, 64, 64), (64, 220, 64), (80, 140, 255), (255, 220, 0), (0, 230, 230), (255, 80, 255))
+
+
+def segment_colour(outputs: Outputs, label: int) -> tuple[int, int, int]:
+    index = next((i for i, s in enumerate(outputs.segments) if s.label == label), 0)
+    return PALETTE[index % len(PALETTE)]
+
 
 def coded(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
@@ -64,8 +73,10 @@ def encode_segmentation(
             anatomic_regions=None,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
-            tracking_uid=identity.uid(f"segment-{spec.label}"),
+            tracking_uid=identity.tracking_uid(spec.label),
             tracking_id=spec.name[:64],
+            # the colour the key images outline it in, so that viewers agree with them
+            display_color=hd.color.CIELabColor.from_rgb(*segment_colour(outputs, spec.label)),
         )
         for number, spec in enumerate(specs, start=1)
     ]
@@ -77,7 +88,7 @@ def encode_segmentation(
             modifier.CodeValue, modifier.CodingSchemeDesignator, modifier.CodeMeaning = (
                 spec.laterality.value, spec.laterality.scheme, spec.laterality.meaning)
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [modifier]
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=images,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -89,10 +100,22 @@ def encode_segmentation(
         manufacturer=MANUFACTURER,
         manufacturer_model_name=identity.model[:64],
         software_versions=[SOFTWARE_VERSION, identity.model_version],  # type: ignore[arg-type]
-        device_serial_number="0",
+        device_serial_number=identity.device_serial_number[:64],
         series_description=identity.series_description("SEG"),
         content_label="AI",
         content_description=f"{identity.model} {identity.model_version}"[:64],
         omit_empty_frames=True,
         workers=workers,
+        content_date=identity.created.date(),
+        content_time=identity.created.time(),
+        series_date=identity.created.date(),
+        series_time=identity.created.time(),
     )
+    # highdicom draws a random Dimension Organization UID: the same results make the
+    # same object, so it is derived like the other UIDs.
+    organisation = identity.uid("seg-dimension-organization")
+    for item in seg.DimensionOrganizationSequence:
+        item.DimensionOrganizationUID = organisation
+    for item in seg.DimensionIndexSequence:
+        item.DimensionOrganizationUID = organisation
+    return seg

@@ -10,14 +10,25 @@ from typing import Any
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-from ai.encoders.identity import MANUFACTURER, ResultIdentity
+from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
 from ai.encoders.seg import coded
-from ai.protocol import Code, Finding, Measurement, Outputs
+from ai.protocol import Assessment, Finding, FindingSpec, Measurement, MeasurementSpec, Outputs
 
+# CID 240 Present-Absent: the values of a finding's qualitative evaluation (TID 1501 row 12).
 PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
-ABSENT = hd.sr.CodedConcept("2667000", "SCT", "Absent")
+ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
+UNDETERMINED = hd.sr.CodedConcept("373068000", "SCT", "Undetermined")
+#: TID 1501 row 13: a qualitative evaluation as text (here: why a finding is undetermined).
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 #: CID 42 Numeric Value Qualifier: the value is given but not to be relied on.
 VALUE_INDETERMINATE = hd.sr.CodedConcept("114011", "DCM", "Value indeterminate")
+#: TID 1500 row 3, Procedure Reported when the model names none (CID 100).
+PROCEDURE_BY_MODALITY = {
+    "CT": hd.sr.CodedConcept("25045-6", "LN", "CT unspecified body region"),
+    "MR": hd.sr.CodedConcept("25056-3", "LN", "MRI unspecified body region"),
+    "PT": hd.sr.CodedConcept("44136-0", "LN", "PET unspecified body region"),
+    "NM": hd.sr.CodedConcept("49118-3", "LN", "NM unspecified body region"),
+}
 IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 #: Identifies every AINode as the observing device (TID 1004).
@@ -28,13 +39,29 @@ def _score_concept(finding: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept("AISCORE", "99AINODE", f"AI score: {finding}"[:64])
 
 
-def _measurement(spec_concept: Code, unit: Code, measured: Measurement,
+def _measurement(spec: MeasurementSpec, measured: Measurement,
                  algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
+    """TID 300 via TID 1419: concept, value and unit, the Numeric Value Qualifier "Value
+    indeterminate" (CID 42) when not reliable, Derivation (row 5) and Measurement
+    Method (row 3) where the model declares them, Algorithm Identification (TID 4019)."""
     return hd.sr.Measurement(
-        name=coded(spec_concept), value=float(measured.value), unit=coded(unit),
+        name=coded(spec.concept), value=float(measured.value), unit=coded(spec.unit),
         qualifier=None if measured.reliable else VALUE_INDETERMINATE,
         algorithm_id=algorithm,
+        derivation=coded(spec.derivation) if spec.derivation else None,
+        method=coded(spec.method) if spec.method else None,
     )
+
+
+def _evaluation(spec: FindingSpec, finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
+    value = {Assessment.PRESENT: PRESENT, Assessment.ABSENT: ABSENT}.get(finding.assessment, UNDETERMINED)
+    return [hd.sr.QualitativeEvaluation(coded(spec.concept), value)]
+
+
+def _reason_item(finding: Finding) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=QUALITATIVE_EVALUATIONS, value=f"{finding.name}: indeterminate ({finding.reason})"[:1024],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
 def encode_measurement_report(
@@ -64,8 +91,9 @@ def encode_measurement_report(
             continue
         own = [s for s in outputs.measurements if s.segment == segment.label and s.name in values]
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            # TID 1411 rows 2-3: the same identifier and UID as the SEG's segment
             tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=identity.uid(f"group-{segment.label}"), identifier=segment.name[:64]),
+                uid=identity.tracking_uid(segment.label), identifier=segment.name[:64]),
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=segmentation.SOPClassUID, sop_instance_uid=segmentation.SOPInstanceUID,
                 segment_number=number,
@@ -74,32 +102,39 @@ def encode_measurement_report(
             finding_sites=[hd.sr.FindingSite(coded(segment.type), laterality=coded(segment.laterality))]
             if segment.laterality else None,
             algorithm_id=algorithm,
-            measurements=[_measurement(s.concept, s.unit, values[s.name], algorithm) for s in own],
+            measurements=[_measurement(s, values[s.name], algorithm) for s in own],
         ))
     found = {f.name: f for f in findings}
     specs = [f for f in outputs.findings if f.name in found]
     if specs or unplaced:
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        scored = [f for f in specs if found[f.name].score is not None and not found[f.name].indeterminate]
+        findings_group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.uid("group-findings"),
                                                          identifier="AI findings"),
             algorithm_id=algorithm,
-            measurements=[_measurement(s.concept, s.unit, values[s.name], algorithm) for s in unplaced]
-            + [hd.sr.Measurement(name=_score_concept(f.name), value=float(found[f.name].score),
-                                 unit=NO_UNITS, algorithm_id=algorithm) for f in specs] or None,
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(coded(f.concept), PRESENT if found[f.name].present else ABSENT)
-                for f in specs] or None,
-        ))
+            measurements=[_measurement(s, values[s.name], algorithm) for s in unplaced]
+            + [hd.sr.Measurement(name=_score_concept(f.name), value=float(found[f.name].score or 0.0),
+                                 unit=NO_UNITS, algorithm_id=algorithm) for f in scored] or None,
+            qualitative_evaluations=[e for f in specs for e in _evaluation(f, found[f.name])] or None,
+        )
+        undetermined = [found[f.name] for f in specs if found[f.name].indeterminate]
+        if undetermined:
+            findings_group[0].ContentSequence.extend(_reason_item(f) for f in undetermined)
+        groups.append(findings_group)
     device = hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=DEVICE_UID, name="AINode", manufacturer_name=MANUFACTURER,
             model_name=identity.model[:64]),
     )
+    modality = str(sources[0].get("Modality", "")) if sources else ""
+    procedure = coded(outputs.procedure) if outputs.procedure else PROCEDURE_BY_MODALITY.get(modality,
+                                                                                            IMAGING_PROCEDURE)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=IMAGING_PROCEDURE,
+        procedure_reported=procedure,
         imaging_measurements=groups,
+        referenced_images=list(sources),  # TID 1600 Image Library (TID 1500 row 4)
     )
     evidence = [*sources, *([segmentation] if segmentation is not None else [])]
     return hd.sr.Comprehensive3DSR(
@@ -112,4 +147,11 @@ def encode_measurement_report(
         manufacturer=MANUFACTURER,
         is_complete=True,
         series_description=identity.series_description("SR"),
+        manufacturer_model_name=identity.model[:64],
+        software_versions=[SOFTWARE_VERSION, identity.model_version],
+        device_serial_number=identity.device_serial_number[:64],
+        content_date=identity.created.date(),
+        content_time=identity.created.time(),
+        series_date=identity.created.date(),
+        series_time=identity.created.time(),
     )

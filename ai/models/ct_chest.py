@@ -18,7 +18,8 @@ Method (classic threshold-and-topology segmentation, in torch so it runs on a GP
 
 %LAA-950 is reliable only on a smooth/standard kernel with slices of at most
 ``max_reliable_slice_thickness_mm``; otherwise it is reported as not reliable and
-no finding is raised.
+the emphysema finding is indeterminate (with the reason), never absent. On thicker
+slices volumes still hold; the mean density is marked not reliable too.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ai.kernels import is_smooth_kernel
+from ai.kernels import kernel_class, kernel_concern
 from ai.protocol import (
     Accepts,
+    Assessment,
     Code,
     DeviceNeeds,
     Finding,
@@ -54,6 +56,8 @@ VOLUME = Code("118565006", "SCT", "Volume")
 MEAN_DENSITY = Code("112031", "DCM", "Attenuation Coefficient")
 LAA950 = Code("LAA950", "99AINODE", "Percent of lung below -950 HU")
 EMPHYSEMA = Code("87433001", "SCT", "Pulmonary emphysema")
+MEAN = Code("373098007", "SCT", "Mean")  # CID 7464 (derivation)
+SUM_OF_VOXELS = Code("126030", "DCM", "Sum of segmented voxel method for volume")  # CID 7474
 
 OUTPUTS = Outputs(
     segments=(
@@ -64,13 +68,16 @@ OUTPUTS = Outputs(
                     Code("7771000", "SCT", "Left")),
     ),
     measurements=tuple(
-        MeasurementSpec(f"{side} lung {what}", concept, unit, label)
+        MeasurementSpec(f"{side} lung {what}", concept, unit, label, derivation, method)
         for side, label in (("right", RIGHT_LUNG), ("left", LEFT_LUNG))
-        for what, concept, unit in (("volume", VOLUME, ML), ("mean density", MEAN_DENSITY, HU),
-                                    ("LAA-950", LAA950, PERCENT))
+        for what, concept, unit, derivation, method in (
+            ("volume", VOLUME, ML, None, SUM_OF_VOXELS),
+            ("mean density", MEAN_DENSITY, HU, MEAN, None),
+            ("LAA-950", LAA950, PERCENT, None, None))
     ),
     findings=(FindingSpec("emphysema suspected", EMPHYSEMA),),
     display_window=(-600.0, 1500.0),  # lung window, for key images
+    procedure=Code("169069000", "SCT", "Computed tomography of chest"),
 )
 
 
@@ -245,17 +252,16 @@ class CtChestModel:
     def _measure(self, hu: torch.Tensor, labelmap: np.ndarray, volume: Volume) -> Prediction:
         voxel_ml = volume.voxel_volume_ml
         kernel, thickness = volume.convolution_kernel, volume.slice_thickness or volume.spacing[0]
-        smooth = is_smooth_kernel(kernel)
-        problems = []
-        if smooth is False:
-            problems.append(f"sharp reconstruction kernel {kernel}")
-        elif smooth is None:
-            problems.append("reconstruction kernel unknown")
-        if thickness > self.max_reliable_slice_thickness_mm:
-            problems.append(f"{thickness:g} mm slices (reliable up to "
-                            f"{self.max_reliable_slice_thickness_mm:g} mm)")
-        reliable = not problems
-        note = "" if reliable else "not reliable: " + "; ".join(problems)
+        kernel_problem = kernel_concern(kernel)
+        thick = thickness > self.max_reliable_slice_thickness_mm
+        thickness_problem = (f"{thickness:g} mm slices (density indices reliable up to "
+                             f"{self.max_reliable_slice_thickness_mm:g} mm)") if thick else ""
+        # %LAA-950 depends on the kernel (sharp kernels spread noise below -950 HU) and on
+        # partial volume; the mean density on partial volume only.
+        laa_problems = [p for p in (kernel_problem, thickness_problem) if p]
+        laa_reliable = not laa_problems
+        laa_note = "" if laa_reliable else "not reliable: " + "; ".join(laa_problems)
+        density_note = f"not reliable: {thickness_problem}" if thick else ""
         values = hu.cpu().numpy()
         measurements, laa_total, lung_total = [], 0, 0
         for side, label in (("right", RIGHT_LUNG), ("left", LEFT_LUNG)):
@@ -267,17 +273,22 @@ class CtChestModel:
             laa_total, lung_total = laa_total + low, lung_total + count
             measurements += [
                 Measurement(f"{side} lung volume", count * voxel_ml),
-                Measurement(f"{side} lung mean density", float(voxels.mean())),
-                Measurement(f"{side} lung LAA-950", 100.0 * low / count, reliable, note),
+                Measurement(f"{side} lung mean density", float(voxels.mean()), not thick, density_note),
+                Measurement(f"{side} lung LAA-950", 100.0 * low / count, laa_reliable, laa_note),
             ]
         laa = 100.0 * laa_total / lung_total
-        present = reliable and laa > self.emphysema_threshold_pct
-        score = min(1.0, laa / (2 * self.emphysema_threshold_pct))
+        if laa_reliable:
+            finding = Finding("emphysema suspected", min(1.0, laa / (2 * self.emphysema_threshold_pct)),
+                              Assessment.of(laa > self.emphysema_threshold_pct))
+        else:  # could not judge: never "absent" (and never a reason to lower a priority)
+            finding = Finding("emphysema suspected", None, Assessment.INDETERMINATE,
+                              f"%LAA-950 {laa_note}")
         return Prediction(
             labelmap=labelmap.astype(np.uint8),
             measurements=measurements,
-            findings=[Finding("emphysema suspected", score if reliable else 0.0, present)],
-            provenance={"convolution_kernel": kernel, "slice_thickness_mm": thickness,
-                        "laa950_both_lungs_pct": laa, "laa950_reliable": reliable,
-                        "laa950_note": note},
+            findings=[finding],
+            provenance={"convolution_kernel": kernel, "kernel_class": str(kernel_class(kernel)),
+                        "slice_thickness_mm": thickness,
+                        "laa950_both_lungs_pct": laa, "laa950_reliable": laa_reliable,
+                        "laa950_note": laa_note},
         )

@@ -8,6 +8,7 @@ as JSON in the job row and validated when read back.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
@@ -37,8 +38,20 @@ class StudyWork:
     results_version: int
 
 
+def series_key(series: tuple[str, ...]) -> str:
+    """A short, order-free name for a set of series in a dedupe key ("" for none:
+    jobs written before keys named their series)."""
+    if not series:
+        return ""
+    return ":" + hashlib.sha256("|".join(sorted(series)).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class InferPayload:
+    """One model on the series a route chose. Routes that choose the same series for
+    the same model share one job (``route`` names them all, ``destinations`` is the
+    union); routes that choose different series have a job each."""
+
     kind: ClassVar[JobKind] = JobKind.INFER
 
     model: str
@@ -47,30 +60,38 @@ class InferPayload:
     destinations: tuple[str, ...] = ()
 
     def dedupe_key(self, work: StudyWork) -> str:
-        return f"infer:{work.study_instance_uid}:{self.model}:v{work.results_version}"
+        return f"infer:{work.study_instance_uid}:{self.model}{series_key(self.series)}:v{work.results_version}"
 
 
 @dataclass(frozen=True)
 class EncodePayload:
+    """The result objects of one infer job's predictions (``series``; empty: all of
+    the model's, as jobs queued by earlier versions said)."""
+
     kind: ClassVar[JobKind] = JobKind.ENCODE
 
     model: str
     route: str
     destinations: tuple[str, ...] = ()
+    series: tuple[str, ...] = ()
 
     def dedupe_key(self, work: StudyWork) -> str:
-        return f"encode:{work.study_instance_uid}:{self.model}:v{work.results_version}"
+        return f"encode:{work.study_instance_uid}:{self.model}{series_key(self.series)}:v{work.results_version}"
 
 
 @dataclass(frozen=True)
 class SendPayload:
+    """The result objects made from ``series`` (empty: all of the model's) to one destination."""
+
     kind: ClassVar[JobKind] = JobKind.SEND
 
     model: str
     destination: str
+    series: tuple[str, ...] = ()
 
     def dedupe_key(self, work: StudyWork) -> str:
-        return f"send:{work.study_instance_uid}:{self.model}:v{work.results_version}:{self.destination}"
+        return (f"send:{work.study_instance_uid}:{self.model}{series_key(self.series)}:v{work.results_version}:"
+                f"{self.destination}")
 
 
 @dataclass(frozen=True)

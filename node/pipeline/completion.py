@@ -15,8 +15,8 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.orm import Session
 
 from config.settings import Route, Settings
-from node.jobs.kinds import InferPayload, StudyWork, study_job
-from node.pipeline.routing import SeriesView, StudyView, expected_series_present, route_study
+from node.jobs.kinds import StudyWork, study_job
+from node.pipeline.routing import SeriesView, StudyView, expected_series_present, infer_jobs, route_study
 from node.pipeline.triage import arrival_level, job_priority, raise_level, requested_priority
 from storage.db import writing
 from storage.files import FileStore
@@ -160,12 +160,8 @@ class CompletionSweep:
                 version)
             level = raise_level(conn, study_id, arrival, version)
             work = StudyWork(study_id, view.study_instance_uid, version)
-            for decision in decisions:
-                route = decision.route
-                payload = InferPayload(route.model, route.name,
-                                       tuple(s.series_instance_uid for s in decision.chosen),
-                                       tuple(route.destinations))
-                self._queue.enqueue(study_job(payload, work, job_priority(route.priority, level)), conn)
+            for payload, priority in infer_jobs(decisions):
+                self._queue.enqueue(study_job(payload, work, job_priority(priority, level)), conn)
         log.info(
             "study %s complete (%s), results version %d: %s", view.study_instance_uid, reason,
             version, ", ".join(f"{d.route.name} -> {d.route.model} on {len(d.chosen)} series"

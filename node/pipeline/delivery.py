@@ -36,9 +36,12 @@ class SendHandler:
         work = current_study(self._engine, job)
         destination = configured(self._settings.destinations, payload.destination, "destinations")
         with self._engine.connect() as conn:
-            rows = conn.execute(select(ResultObject.path, ResultObject.kind).where(
+            query = select(ResultObject.path, ResultObject.kind).where(
                 ResultObject.study_id == work.study_id, ResultObject.model == payload.model,
-                ResultObject.results_version == work.results_version).order_by(ResultObject.id)).all()
+                ResultObject.results_version == work.results_version)
+            if payload.series:
+                query = query.where(ResultObject.source_series_instance_uid.in_(payload.series))
+            rows = conn.execute(query.order_by(ResultObject.id)).all()
         if not rows:
             raise PermanentJobError("no result objects are recorded for this results version")
         files = [self._store.absolute(path) for path, kind in rows if kind in destination.objects]

@@ -79,9 +79,12 @@ class EncodeHandler:
         payload = read_payload(EncodePayload, job)
         work = current_study(self._engine, job)
         with Session(self._engine) as session:
-            predictions = session.scalars(select(PredictionRecord).where(
+            query = select(PredictionRecord).where(
                 PredictionRecord.study_id == work.study_id, PredictionRecord.model == payload.model,
-                PredictionRecord.results_version == work.results_version).order_by(PredictionRecord.id)).all()
+                PredictionRecord.results_version == work.results_version)
+            if payload.series:
+                query = query.where(PredictionRecord.series_instance_uid.in_(payload.series))
+            predictions = session.scalars(query.order_by(PredictionRecord.id)).all()
             session.expunge_all()
         if not predictions:
             raise PermanentJobError(f"no {payload.model} prediction is recorded for results version "
@@ -95,18 +98,23 @@ class EncodeHandler:
         with writing(self._engine) as conn:
             record(conn, work.study_id, ENCODED, f"{payload.model}: {', '.join(made)}", work.results_version)
             for name in payload.destinations:
-                self._queue.enqueue(study_job(SendPayload(payload.model, name), work, job.priority), conn)
+                send = SendPayload(payload.model, name, payload.series)
+                self._queue.enqueue(study_job(send, work, job.priority), conn)
         log.info("study %s v%d: %s results encoded (%s); sending to %s", work.study_instance_uid,
                  work.results_version, payload.model, ", ".join(made),
                  ", ".join(payload.destinations) or "no destination (kept here)")
 
     def _encode_one(self, work: StudyWork, prediction: PredictionRecord, key_images: bool) -> list[str]:
-        identity = ResultIdentity(work.study_instance_uid, prediction.series_instance_uid,
-                                  prediction.model, prediction.model_version, prediction.results_version)
         result = model_result(prediction, self._store)
         sources, files = _read_series(self._engine, self._store, prediction.series_instance_uid)
         if not sources:
             raise PermanentJobError("the source images were removed before the results were made")
+        number = sources[0].get("SeriesNumber")
+        identity = ResultIdentity(work.study_instance_uid, prediction.series_instance_uid,
+                                  prediction.model, prediction.model_version, prediction.results_version,
+                                  source_series_number=int(number) if number not in (None, "") else None,
+                                  created_at=float(prediction.created_at),
+                                  device_serial_number=self._settings.ae_title)
         started = time.perf_counter()
         slice_values = _slice_reader(files, result.labelmap) if key_images and result.labelmap else None
         objects = encode_prediction(identity, result, sources, slice_values)

@@ -161,12 +161,13 @@ class InferenceRunner:
         with writing(self._engine) as conn:
             rows = conn.execute(select(PredictionRecord.findings).where(
                 PredictionRecord.study_id == work.study_id, PredictionRecord.model == payload.model,
-                PredictionRecord.results_version == work.results_version)).scalars().all()
+                PredictionRecord.results_version == work.results_version,
+                PredictionRecord.series_instance_uid.in_(payload.series))).scalars().all()
             findings = [Finding.from_json(f) for row in rows for f in row]
             level = after_findings(conn, self._settings, self._queue, work, payload.model, findings)
             if rows:
                 # A study raised by its findings has its results delivered sooner too.
-                encode = EncodePayload(payload.model, payload.route, payload.destinations)
+                encode = EncodePayload(payload.model, payload.route, payload.destinations, payload.series)
                 self._queue.enqueue(study_job(encode, work, max(job.priority, job_priority(0, level))), conn)
 
     def _already_done(self, work: StudyWork, model: str, series_uid: str) -> bool:
@@ -222,7 +223,7 @@ class InferenceRunner:
         units = {m.name: m.unit.value for m in model.outputs.measurements}
         row = dict(
             study_id=work.study_id, results_version=version, model=model.name,
-            model_version=model.version, route=payload.route,
+            model_version=model.version, route=payload.route[:64],
             series_instance_uid=series_uid, job_id=job.id, device=str(self.device),
             outputs=dataclasses.asdict(model.outputs),
             measurements=[m.to_json(units.get(m.name)) for m in prediction.measurements],

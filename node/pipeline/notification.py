@@ -80,6 +80,10 @@ def oru_r01(facts: StudyFacts, notification: Notification, control_id: str, now:
         f"OBX|3|ST|110180^Study Instance UID^DCM||{e(facts.study_instance_uid)}||||||F",
     ]
     for i, finding in enumerate(facts.findings, start=4):
+        if finding.indeterminate or finding.score is None:  # no number to give, and no flag
+            segments.append(f"OBX|{i}|ST|AISCORE^{e(finding.name)[:60]}^99AINODE||"
+                            f"{e('indeterminate: ' + finding.reason)[:200]}||||||F")
+            continue
         flag = "A" if finding.present else "N"
         segments.append(f"OBX|{i}|NM|AISCORE^{e(finding.name)[:60]}^99AINODE||"
                         f"{finding.score:.3f}|||{flag}|||F")

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from config.settings import Route, Settings
 from node.network.scu import collect_files
 from node.pipeline.completion import load_study_view
-from node.pipeline.routing import SeriesView, StudyView, route_study
+from node.pipeline.routing import SeriesView, StudyView, infer_jobs, route_study
 from storage.db import open_database
 from storage.header import InstanceHeader, read_file_header
 from storage.models import Study
@@ -67,7 +67,8 @@ def explain(routes: Iterable[Route], study: StudyView) -> str:
     lines = [f"study {study.study_instance_uid} ({len(study.series)} series)"]
     for s in study.series:
         lines.append(f"  {_describe(s)}")
-    for decision in route_study(routes, study):
+    decisions = route_study(routes, study)
+    for decision in decisions:
         route = decision.route
         if decision.matched:
             chosen = ", ".join(str(s.series_number) if s.series_number is not None else s.series_instance_uid
@@ -84,4 +85,9 @@ def explain(routes: Iterable[Route], study: StudyView) -> str:
         for uid, reasons in decision.rejected.items():
             number = next((s.series_number for s in study.series if s.series_instance_uid == uid), uid)
             lines.append(f"  series {number}: " + "; ".join(reasons))
+    numbers = {s.series_instance_uid: str(s.series_number if s.series_number is not None else s.series_instance_uid)
+               for s in study.series}
+    for payload, _ in infer_jobs(decisions):
+        lines.append(f"job: {payload.model} on series {', '.join(numbers[u] for u in payload.series)} "
+                     f"(route {payload.route}; results to {', '.join(payload.destinations) or 'no destination'})")
     return "\n".join(lines)

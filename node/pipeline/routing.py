@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ai.kernels import kernel_sharpness
 from config.settings import Route, SeriesMatch
+from node.jobs.kinds import InferPayload
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,9 @@ def _choose(select: str, candidates: Sequence[SeriesView]) -> list[SeriesView]:
 
     def key(s: SeriesView) -> tuple[float, ...]:
         if select == "smoothest_kernel":
-            return (kernel_sharpness(s.convolution_kernel), thick(s), -s.instance_count)
+            rank = kernel_sharpness(s.convolution_kernel)
+            # an unknown kernel after the known standard ones, before the sharp ones
+            return (4.0 if rank is None else rank, thick(s), -s.instance_count)
         if select == "thinnest":
             return (thick(s), -s.instance_count)
         return (-s.instance_count, thick(s))  # most_instances
@@ -121,3 +124,24 @@ def expected_series_present(route: Route, study: StudyView) -> bool:
     return all(
         any(not mismatches(expected, study, s) for s in study.series) for expected in route.expect_series
     )
+
+
+def infer_jobs(decisions: Iterable[RouteDecision]) -> list[tuple[InferPayload, int]]:
+    """The infer jobs the matched decisions make, each with its route priority.
+
+    One job per model and set of chosen series: routes that send different series to
+    one model get a job each; routes that choose the same series for the same model
+    share one (the model runs once; ``route`` names every route, ``destinations`` is
+    their union, the priority their highest).
+    """
+    grouped: dict[tuple[str, tuple[str, ...]], list[Route]] = {}
+    for decision in decisions:
+        if decision.matched:
+            series = tuple(s.series_instance_uid for s in decision.chosen)
+            grouped.setdefault((decision.route.model, series), []).append(decision.route)
+    jobs = []
+    for (model, series), routes in grouped.items():
+        destinations = tuple(dict.fromkeys(d for r in routes for d in r.destinations))
+        jobs.append((InferPayload(model, ", ".join(r.name for r in routes), series, destinations),
+                     max(r.priority for r in routes)))
+    return jobs

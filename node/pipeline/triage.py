@@ -91,6 +91,8 @@ def findings_level(rules: Sequence[TriageRule], model: str, findings: Sequence[F
     rules = rules or [DEFAULT_RULE]
     reached = []
     for finding in findings:
+        if finding.indeterminate or finding.score is None:
+            continue  # "could not judge" neither raises nor lowers a study's level
         for rule in rules:
             if rule.model not in (None, model):
                 continue

@@ -290,6 +290,7 @@ def predictions(
     """What the models found: the recorded predictions, newest first."""
     from sqlalchemy import select
 
+    from ai.protocol import Finding
     from storage.db import open_database
     from storage.models import PredictionRecord, Study
 
@@ -319,8 +320,7 @@ def predictions(
     for r in records:
         measured = "; ".join(f"{m['name']} {m['value']:.4g} {m['unit'] or ''}".rstrip()
                              + ("" if m["reliable"] else " (not reliable)") for m in r["measurements"])
-        found = "; ".join(f"{f['name']} {f['score']:.2f}" + (" PRESENT" if f["present"] else "")
-                          for f in r["findings"])
+        found = "; ".join(Finding.from_json(f).describe() for f in r["findings"])
         table.add_row(str(r["id"]), f"{r['study_instance_uid']} v{r['results_version']}"
                       + (" (superseded)" if r["superseded"] else ""),
                       f"{r['model']} {r['model_version']}", measured, found,

@@ -41,10 +41,15 @@ MAX_ID = 2**63 - 1  # the largest row id the databases hold
 
 
 class FindingView(BaseModel):
+    """``assessment``: present, absent or indeterminate (could not judge: ``reason``
+    says why, ``score`` may be null). ``present`` is kept for earlier clients."""
+
     model: str
     name: str
-    score: float
+    score: float | None
     present: bool
+    assessment: str
+    reason: str = ""
 
 
 class StudySummary(BaseModel):
@@ -151,7 +156,8 @@ def _summary_rows(engine: Engine, studies: list[Any]) -> list[StudySummary]:
                               .where(PredictionRecord.study_id.in_(ids))):
             if p.results_version == versions[p.study_id]:
                 findings.setdefault(p.study_id, []).extend(
-                    FindingView(model=p.model, name=f.name, score=f.score, present=f.present)
+                    FindingView(model=p.model, name=f.name, score=f.score, present=f.present,
+                                assessment=str(f.assessment), reason=f.reason)
                     for f in map(Finding.from_json, p.findings))
         work: dict[int, list[tuple[str, str]]] = {}  # the current version's (kind, state)
         for job_study, version, kind, state in conn.execute(

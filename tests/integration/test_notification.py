@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from ai.protocol import Finding
+from ai.protocol import Assessment, Finding
 from config.settings import Notification
 from node.pipeline.notification import StudyFacts, oru_r01, send_mllp
 from tests.listeners import MllpListener
 
 pytestmark = pytest.mark.integration
 
-EMPHYSEMA = (Finding("emphysema suspected", score=0.9, present=True),)
+EMPHYSEMA = (Finding("emphysema suspected", score=0.9, assessment=Assessment.PRESENT),)
 
 
 def test_an_oru_r01_reaches_an_mllp_listener_and_is_acknowledged() -> None:

@@ -8,6 +8,7 @@ import torch
 from scipy import ndimage
 
 from ai.models.ct_chest import BODY, LEFT_LUNG, RIGHT_LUNG, CtChestModel
+from ai.protocol import Assessment
 from ai.volume import load_volume
 from tests.conftest import SHARED_DATA
 from tests.phantoms import chest_phantom, phantom_volume
@@ -42,15 +43,41 @@ def test_phantom_volumes_within_3_percent_and_emphysema(model: CtChestModel, emp
     assert not np.isin(labelmap[-3], [RIGHT_LUNG, LEFT_LUNG]).any()
 
 
-def test_sharp_kernel_or_thick_slices_make_laa_unreliable(model: CtChestModel) -> None:
+def test_sharp_kernel_or_unknown_kernel_make_the_emphysema_finding_indeterminate(model: CtChestModel) -> None:
+    """An unreliable %LAA-950 (here 15 %, well above the threshold) is "could not judge",
+    never "absent" with score 0."""
     phantom = chest_phantom(slices=120, size=256, emphysema_fraction=0.15, seed=4)
-    for kernel in ("B70f", None):
+    for kernel, why in (("B70f", "sharp reconstruction kernel B70f"), (None, "reconstruction kernel unknown")):
         with torch.inference_mode():
             prediction = model.predict(phantom_volume(phantom, kernel=kernel))  # type: ignore[arg-type]
         laa = [m for m in prediction.measurements if "LAA" in m.name]
-        assert all(not m.reliable and "not reliable" in m.note for m in laa)
-        assert not prediction.findings[0].present
+        assert all(not m.reliable and why in m.note for m in laa)
+        [finding] = prediction.findings
+        assert finding.assessment is Assessment.INDETERMINATE and not finding.present
+        assert finding.score is None and why in finding.reason
         assert prediction.provenance["convolution_kernel"] == kernel
+        # volumes and mean density do not depend on the kernel
+        assert all(m.reliable for m in prediction.measurements if "LAA" not in m.name)
+
+
+def test_medium_kernel_b40f_is_standard_for_density(model: CtChestModel) -> None:
+    phantom = chest_phantom(slices=120, size=256, emphysema_fraction=0.15, seed=4)
+    with torch.inference_mode():
+        prediction = model.predict(phantom_volume(phantom, kernel="B40f"))
+    assert all(m.reliable for m in prediction.measurements)
+    assert prediction.findings[0].assessment is Assessment.PRESENT
+
+
+def test_thick_slices_keep_volumes_and_mark_density_indices(model: CtChestModel) -> None:
+    phantom = chest_phantom(slices=30, size=256, emphysema_fraction=0.0, seed=5, slice_mm=8.0)
+    with torch.inference_mode():
+        prediction = model.predict(phantom_volume(phantom))
+    values = {m.name: m for m in prediction.measurements}
+    assert values["right lung volume"].value == pytest.approx(phantom.right_ml, rel=0.05)
+    assert values["right lung volume"].reliable
+    for name in ("right lung LAA-950", "left lung mean density"):
+        assert not values[name].reliable and "8 mm slices" in values[name].note
+    assert prediction.findings[0].assessment is Assessment.INDETERMINATE
 
 
 def test_real_chest_ct(model: CtChestModel) -> None:
@@ -75,7 +102,7 @@ def test_real_chest_ct(model: CtChestModel) -> None:
         for z in range(0, labelmap.shape[0], 4):
             inside = ndimage.binary_fill_holes(labelmap[z] == BODY)
             assert not (lung[z] & ~inside).any()
-        assert not prediction.findings[0].present  # 5 mm slices: not reliable
+        assert prediction.findings[0].indeterminate  # 5 mm slices: not reliable
         assert prediction.provenance["slice_thickness_mm"] == 5.0
     # The reference threshold method gives ~14 % (lung kernel) and ~0.3 % (soft tissue).
     assert results["series-lung-kernel"] == pytest.approx(14, abs=2)

@@ -10,7 +10,7 @@ from ai.encoders.identity import ResultIdentity
 from ai.encoders.results import ModelResult, encode_prediction
 from ai.labelmap import LabelMap
 from ai.models.ct_chest import OUTPUTS
-from ai.protocol import Finding, Measurement
+from ai.protocol import Assessment, Finding, Measurement
 from tests.synthetic import TEST_UID_ROOT, ct_slice
 
 
@@ -29,7 +29,7 @@ MEASUREMENTS = (
     Measurement("right lung volume", 3100.0, reliable=True),
     Measurement("right lung LAA-950", 14.0, reliable=False, note="sharp kernel"),
 )
-FINDINGS = (Finding("emphysema suspected", score=0.2, present=False),)
+FINDINGS = (Finding("emphysema suspected", score=0.2, assessment=Assessment.ABSENT),)
 
 
 def _result(sources: list, labelmap: np.ndarray, measurements: tuple[Measurement, ...] = MEASUREMENTS) -> ModelResult:
@@ -109,3 +109,85 @@ def test_an_impossible_birth_date_does_not_stop_the_results() -> None:
             ds.PatientBirthDate, ds.StudyTime = "19340229", "256199"  # no 29 February in 1934; no hour 25
     objects = _encode(identity, sources, labelmap)
     assert objects["seg"].PatientBirthDate == "" and objects["sr"].PatientBirthDate == ""
+
+
+def _encode_with(identity: ResultIdentity, sources: list, labelmap: np.ndarray,
+                 findings: tuple[Finding, ...]) -> dict:
+    result = _result(sources, labelmap)
+    result = ModelResult(result.outputs, result.measurements, findings, result.labelmap)
+    return {o.kind: o.dataset for o in encode_prediction(identity, result, sources)}
+
+
+def _content(ds) -> list:  # type: ignore[no-untyped-def]
+    found = []
+
+    def walk(items) -> None:  # type: ignore[no-untyped-def]
+        for item in items:
+            found.append(item)
+            walk(item.get("ContentSequence", []))
+    walk(ds.ContentSequence)
+    return found
+
+
+def test_an_indeterminate_finding_is_encoded_as_undetermined_with_its_reason_never_absent() -> None:
+    identity, sources, labelmap = _inputs()
+    reason = "%LAA-950 not reliable: sharp reconstruction kernel B70f"
+    sr = _encode_with(identity, sources, labelmap,
+                      (Finding("emphysema suspected", None, Assessment.INDETERMINATE, reason),))["sr"]
+    items = _content(sr)
+    codes = [(i.ConceptNameCodeSequence[0].CodeMeaning, i.ConceptCodeSequence[0].CodeValue)
+             for i in items if i.ValueType == "CODE" and "ConceptCodeSequence" in i]
+    assert ("Pulmonary emphysema", "373068000") in codes  # CID 240 Undetermined
+    assert not any(value in ("272519000", "2667000", "52101004") for _, value in codes)
+    texts = [i.TextValue for i in items if i.ValueType == "TEXT"]
+    assert any("indeterminate" in t and reason in t for t in texts)
+    assert not any(i.ValueType == "NUM" and "AI score" in i.ConceptNameCodeSequence[0].CodeMeaning
+                   for i in items)  # no score of 0 standing for "could not judge"
+
+
+def test_seg_sr_agree_on_tracking_and_encoding_again_gives_the_same_bytes() -> None:
+    import io
+    import time
+
+    import highdicom as hd
+
+    identity, sources, labelmap = _inputs()
+    identity = ResultIdentity(identity.study_instance_uid, identity.source_series_instance_uid, "ct-chest",
+                              "1.0.0", 1, source_series_number=3, created_at=1_800_000_000.0)
+    first = _encode(identity, sources, labelmap)
+    seg, sr = first["seg"], first["sr"]
+    segments = {str(s.SegmentLabel): (str(s.TrackingUID), str(s.TrackingID)) for s in seg.SegmentSequence}
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    groups = report.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(segments) == 3
+    for group in groups:
+        label = str(group.tracking_identifier)
+        assert (group.tracking_uid, label) == segments[label]
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+    assert all("RecommendedDisplayCIELabValue" in s for s in seg.SegmentSequence)
+    assert seg.DeviceSerialNumber == "AINODE" and sr.SoftwareVersions[1] == "1.0.0"
+    assert sr.ManufacturerModelName == "ct-chest"
+    assert seg.SeriesNumber != sr.SeriesNumber and "of series 3" in sr.SeriesDescription
+    items = _content(sr)
+    derivations = [i.ConceptCodeSequence[0].CodeMeaning for i in items
+                   if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Derivation"]
+    methods = [i.ConceptCodeSequence[0].CodeMeaning for i in items
+               if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Method"]
+    assert methods == ["Sum of segmented voxel method for volume"]  # the right lung volume given
+    assert derivations == [] or set(derivations) == {"Mean"}
+    assert any(i.ValueType == "CONTAINER" and i.ConceptNameCodeSequence[0].CodeMeaning == "Image Library"
+               for i in items)
+    procedure = [i for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported"]
+    assert procedure[0].ConceptCodeSequence[0].CodeValue == "169069000"
+
+    def as_bytes(objects: dict) -> dict:
+        out = {}
+        for kind, ds in objects.items():
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            out[kind] = buffer.getvalue()
+        return out
+
+    time.sleep(1.1)  # another second on the clock
+    again = _encode(identity, sources, labelmap)
+    assert as_bytes(first) == as_bytes(again)

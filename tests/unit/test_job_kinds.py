@@ -14,6 +14,7 @@ from node.jobs.kinds import (
     SendPayload,
     StudyWork,
     read_payload,
+    series_key,
     study_job,
 )
 from storage.queue import ClaimedJob
@@ -36,7 +37,18 @@ def test_a_payload_goes_through_its_job_row_unchanged() -> None:
 
 
 def test_dedupe_keys_name_the_study_version_and_work() -> None:
-    assert study_job(InferPayload("m", "r", ("s",)), WORK, 0).dedupe_key == "infer:1.2.3.4:m:v2"
+    # The series are part of the work: one model on two series is two jobs, and the
+    # encode and send jobs that follow each are apart too (a key was once per model).
+    one, other = InferPayload("m", "r", ("s",)), InferPayload("m", "r2", ("t",))
+    assert study_job(one, WORK, 0).dedupe_key != study_job(other, WORK, 0).dedupe_key
+    assert study_job(one, WORK, 0).dedupe_key == f"infer:1.2.3.4:m{series_key(('s',))}:v2"
+    both = study_job(InferPayload("m", "r", ("a", "b")), WORK, 0).dedupe_key
+    assert both == study_job(InferPayload("m", "other route", ("b", "a")), WORK, 0).dedupe_key
+    assert (study_job(EncodePayload("m", "r", (), ("s",)), WORK, 0).dedupe_key
+            != study_job(EncodePayload("m", "r", (), ("t",)), WORK, 0).dedupe_key)
+    assert (study_job(SendPayload("m", "pacs", ("s",)), WORK, 0).dedupe_key
+            != study_job(SendPayload("m", "pacs", ("t",)), WORK, 0).dedupe_key)
+    # jobs queued before keys named their series keep their keys
     assert study_job(EncodePayload("m", "r"), WORK, 0).dedupe_key == "encode:1.2.3.4:m:v2"
     assert study_job(SendPayload("m", "pacs"), WORK, 0).dedupe_key == "send:1.2.3.4:m:v2:pacs"
     assert study_job(NotifyPayload("ris", StudyLevel.URGENT), WORK, 0).dedupe_key == "notify:1.2.3.4:v2:ris:urgent"
@@ -48,5 +60,5 @@ def test_a_payload_that_does_not_fit_its_kind_is_refused_by_name() -> None:
     with pytest.raises(BadPayload, match="is a send job, not encode"):
         read_payload(EncodePayload, _claimed("send", {"model": "m", "destination": "pacs"}))
     # A job written by an earlier version with more fields still reads.
-    old = {"model": "m", "route": "r", "series": ["s"], "destinations": []}
+    old = {"model": "m", "route": "r", "destinations": [], "retired_field": 1}
     assert read_payload(EncodePayload, _claimed("encode", old)) == EncodePayload("m", "r", ())

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from config.settings import Route, SeriesMatch, default_routes
 from node.pipeline.completion import CompletionPolicy, completion_reason
-from node.pipeline.routing import SeriesView, StudyView, kernel_sharpness, route_study
+from node.pipeline.routing import SeriesView, StudyView, infer_jobs, kernel_sharpness, route_study
 
 
 def _series(uid: str, kernel: str | None = "B", thickness: float | None = 5.0, n: int = 64,
@@ -80,3 +80,17 @@ def test_after_a_restart_the_quiet_period_counts_from_the_restart() -> None:
     assert completion_reason(policy, CHEST, last, last, NOW) is None
     assert completion_reason(policy, CHEST, last, last, restarted + timedelta(seconds=30)) == "quiet"
     assert completion_reason(CompletionPolicy(30, 3600, tuple(default_routes())), CHEST, last, last, NOW) == "quiet"
+
+
+def test_two_routes_to_one_model_on_different_series_make_two_jobs() -> None:
+    study = StudyView("1.2.3", "Chest", (_series("thin", thickness=1.0, n=300), _series("thick", thickness=5.0)))
+    thin = Route(name="thin", model="ct-chest", match=SeriesMatch(slice_thickness_max=2.0), destinations=["pacs"])
+    thick = Route(name="thick", model="ct-chest", match=SeriesMatch(slice_thickness_min=4.0),
+                  destinations=["research"])
+    same = Route(name="again", model="ct-chest", match=SeriesMatch(slice_thickness_max=2.0), priority=5,
+                 destinations=["pacs", "viewer"])
+    jobs = infer_jobs(route_study([thin, thick, same], study))
+    assert [(p.route, p.series, p.destinations, priority) for p, priority in jobs] == [
+        ("thin, again", ("thin",), ("pacs", "viewer"), 5),  # the same series: the model runs once
+        ("thick", ("thick",), ("research",), 0),
+    ]
