@@ -51,8 +51,9 @@ _NAMED_KERNELS = {
     "A": 2.0, "B": 3.0, "C": 3.5, "UA": 2.0, "UB": 3.0, "UC": 3.5,
     "D": 5.0, "E": 6.0, "L": 6.0, "YA": 5.0, "YB": 6.0, "YC": 6.5, "YD": 7.0,
 }
-_WORDS = (("BONE", 6.5), ("LUNG", 6.0), ("SHARP", 6.0), ("EDGE", 7.0), ("DETAIL", 5.0),
-          ("SOFT", 2.0), ("SMOOTH", 2.0), ("STANDARD", 3.0), ("STND", 3.0), ("BODY", 3.0))
+#: Words looked for inside other names (B_SOFT_B, LUNG_SHARP), sharp ones first.
+_WORDS = tuple((word, _NAMED_KERNELS[word]) for word in (
+    "BONE", "LUNG", "SHARP", "EDGE", "DETAIL", "SOFT", "SMOOTH", "STANDARD", "STND", "BODY"))
 #: Below this rank a kernel is smooth, up to SHARP_FROM (excluded) standard, then sharp.
 SMOOTH_BELOW = 3.0
 SHARP_FROM = 4.5
@@ -100,8 +101,3 @@ def kernel_concern(kernel: str | None) -> str:
         return f"reconstruction kernel {kernel} not in the kernel table" if kernel else "reconstruction kernel unknown"
     return ""
 
-
-def is_smooth_kernel(kernel: str | None) -> bool | None:
-    """True for a smooth/standard kernel, False for a sharp one, None when unknown."""
-    found = kernel_class(kernel)
-    return None if found is KernelClass.UNKNOWN else found is not KernelClass.SHARP

@@ -144,7 +144,7 @@ class Finding:
 
     def __post_init__(self) -> None:
         if isinstance(self.assessment, bool):
-            object.__setattr__(self, "assessment", Assessment.PRESENT if self.assessment else Assessment.ABSENT)
+            object.__setattr__(self, "assessment", Assessment.of(self.assessment))
         else:
             object.__setattr__(self, "assessment", Assessment(self.assessment))
         if self.assessment is Assessment.INDETERMINATE:

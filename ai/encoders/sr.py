@@ -53,9 +53,9 @@ def _measurement(spec: MeasurementSpec, measured: Measurement,
     )
 
 
-def _evaluation(spec: FindingSpec, finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
+def _evaluation(spec: FindingSpec, finding: Finding) -> hd.sr.QualitativeEvaluation:
     value = {Assessment.PRESENT: PRESENT, Assessment.ABSENT: ABSENT}.get(finding.assessment, UNDETERMINED)
-    return [hd.sr.QualitativeEvaluation(coded(spec.concept), value)]
+    return hd.sr.QualitativeEvaluation(coded(spec.concept), value)
 
 
 def _reason_item(finding: Finding) -> hd.sr.TextContentItem:
@@ -115,7 +115,7 @@ def encode_measurement_report(
             measurements=[_measurement(s, values[s.name], algorithm) for s in unplaced]
             + [hd.sr.Measurement(name=_score_concept(f.name), value=float(found[f.name].score or 0.0),
                                  unit=NO_UNITS, algorithm_id=algorithm) for f in scored] or None,
-            qualitative_evaluations=[e for f in specs for e in _evaluation(f, found[f.name])] or None,
+            qualitative_evaluations=[_evaluation(f, found[f.name]) for f in specs] or None,
         )
         undetermined = [found[f.name] for f in specs if found[f.name].indeterminate]
         if undetermined:
