@@ -15,6 +15,22 @@ import numpy as np
 
 from ai.volume import Volume
 
+#: How UCUM codes are written for people (the codes stay in the DICOM objects).
+_UNIT_SYMBOLS = {"[hnsf'U]": "HU", "1": "", "{ratio}": "", "mm3": "mm³", "cm3": "cm³"}
+
+
+def unit_symbol(ucum: str | None) -> str:
+    """A UCUM unit code as people read it: ``[hnsf'U]`` is "HU", ``1`` nothing."""
+    if not ucum:
+        return ""
+    return _UNIT_SYMBOLS.get(ucum, ucum)
+
+
+def format_value(value: float) -> str:
+    """A measured value with the digits it deserves: 3177, 14.0, 0.42."""
+    size = abs(value)
+    return f"{value:.0f}" if size >= 100 else f"{value:.1f}" if size >= 1 else f"{value:.2f}"
+
 
 class ModelCannotRun(ValueError):
     """The model cannot give a result for this input (e.g. no lungs in the volume):
@@ -103,6 +119,13 @@ class Measurement:
     value: float
     reliable: bool = True
     note: str = ""  # why it is not reliable, shown to readers
+
+    def describe(self, unit: str | None = None) -> str:
+        """For people: "right lung volume 3177 mL", "... 14.0 % (not reliable: 5 mm slices ...)"."""
+        text = f"{self.name} {format_value(self.value)}"
+        symbol = unit_symbol(unit)
+        text += f" {symbol}" if symbol else ""
+        return text if self.reliable else f"{text} ({self.note or 'not reliable'})"
 
     def to_json(self, unit: str | None = None) -> dict[str, Any]:
         """As recorded with the prediction (with its unit, for people reading the record)."""

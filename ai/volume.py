@@ -143,23 +143,25 @@ def _frames_of(ds: Dataset, name: str) -> list[_Frame]:
 
 
 def _check_stacking(frames: list[_Frame], distance: np.ndarray, normal: np.ndarray) -> float:
-    """The slice spacing of sorted frames, or :class:`NotAVolume` saying what is wrong."""
+    """The slice spacing of sorted frames, or :class:`NotAVolume` saying what is wrong.
+
+    Gantry tilt is named first: a tilted head CT often has two slice increments too,
+    and "uneven spacing" alone would hide why it cannot be stacked."""
     steps = np.diff(distance)
     if np.any(steps < 1e-3):
         raise NotAVolume(f"{int(np.sum(steps < 1e-3)) + 1} slices share a position (duplicates, "
                          "or several acquisitions in one series)")
     spacing = float(np.median(steps))
-    if np.any(np.abs(steps - spacing) > _SPACING_RELATIVE_TOLERANCE * spacing):
-        raise NotAVolume(
-            f"uneven slice spacing ({steps.min():.3g} to {steps.max():.3g} mm): missing slices or "
-            "a varying increment"
-        )
+    uneven = bool(np.any(np.abs(steps - spacing) > _SPACING_RELATIVE_TOLERANCE * spacing))
+    spread = f"{steps.min():.3g} to {steps.max():.3g} mm"
     stack = frames[-1].position - frames[0].position
     cos_tilt = abs(float(np.dot(stack, normal))) / float(np.linalg.norm(stack))
     tilt = math.degrees(math.acos(min(1.0, cos_tilt)))
     if tilt > _TILT_TOLERANCE_DEG:
-        raise NotAVolume(f"gantry tilt of {tilt:.1f} degrees: slices are sheared, not stacked "
-                         "along their normal")
+        raise NotAVolume(f"gantry tilt of {tilt:.1f} degrees: slices are sheared, not stacked along "
+                         "their normal" + (f"; slice spacing also varies ({spread})" if uneven else ""))
+    if uneven:
+        raise NotAVolume(f"uneven slice spacing ({spread}): missing slices or a varying increment")
     return spacing
 
 

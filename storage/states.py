@@ -34,11 +34,10 @@ class StudyState(StrEnum):
     - ``receiving``: images are arriving; the study is not yet complete.
     - ``complete``: it arrived; its jobs are queued and none has started.
     - ``processing``: a job of its current results version has started.
-    - ``done``: every job of that version succeeded (or none was needed: no route
-      matched).
+    - ``done``: every job of that version succeeded and a model gave results.
     - ``failed``: a job of that version is dead (a person must look; a retry resumes it).
-    - ``not_applicable``: every model routed to it declined it (e.g. no lungs in the
-      volume): not a failure.
+    - ``not_applicable``: no rule took any of its series, or every model routed to it
+      declined it (e.g. no lungs in the volume): not a failure.
     """
 
     RECEIVING = "receiving"

@@ -1,4 +1,5 @@
-"""A synthetic chest CT whose lung volumes and emphysema share are known exactly."""
+"""Synthetic CTs: a chest whose lung volumes and emphysema share are known exactly,
+and a head and an abdomen that a chest model must decline."""
 
 from __future__ import annotations
 
@@ -14,16 +15,75 @@ from tests.synthetic import TEST_UID_ROOT
 
 
 @dataclass(frozen=True)
-class ChestPhantom:
+class CtPhantom:
     hu: np.ndarray  # (slices, rows, columns), int16
     spacing: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ChestPhantom(CtPhantom):
     right_ml: float  # truth: lung voxels (vessels included) times the voxel volume
     left_ml: float
     laa950_pct: float  # truth: share of lung voxels below -950 HU
+    table: np.ndarray | None = None  # where the table is, when it has one
+
+
+def _grid(slices: int, size: int, slice_mm: float, pixel_mm: float) -> tuple[np.ndarray, ...]:
+    return tuple(np.meshgrid(np.arange(slices) * slice_mm, np.arange(size) * pixel_mm,
+                             np.arange(size) * pixel_mm, indexing="ij"))
+
+
+def _table(y: np.ndarray, x: np.ndarray, size: int, pixel_mm: float, body_bottom_mm: float) -> np.ndarray:
+    """A patient table: a 3 mm carbon shell (300 HU) curving under the body and
+    touching it, wider than the patient."""
+    cx = size * pixel_mm / 2
+    curve = body_bottom_mm + 0.0006 * (x - cx) ** 2 - 1.0
+    mask: np.ndarray = (y >= curve) & (y <= curve + 3.0) & (np.abs(x - cx) <= 0.49 * size * pixel_mm)
+    return mask
+
+
+def head_phantom(slices: int = 60, size: int = 256, slice_mm: float = 2.5, pixel_mm: float = 0.8,
+                 seed: int = 0) -> CtPhantom:
+    """A head: brain (35 HU) in a 6 mm skull (1000 HU), small air cells (sinuses)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = _grid(slices, size, slice_mm, pixel_mm)
+    c, zc = size * pixel_mm / 2, slices * slice_mm / 2
+    r = np.sqrt(((x - c) / 75.0) ** 2 + ((y - c) / 90.0) ** 2 + ((z - zc) / (0.55 * slices * slice_mm)) ** 2)
+    hu = np.full(z.shape, -1000, dtype=np.int16)
+    hu[r <= 1.0] = 1000
+    brain = r <= 0.93
+    hu[brain] = rng.normal(35, 5, size=int(brain.sum())).astype(np.int16)
+    sinus = ((x - c) ** 2 + (y - c + 70) ** 2 <= 12.0 ** 2) & (np.abs(z - 0.3 * zc) <= 12)
+    hu[sinus] = -1000
+    return CtPhantom(hu, (slice_mm, pixel_mm, pixel_mm))
+
+
+def abdomen_phantom(slices: int = 60, size: int = 256, slice_mm: float = 5.0, pixel_mm: float = 1.4,
+                    seed: int = 0) -> CtPhantom:
+    """An abdomen from the lung bases down: soft tissue (40 HU), liver (60 HU), bowel
+    gas, and the lowest parts of both lungs on the top tenth of the slices."""
+    rng = np.random.default_rng(seed)
+    z, y, x = _grid(slices, size, slice_mm, pixel_mm)
+    cy = cx = size * pixel_mm / 2
+    top = slices * slice_mm
+    hu = np.full(z.shape, -1000, dtype=np.int16)
+    body = ((y - cy) / (0.40 * size * pixel_mm)) ** 2 + ((x - cx) / (0.46 * size * pixel_mm)) ** 2 <= 1
+    hu[body] = 40
+    liver = body & ((x - cx + 50) ** 2 + (y - cy) ** 2 <= 60 ** 2) & (z > 0.55 * top)
+    hu[liver] = 60
+    for side in (-1, +1):  # lung bases: domes reaching 10 % of the way down
+        base = (((x - (cx + side * 0.21 * size * pixel_mm)) / 55.0) ** 2 + ((y - cy) / 80.0) ** 2
+                + ((z - top) / (0.12 * top)) ** 2) <= 1
+        hu[base & body] = rng.normal(-860, 25, size=int((base & body).sum())).clip(-940, -700).astype(np.int16)
+    for _ in range(25):  # bowel gas
+        gz, gy, gx = rng.uniform(0, 0.8 * top), rng.uniform(cy - 60, cy + 60), rng.uniform(cx - 90, cx + 90)
+        bubble = (x - gx) ** 2 + (y - gy) ** 2 + (z - gz) ** 2 <= rng.uniform(8, 20) ** 2
+        hu[bubble & body] = -1000
+    return CtPhantom(hu, (slice_mm, pixel_mm, pixel_mm))
 
 
 def chest_phantom(slices: int = 160, size: int = 320, slice_mm: float = 1.0, pixel_mm: float = 1.0,
-                  emphysema_fraction: float = 0.0, seed: int = 0) -> ChestPhantom:
+                  emphysema_fraction: float = 0.0, seed: int = 0, table: bool = False) -> ChestPhantom:
     """Body (soft tissue) with two ellipsoid lungs (vessels, noise, optional emphysema),
     a trachea from the top and two main bronchi running into the lungs; the patient's
     right lung lies at low column indices (image left), as in a standard axial CT."""
@@ -63,13 +123,17 @@ def chest_phantom(slices: int = 160, size: int = 320, slice_mm: float = 1.0, pix
         bx = cx + side * t * 0.21 * size * pixel_mm * 0.6
         bronchus = ((x - bx) ** 2 + (y - cy + 20) ** 2 <= 6.0 ** 2) & (z < carina) & (z >= carina - 25)
         hu[bronchus & ~lung_any] = -1000
+    table_mask = None
+    if table:
+        table_mask = _table(y, x, size, pixel_mm, cy + 0.42 * size * pixel_mm) & ~body
+        hu[table_mask] = 300
     voxel_ml = slice_mm * pixel_mm * pixel_mm / 1000
     low = (hu < -950) & lung_any
     return ChestPhantom(hu, (slice_mm, pixel_mm, pixel_mm), float(right.sum() * voxel_ml),
-                        float(left.sum() * voxel_ml), float(100 * low.sum() / lung_any.sum()))
+                        float(left.sum() * voxel_ml), float(100 * low.sum() / lung_any.sum()), table_mask)
 
 
-def phantom_volume(phantom: ChestPhantom, kernel: str = "B30f") -> Volume:
+def phantom_volume(phantom: CtPhantom, kernel: str = "B30f") -> Volume:
     dz, dy, dx = phantom.spacing
     return Volume(
         array=phantom.hu.astype(np.float32), spacing=phantom.spacing, origin=(0.0, 0.0, 0.0),
@@ -79,7 +143,7 @@ def phantom_volume(phantom: ChestPhantom, kernel: str = "B30f") -> Volume:
     )
 
 
-def write_phantom_series(phantom: ChestPhantom, folder: Path, kernel: str = "B30f",
+def write_phantom_series(phantom: CtPhantom, folder: Path, kernel: str = "B30f",
                          study_uid: str | None = None, description: str = "Phantom chest",
                          attributes: dict[str, object] | None = None) -> list[Path]:
     """The phantom as a CT series of Part 10 files (explicit VR little endian);

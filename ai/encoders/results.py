@@ -147,13 +147,17 @@ def encode_prediction(
                                        sources, seg)
         key_images = []
         if result.labelmap is not None and slice_values is not None:
-            key_images = encode_key_images(identity, result.outputs, result.labelmap, sources, slice_values)
+            key_images = encode_key_images(identity, result.outputs, result.labelmap, sources, slice_values,
+                                           result.measurements, result.findings)
     objects = (([EncodedObject("seg", seg)] if seg is not None else []) + [EncodedObject("sr", sr)]
                + [EncodedObject("sc", image) for image in key_images])
     for obj in objects:
         # the same results make the same bytes: no clock reading in the objects
         obj.dataset.InstanceCreationDate = identity.created.strftime("%Y%m%d")
         obj.dataset.InstanceCreationTime = identity.created.strftime("%H%M%S.%f")
+        if "TimeOfSecondaryCapture" in obj.dataset:  # highdicom sets them from the clock
+            obj.dataset.DateOfSecondaryCapture = identity.created.strftime("%Y%m%d")
+            obj.dataset.TimeOfSecondaryCapture = identity.created.strftime("%H%M%S.%f")
         for equipment in obj.dataset.get("ContributingEquipmentSequence", []):
             if "ContributionDateTime" in equipment:
                 equipment.ContributionDateTime = identity.created.strftime("%Y%m%d%H%M%S.%f")

@@ -17,7 +17,7 @@ from scipy import ndimage
 from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
 from ai.encoders.seg import PALETTE
 from ai.labelmap import LabelMap
-from ai.protocol import Outputs
+from ai.protocol import Finding, Measurement, Outputs, format_value, unit_symbol
 
 #: The source slice behind label map slice ``i``, in modality units (HU for CT).
 SliceValues = Callable[[int], np.ndarray]
@@ -67,12 +67,47 @@ def patient_orientation(source: Dataset) -> tuple[str, str]:
     return letters(cosines[:3]), letters(cosines[3:])
 
 
+def result_lines(outputs: Outputs, measurements: Sequence[Measurement], findings: Sequence[Finding],
+                 labels_shown: Sequence[int] | None = None) -> list[str]:
+    """The values a key image carries, one line per segment (its measurements, each
+    marked when not reliable) and per finding (present, absent or indeterminate)."""
+    values = {m.name: m for m in measurements}
+    lines = []
+    for spec in outputs.segments:
+        if labels_shown is not None and spec.label not in labels_shown:
+            continue
+        own = [_short(values[m.name], m.unit.value, spec.name) for m in outputs.measurements
+               if m.segment == spec.label and m.name in values]
+        if own:
+            lines.append(f"{spec.name}: " + ", ".join(own))
+    lines += [_short(values[m.name], m.unit.value, "") for m in outputs.measurements
+              if m.segment is None and m.name in values]
+    notes = dict.fromkeys((m.note or "reason not given").removeprefix("not reliable: ")
+                          for m in measurements if not m.reliable)
+    lines += [f"* not reliable: {note}" for note in notes]
+    lines += [f.describe() for f in findings]
+    return lines
+
+
+def _short(measured: Measurement, unit: str, segment_name: str) -> str:
+    """"volume 3177 mL", "LAA-950 14.0 %*" (* not reliable): the segment's name, which
+    the line starts with, left out of the measurement's."""
+    name = measured.name
+    if segment_name and name.lower().startswith(segment_name.lower()):
+        name = name[len(segment_name):].strip()
+    symbol = unit_symbol(unit)
+    text = f"{name} {format_value(measured.value)}" + (f" {symbol}" if symbol else "")
+    return text if measured.reliable else f"{text}*"
+
+
 def draw_key_image(values: np.ndarray, labels: np.ndarray, outputs: Outputs, window: tuple[float, float],
-                   caption: str) -> np.ndarray:
+                   caption: str, lines: Sequence[str] = ()) -> np.ndarray:
     """One RGB key image: the slice in ``window``, every segment's outline in its colour,
-    the banner at the top, a legend and ``caption`` at the bottom."""
+    the banner at the top; at the bottom the legend (each segment with ``lines`` that
+    start with its name), the other ``lines`` and ``caption``."""
     rgb = np.repeat(_grey(values, window)[..., None], 3, axis=2)
     legend = []
+    rest = list(lines)
     for index, spec in enumerate(outputs.segments):
         mask = labels == spec.label
         if not mask.any():
@@ -80,19 +115,32 @@ def draw_key_image(values: np.ndarray, labels: np.ndarray, outputs: Outputs, win
         colour = PALETTE[index % len(PALETTE)]
         outline = ndimage.binary_dilation(mask) & ~ndimage.binary_erosion(mask)
         rgb[outline] = colour
-        legend.append((spec.name, colour))
+        own = next((line for line in rest if line.startswith(spec.name + ":")), spec.name)
+        if own in rest:
+            rest.remove(own)
+        legend.append((own, colour))
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
     size = max(10, rgb.shape[0] // 40)
     font = ImageFont.load_default(size=size)
     draw.rectangle((0, 0, rgb.shape[1], size + 6), fill=(0, 0, 0))
     draw.text((4, 3), BANNER, fill=(255, 255, 0), font=font)
-    y = rgb.shape[0] - (len(legend) + 1) * (size + 4) - 4
-    for name, colour in legend:
-        draw.text((4, y), name, fill=colour, font=font)
+    texts = legend + [(line, (255, 255, 255)) for line in rest] + [(caption, (200, 200, 200))]
+    y = rgb.shape[0] - len(texts) * (size + 4) - 4
+    draw.rectangle((0, y - 2, rgb.shape[1], rgb.shape[0]), fill=(0, 0, 0))
+    for text, colour in texts:
+        draw.text((4, y), _fit(draw, text, font, rgb.shape[1] - 8), fill=colour, font=font)
         y += size + 4
-    draw.text((4, y), caption, fill=(255, 255, 255), font=font)
     return np.asarray(image)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
+    """``text``, shortened with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def encode_key_images(
@@ -101,10 +149,13 @@ def encode_key_images(
     labelmap: LabelMap,
     sources: Sequence[Dataset],
     slice_values: SliceValues,
+    measurements: Sequence[Measurement] = (),
+    findings: Sequence[Finding] = (),
 ) -> list[hd.sc.SCImage]:
-    """The key images of one prediction (none when no segment has a voxel).
-    ``slice_values(i)`` gives the label map's slice ``i`` of the source in modality
-    units (HU for CT); ``sources`` are the series' headers."""
+    """The key images of one prediction (none when no segment has a voxel), with the
+    values measured on each segment shown and their reliability. ``slice_values(i)``
+    gives the label map's slice ``i`` of the source in modality units (HU for CT);
+    ``sources`` are the series' headers."""
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     images = []
     labels = labelmap.array
@@ -113,7 +164,9 @@ def encode_key_images(
         values = slice_values(index)
         window = outputs.display_window or _window_of(source, values)
         caption = f"{identity.model} {identity.model_version} - slice {index + 1}/{labels.shape[0]}"
-        pixels = draw_key_image(values, labels[index], outputs, window, caption)
+        shown = sorted(set(np.unique(labels[index]).tolist()) - {0})
+        pixels = draw_key_image(values, labels[index], outputs, window, caption,
+                                result_lines(outputs, measurements, findings, shown))
         spacing = source.get("PixelSpacing")
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
@@ -136,7 +189,10 @@ def encode_key_images(
             series_time=identity.created.time(),
         )
         image.SeriesDescription = identity.series_description("KEY IMAGES")
-        # Type 2C for paired body parts: the source's, else empty (unknown).
+        # Every Patient and Study attribute of the source, as the SEG and SR carry them
+        # (dcentvfy: the objects of a study must agree on their patient and study).
+        image.copy_patient_and_study_information(source)
+        # Type 2C: the source's, else empty (dciodvfy holds an absent one an error in SC).
         image.Laterality = source.get("Laterality", "")
         image.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
         image.BurnedInAnnotation = "YES"

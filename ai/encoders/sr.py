@@ -30,13 +30,22 @@ PROCEDURE_BY_MODALITY = {
     "NM": hd.sr.CodedConcept("49118-3", "LN", "NM unspecified body region"),
 }
 IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
-NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 #: Identifies every AINode as the observing device (TID 1004).
 DEVICE_UID = "2.25.188207935744392006744343925358447412085"
 
 
-def _score_concept(finding: str) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept("AISCORE", "99AINODE", f"AI score: {finding}"[:64])
+#: A finding's score: DCM 111012 "Certainty of Finding" (CID 6048, as TID 4016 row 6
+#: uses it for CAD findings), in percent. Before this standard concept AINode wrote a
+#: private "AISCORE" (99AINODE) code.
+CERTAINTY_OF_FINDING = hd.sr.CodedConcept("111012", "DCM", "Certainty of Finding")
+PERCENT = hd.sr.CodedConcept("%", "UCUM", "Percent")
+
+
+def _certainty(finding: Finding, algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
+    """TID 1501 row 5 (TID 300): the model's score as the certainty of the finding its
+    group is about, in percent."""
+    return hd.sr.Measurement(name=CERTAINTY_OF_FINDING, value=round(100.0 * float(finding.score or 0.0), 3),
+                             unit=PERCENT, algorithm_id=algorithm)
 
 
 def _measurement(spec: MeasurementSpec, measured: Measurement,
@@ -104,23 +113,30 @@ def encode_measurement_report(
             algorithm_id=algorithm,
             measurements=[_measurement(s, values[s.name], algorithm) for s in own],
         ))
+    # One group per finding (TID 1501): its tracking identifier names it, so that its
+    # certainty (row 5), its qualitative evaluation (row 12) and, when indeterminate,
+    # the reason as text (row 13) cannot be taken for another finding's.
     found = {f.name: f for f in findings}
-    specs = [f for f in outputs.findings if f.name in found]
-    if specs or unplaced:
-        scored = [f for f in specs if found[f.name].score is not None and not found[f.name].indeterminate]
-        findings_group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.uid("group-findings"),
-                                                         identifier="AI findings"),
+    for finding_spec in (f for f in outputs.findings if f.name in found):
+        finding = found[finding_spec.name]
+        scored = finding.score is not None and not finding.indeterminate
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.uid(f"finding-{finding_spec.name}"),
+                                                         identifier=finding_spec.name[:64]),
             algorithm_id=algorithm,
-            measurements=[_measurement(s, values[s.name], algorithm) for s in unplaced]
-            + [hd.sr.Measurement(name=_score_concept(f.name), value=float(found[f.name].score or 0.0),
-                                 unit=NO_UNITS, algorithm_id=algorithm) for f in scored] or None,
-            qualitative_evaluations=[_evaluation(f, found[f.name]) for f in specs] or None,
+            measurements=[_certainty(finding, algorithm)] if scored else None,
+            qualitative_evaluations=[_evaluation(finding_spec, finding)],
         )
-        undetermined = [found[f.name] for f in specs if found[f.name].indeterminate]
-        if undetermined:
-            findings_group[0].ContentSequence.extend(_reason_item(f) for f in undetermined)
-        groups.append(findings_group)
+        if finding.indeterminate:
+            group[0].ContentSequence.append(_reason_item(finding))
+        groups.append(group)
+    if unplaced:
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.uid("group-measurements"),
+                                                         identifier="AI measurements"),
+            algorithm_id=algorithm,
+            measurements=[_measurement(s, values[s.name], algorithm) for s in unplaced],
+        ))
     device = hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

@@ -85,6 +85,28 @@ class LungSegmentationError(ModelCannotRun):
     """No lungs where a chest CT should have them; the message says what was seen."""
 
 
+#: Structures thinner than twice this are cut from the body mask (table top, shell).
+_TABLE_CUT_MM = 4.0
+#: A chest CT shows lungs on most of its slices: an abdomen CT with the lung bases on
+#: its first slices, or a head CT with air in the sinuses, is declined.
+_MIN_LUNG_SLICE_SHARE = 0.4
+_MIN_LUNG_AREA_SHARE = 0.05
+
+
+def _check_chest_coverage(lungs: np.ndarray, body: np.ndarray) -> None:
+    """The cheap anatomy check: lungs on at least 40 % of the slices that show the
+    body, each time over at least 5 % of the body's cross-section."""
+    body_area = body.sum(axis=(1, 2))
+    with_body = body_area > 0
+    share = lungs.sum(axis=(1, 2)) / np.maximum(body_area, 1)
+    lung_slices = int(np.sum(with_body & (share >= _MIN_LUNG_AREA_SHARE)))
+    total = int(with_body.sum())
+    if lung_slices < _MIN_LUNG_SLICE_SHARE * total:
+        raise LungSegmentationError(
+            f"not a chest CT: lungs on {lung_slices} of {total} slices (a chest CT shows them on most; "
+            "an abdomen CT with the lung bases, or air in a head CT, does not)")
+
+
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
@@ -202,7 +224,7 @@ class CtChestModel:
         coarse = F.avg_pool2d(hu[:, None], factor, ceil_mode=True)[:, 0] if factor > 1 else hu
         c_dy, c_dx = dy * factor, dx * factor
 
-        body = self._body((coarse > -500).cpu().numpy())
+        body = self._body((coarse > -500).cpu().numpy(), c_dy)
         air = (coarse < -400).cpu().numpy() & body
         labels, sizes = _components(air)
         voxel_ml = dz * c_dy * c_dx / 1000
@@ -212,6 +234,7 @@ class CtChestModel:
                 f"{sizes.max(initial=0) * voxel_ml:.0f} mL")
         keep = np.nonzero(sizes >= max(0.3 * sizes.max(), 100 / voxel_ml))[0]
         lungs_and_airways = np.isin(labels, keep)
+        _check_chest_coverage(lungs_and_airways, body)
         airways = _track_airways(lungs_and_airways, c_dy * c_dx)
         lung = lungs_and_airways & ~airways
         column_x_sign = float(np.sign(volume.direction[0, 0]) or 1.0)
@@ -222,11 +245,26 @@ class CtChestModel:
         return self._measure(hu, labelmap, volume)
 
     @staticmethod
-    def _body(candidate: np.ndarray) -> np.ndarray:
-        labels, sizes = _components(candidate)
+    def _body(candidate: np.ndarray, pixel_mm: float) -> np.ndarray:
+        """The patient: the largest region above -500 HU once thin structures are cut
+        (the table top, its shell and cables touch the body through a few pixels),
+        grown back to its own edge, holes filled slice by slice."""
+        radius = max(1, int(round(_TABLE_CUT_MM / pixel_mm)))
+        disk = np.zeros((1, 2 * radius + 1, 2 * radius + 1), dtype=bool)
+        yy, xx = np.ogrid[-radius:radius + 1, -radius:radius + 1]
+        disk[0] = yy ** 2 + xx ** 2 <= radius ** 2
+        opened = ndimage.binary_opening(candidate, disk)
+        labels, sizes = _components(opened if opened.any() else candidate)
         if sizes.max(initial=0) == 0:
             raise LungSegmentationError("no body found (nothing above -500 HU)")
-        return _fill_holes_2d(labels == int(np.argmax(sizes)))
+        core = labels == int(np.argmax(sizes))
+        # What the opening took back: pieces of the body's own edge lie within the
+        # radius of the core; a piece reaching further out (the table) is not body.
+        near = ndimage.binary_dilation(core, disk)
+        rest, _ = ndimage.label(candidate & ~core)
+        beyond = np.unique(rest[~near & (rest > 0)])
+        edge = (rest > 0) & ~np.isin(rest, beyond)
+        return _fill_holes_2d(core | edge)
 
     def _full_resolution(self, hu: torch.Tensor, factor: int, body: np.ndarray,
                          right: np.ndarray, left: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import dcmread
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -156,6 +157,45 @@ class _Item:
     transfer_syntax_uid: str
 
 
+def _item(path: Path) -> tuple[_Item | None, str]:
+    """What to propose for a file: the SOP class and transfer syntax of its file meta
+    (PS3.10: what the file says it holds), or why it cannot be sent. The whole file is
+    read once, so that a truncated one is named here rather than sent cut short."""
+    try:
+        ds = dcmread(path)
+    except InvalidDicomError:
+        return None, "skipped: not a DICOM file"
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on a damaged file
+        return None, f"not sent: the file cannot be read to its end, truncated or damaged ({type(exc).__name__})"
+    meta = ds.get("file_meta")
+    if meta is None or "TransferSyntaxUID" not in meta:
+        return None, "skipped: not a DICOM Part 10 file (no file meta information)"
+    sop_class = str(meta.get("MediaStorageSOPClassUID") or ds.get("SOPClassUID") or "")
+    sop_instance = str(meta.get("MediaStorageSOPInstanceUID") or ds.get("SOPInstanceUID") or "")
+    if not sop_class or not sop_instance or not str(ds.get("SOPInstanceUID") or ""):
+        missing = "SOP Class UID" if not sop_class else "SOP Instance UID"
+        return None, f"not sent: the file has no {missing}"
+    is_image = "Rows" in ds or "Image Storage" in UID(sop_class).name
+    if is_image and not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        return None, "not sent: the file ends before its pixel data (truncated?)"
+    expected = _pixel_bytes(ds)
+    if expected is not None and len(ds.PixelData) < expected:
+        return None, (f"not sent: the pixel data is truncated ({len(ds.PixelData)} of {expected} bytes)")
+    return _Item(path, sop_class, str(meta.TransferSyntaxUID)), ""
+
+
+def _pixel_bytes(ds: Any) -> int | None:
+    """The bytes native (uncompressed) pixel data must have; None when encapsulated or unknown."""
+    if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return None
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames \
+            * int(ds.BitsAllocated) // 8
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def _classify(status: Any) -> tuple[str, str]:
     if status is None or "Status" not in status:
         return FAILURE, "no response (association lost or timed out)"
@@ -186,11 +226,11 @@ def send_files(
 
     items: list[_Item] = []
     for path in files:
-        try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-            items.append(_Item(path, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
-        except (InvalidDicomError, AttributeError, OSError, ValueError, EOFError) as exc:
-            record(SendOutcome(path, SKIPPED, f"skipped: not a DICOM file ({type(exc).__name__})"))
+        item, problem = _item(path)
+        if item is None:
+            record(SendOutcome(path, SKIPPED if problem.startswith("skipped") else FAILURE, problem))
+        else:
+            items.append(item)
 
     contexts = sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in items})
     for start in range(0, len(contexts), MAX_CONTEXTS):
@@ -223,8 +263,8 @@ def _send_batch(
                 return
             try:
                 status = assoc.send_c_store(item.path)
-            except (ValueError, AttributeError, OSError) as exc:
-                record(SendOutcome(item.path, FAILURE, f"not sent: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - one unreadable file does not end the run
+                record(SendOutcome(item.path, FAILURE, f"not sent: {type(exc).__name__}: {exc}"[:300]))
                 continue
             category, detail = _classify(status)
             record(SendOutcome(item.path, category, detail))

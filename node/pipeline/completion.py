@@ -147,7 +147,8 @@ class CompletionSweep:
             requested = self._requested_priority(conn, study_id)
             arrival = arrival_level(requested, [d.route for d in decisions])
             conn.execute(update(Study).where(Study.id == study_id).values(
-                state=StudyState.COMPLETE if decisions else StudyState.DONE, results_version=version,
+                # No rule takes any of its series: no model applies to the study.
+                state=StudyState.COMPLETE if decisions else StudyState.NOT_APPLICABLE, results_version=version,
                 completed_at=now, completion_reason=reason, requested_priority=requested))
             if row.results_version:
                 left = self._queue.supersede_older(

@@ -195,18 +195,19 @@ class InferenceRunner:
         if not paths:
             raise PermanentJobError(f"{label} has no stored images (removed by retention?)")
         started = time.perf_counter()
+        # A series the model cannot take (not a regular volume, another modality, not
+        # the anatomy it is for) is declined with the reason: the study is "not
+        # applicable" to the model, which is no failure of the node.
         try:
             volume = load_volume(paths, model.accepts.min_slices)
-        except NotAVolume as exc:
-            raise PermanentJobError(f"{label} cannot be used as a volume: {exc}") from None
-        if volume.modality not in model.accepts.modalities:
-            raise PermanentJobError(f"{label} is {volume.modality or 'of no modality'}; model "
-                                    f"{model.name} accepts {', '.join(model.accepts.modalities)}")
-        loaded_at = time.perf_counter()
-        try:
+            if volume.modality not in model.accepts.modalities:
+                raise ModelCannotRun(f"it is {volume.modality or 'of no modality'}; the model accepts "
+                                     f"{', '.join(model.accepts.modalities)}")
+            loaded_at = time.perf_counter()
             prediction = self._predict(loaded, volume, label)
-        except ModelCannotRun as exc:
-            reason = f"model {model.name} cannot run on {label}: {exc}"
+        except (NotAVolume, ModelCannotRun) as exc:
+            what = "not a regular volume: " if isinstance(exc, NotAVolume) else ""
+            reason = f"model {model.name} cannot run on {label}: {what}{exc}"
             record_now(self._engine, work.study_id, DECLINED, reason, version)
             log.info("study %s v%d: %s", work.study_instance_uid, version, reason)
             return

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ai.kernels import kernel_sharpness
 from config.settings import Route, SeriesMatch
 from node.jobs.kinds import InferPayload
+from node.pipeline.body_region import body_region
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class SeriesView:
     orientation: str | None
     instance_count: int
     calling_ae_title: str | None
+    #: Read from the files by `ainode route test` (the database keeps the first image's only).
+    thickness_range: tuple[float, float] | None = None
+    gantry_tilt: float | None = None  # degrees, Gantry/Detector Tilt (0018,1120)
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,29 @@ def mismatches(match: SeriesMatch, study: StudyView, series: SeriesView) -> list
     thickness = series.slice_thickness
     if match.slice_thickness_min is not None and (thickness is None or thickness < match.slice_thickness_min):
         why.append(f"slice thickness {thickness} < {match.slice_thickness_min}")
-    if match.slice_thickness_max is not None and (thickness is None or thickness > match.slice_thickness_max):
-        why.append(f"slice thickness {thickness} > {match.slice_thickness_max}")
+    thickest = series.thickness_range[1] if series.thickness_range else thickness
+    if match.slice_thickness_max is not None and (thickest is None or thickest > match.slice_thickness_max):
+        why.append(f"slice thickness {thickest} > {match.slice_thickness_max}")
     if match.orientation and series.orientation not in match.orientation:
         why.append(f"orientation {series.orientation or 'unknown'} not in {match.orientation}")
     if match.calling_ae and series.calling_ae_title not in match.calling_ae:
         why.append(f"sent by {series.calling_ae_title or 'unknown AE'}, not {match.calling_ae}")
+    if match.region:
+        region = body_region(series.body_part_examined, series.series_description, study.study_description)
+        if region is not None and not region.regions & set(match.region):
+            why.append(f"body region {region.describe()} not in {match.region}")
     return why
+
+
+def region_note(match: SeriesMatch, study: StudyView, series: SeriesView) -> str | None:
+    """For a matching series: where its body region was read, or that its header
+    names none (then the model's anatomy check decides)."""
+    if not match.region:
+        return None
+    region = body_region(series.body_part_examined, series.series_description, study.study_description)
+    if region is None:
+        return "its header names no body region: the model checks the anatomy itself"
+    return f"body region {region.describe()}"
 
 
 def _choose(select: str, candidates: Sequence[SeriesView]) -> list[SeriesView]:

@@ -24,8 +24,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help is plain text: "[[destinations]]" and the like are TOML, not rich markup.
+    rich_markup_mode=None,
 )
-config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(config_app, name="config")
 
 # Piped output is not cut to 80 columns: tables stay whole for grep and logs.
@@ -39,6 +41,13 @@ ConfigOpt = Annotated[
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Where images and the database are kept.")
 ]
+
+
+def _row(table: Table, *cells: str) -> None:
+    """A table row of data as it is (a unit like [hnsf'U] is not rich markup)."""
+    from rich.text import Text
+
+    table.add_row(*(Text(cell) for cell in cells))
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -139,13 +148,13 @@ def status(
     table = Table(title=f"AINode data in {settings.data_dir}")
     for name in ("studies", "series", "instances", "bytes"):
         table.add_column(name, justify="right")
-    table.add_row(*(f"{counts[k]:,}" for k in ("studies", "series", "instances", "bytes")))
+    _row(table, *(f"{counts[k]:,}" for k in ("studies", "series", "instances", "bytes")))
     out.print(table)
     if counts["studies"]:
         by_state = Table(title="studies by state")
         for state in states:
             by_state.add_column(state, justify="right")
-        by_state.add_row(*(str(n) for n in states.values()))
+        _row(by_state, *(str(n) for n in states.values()))
         out.print(by_state)
     if jobs:
         out.print(_jobs_by_state_table(jobs))
@@ -181,7 +190,7 @@ def echo(
     ok, message = c_echo(peer, calling_ae or settings.ae_title)
     if not ok:
         _fail(f"{peer}: {message}", 1)
-    out.print(f"{peer}: {message}", highlight=False)
+    out.print(f"{peer}: {message}", highlight=False, markup=False)
 
 
 @app.command()
@@ -222,7 +231,7 @@ def send(
     table.add_column("status")
     table.add_column("files", justify="right")
     for detail, n in sorted(report.by_detail().items()):
-        table.add_row(detail, str(n))
+        _row(table, detail, str(n))
     out.print(table)
     if not report.ok:
         raise typer.Exit(1)
@@ -234,7 +243,7 @@ def _jobs_by_state_table(jobs: dict[str, dict[JobState, int]]) -> Table:
     for state in JobState:
         table.add_column(state, justify="right")
     for kind, by_state in sorted(jobs.items()):
-        table.add_row(kind, *(str(by_state[state]) for state in JobState))
+        _row(table, kind, *(str(by_state[state]) for state in JobState))
     return table
 
 
@@ -275,7 +284,7 @@ def jobs(
     for name in ("id", "kind", "state", "pri", "attempts", "job", "created (UTC)", "last error"):
         table.add_column(name)
     for r in rows:
-        table.add_row(str(r.id), r.kind, r.state, str(r.priority), f"{r.attempts}/{r.max_attempts}",
+        _row(table, str(r.id), r.kind, r.state, str(r.priority), f"{r.attempts}/{r.max_attempts}",
                       r.dedupe_key, _when(r.created_at), r.last_error or "")
     out.print(table)
 
@@ -321,12 +330,70 @@ def predictions(
         measured = "; ".join(f"{m['name']} {m['value']:.4g} {m['unit'] or ''}".rstrip()
                              + ("" if m["reliable"] else " (not reliable)") for m in r["measurements"])
         found = "; ".join(Finding.from_json(f).describe() for f in r["findings"])
-        table.add_row(str(r["id"]), f"{r['study_instance_uid']} v{r['results_version']}"
+        _row(table, str(r["id"]), f"{r['study_instance_uid']} v{r['results_version']}"
                       + (" (superseded)" if r["superseded"] else ""),
                       f"{r['model']} {r['model_version']}", measured, found,
                       f"{r['load_seconds']:.1f} + {r['inference_seconds']:.1f} ({r['device']})",
                       _when(r["created_at"]))
     out.print(table)
+
+
+@app.command()
+def results(
+    study: Annotated[str, typer.Argument(help="The Study Instance UID.")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """One study's results: the series each model used and why, every measurement
+    with its unit and reliability, each finding, the result objects and the timeline."""
+    from node.pipeline.study_report import study_results
+    from storage.db import open_database
+
+    settings = _settings(config, data_dir)
+    engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
+    with engine.connect() as conn:
+        report = study_results(conn, study, settings.routes)
+    engine.dispose()
+    if report is None:
+        _fail(f"no study {study} on this node", 1)
+    if as_json:
+        out.print_json(report.model_dump_json())
+        return
+    say = _plain
+    say(f"study {report.study_instance_uid}: {report.state.replace('_', ' ')}, results version "
+        f"{report.results_version}, {report.priority}" + (f" ({report.priority_reason})" if report.priority_reason
+                                                           else ""))
+    say("series:")
+    for s in report.series:
+        say(f"  {s.series_number if s.series_number is not None else '-'} {s.description or ''!r} {s.modality or '?'}"
+            f" {s.images} images, {s.slice_thickness_mm if s.slice_thickness_mm is not None else '?'} mm, "
+            f"kernel {s.kernel or '?'} ({s.kernel_class}), region {s.body_region or 'not named'}")
+    say("routing (the rules as they are now):")
+    for line in report.routing:
+        say(f"  {line}")
+    for r in report.results:
+        used = f"series {r.series.series_number} ({r.series.description})" if r.series else "a series"
+        say(f"{r.model} {r.model_version} on {used}, route {r.route}, {r.seconds:.1f} s on {r.device}:")
+        for m in r.measurements:
+            say(f"  {m.text}")
+        for f in r.findings:
+            say(f"  {f.text}")
+        for o in r.objects:
+            say(f"  {o.kind.upper()} {o.sop_instance_uid}")
+    for reason in report.declined:
+        say(f"declined: {reason}")
+    say("timeline:")
+    for step in report.timeline:
+        say(f"  {_when(step.at)}  {step.step}" + (f": {step.detail}" if step.detail else ""))
+    for job in report.jobs:
+        if job.state == JobState.DEAD:
+            say(f"dead job {job.id} ({job.kind}, {job.attempts} attempts): {job.last_error}")
+
+
+def _plain(text: str) -> None:
+    """Data as it is: units like [hnsf'U] and names in brackets are not rich markup."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -352,7 +419,7 @@ def retry(
     out.print(f"requeued {n} job(s)")
 
 
-selftest_app = typer.Typer(help="Check that the node's parts work.", no_args_is_help=True)
+selftest_app = typer.Typer(help="Check that the node's parts work.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(selftest_app, name="selftest")
 
 
@@ -398,7 +465,7 @@ def selftest_queue(
     engine.dispose()
 
 
-route_app = typer.Typer(help="Routing rules.", no_args_is_help=True)
+route_app = typer.Typer(help="Routing rules.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(route_app, name="route")
 
 
@@ -414,9 +481,13 @@ def route_test(
     settings = _settings(config, data_dir)
     path = Path(target)
     if path.exists():
-        studies = views_from_files(path)
+        unusable: list[str] = []
+        studies = views_from_files(path, unusable)
+        for line in unusable[:20]:
+            err.print(f"ainode: left out {line}", markup=False, highlight=False, soft_wrap=True)
         if not studies:
-            _fail(f"no DICOM images found in {path}", 1)
+            _fail(f"no DICOM images the node would accept in {path}"
+                  + (f" ({len(unusable)} file(s) left out, see above)" if unusable else ""), 1)
     else:
         studies = views_from_database(settings, target)
         if not studies:
@@ -464,9 +535,9 @@ def models(
         table.add_column(column)
     for r in rows:
         if "error" in r:
-            table.add_row(r["name"], "", "", "", f"cannot load: {r['error']}", r["source"])
+            _row(table, r["name"], "", "", "", f"cannot load: {r['error']}", r["source"])
             continue
-        table.add_row(r["name"], r["version"], f"{'/'.join(r['modalities'])}, >= {r['min_slices']} slices",
+        _row(table, r["name"], r["version"], f"{'/'.join(r['modalities'])}, >= {r['min_slices']} slices",
                       r["gpu"], f"{len(r['segments'])} segments, {len(r['measurements'])} measurements, "
                       f"{len(r['findings'])} finding(s)", r["source"])
     out.print(table)

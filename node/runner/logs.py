@@ -47,8 +47,11 @@ def setup_logging(level: str) -> None:
     # Warnings (pydicom quotes the raw values it finds invalid) go through the same
     # formatter instead of straight to standard error.
     logging.captureWarnings(True)
-    # pynetdicom logs every PDU at INFO and dumps datasets at DEBUG, APScheduler every
-    # run of a periodic task: keep them quiet.
+    # pynetdicom logs every PDU at INFO and dumps datasets at DEBUG, highdicom each
+    # module it copies (16 lines per encode), APScheduler every run of a periodic task:
+    # keep them quiet. APScheduler also warns when a sweep still running makes it skip
+    # the next run, which is how a periodic sweep should behave: only its errors show.
     quiet = max(logging.WARNING, logging.getLevelName(level))
-    for noisy in ("pynetdicom", "alembic", "apscheduler"):
+    for noisy in ("pynetdicom", "alembic", "highdicom"):
         logging.getLogger(noisy).setLevel(quiet)
+    logging.getLogger("apscheduler").setLevel(max(logging.ERROR, logging.getLevelName(level)))

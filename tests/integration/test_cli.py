@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from tests.conftest import AINODE, REPO, Node, free_port
@@ -137,6 +138,29 @@ def test_echo_and_send_to_a_node(node: Node, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "bad.dcm: 0xC000 failure (missing Study Instance UID" in result.stderr
     assert "│     4 │" in result.stdout
+
+
+def test_send_names_truncated_and_uid_less_files_and_proposes_the_file_meta_class(
+        node: Node, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    good, cut, uid_less, mislabelled = write_ct_study(study, series=1, slices=4)
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) - 3000])  # cut in the pixel data
+    ds = dcmread(uid_less)
+    ds.SOPInstanceUID = ""
+    ds.file_meta.MediaStorageSOPInstanceUID = ""
+    ds.save_as(uid_less)
+    # The dataset claims another class than its file meta: the file meta is what is proposed.
+    ds = dcmread(mislabelled)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+    ds.save_as(mislabelled)
+    result = _ainode("send", str(study), "--to", node.address)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"{cut.name}: not sent: the pixel data is truncated" in result.stderr
+    assert f"{uid_less.name}: not sent: the file has no SOP Instance UID" in result.stderr
+    assert "association aborted" not in result.stderr  # the others went through
+    assert f"{good.name}" not in result.stderr
 
 
 def test_bad_address_is_refused(tmp_path: Path) -> None:

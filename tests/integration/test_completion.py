@@ -62,14 +62,15 @@ def test_two_series_complete_once_after_quiet_period_then_reopen(engine: Engine)
     assert jobs[1].dedupe_key.endswith(":v2")
 
 
-def test_study_without_matching_route_is_done_without_jobs(engine: Engine) -> None:
+def test_study_without_matching_route_is_not_applicable_without_jobs(engine: Engine) -> None:
     study = generate_uid(TEST_UID_ROOT)
     _receive(engine, study, generate_uid(TEST_UID_ROOT), 3, T0, "B")  # too few slices
     queue = JobQueue(engine)
     sweep = CompletionSweep(engine, queue, CompletionPolicy(30, 3600, tuple(default_routes())))
     assert sweep.run(T0 + timedelta(seconds=31)) == [study]
     with engine.connect() as conn:
-        assert conn.execute(select(Study.state)).scalar_one() == "done"
+        # No model applies: grey "not applicable", not "done" as if results existed.
+        assert conn.execute(select(Study.state)).scalar_one() == "not_applicable"
     assert queue.list() == []
 
 

@@ -124,17 +124,21 @@ def test_a_superseded_results_version_is_not_computed(rig: Rig) -> None:
     assert row.results_version == 2
 
 
-def test_a_series_that_is_not_a_volume_fails_at_once_with_the_reason(rig: Rig) -> None:
+def test_a_series_that_is_not_a_volume_is_declined_at_once_with_the_reason(rig: Rig) -> None:
     study, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
     _receive(rig.engine, rig.store, study, series, [0.0, 1.0, 2.0, 3.0, 5.0, 6.0, 7.0], T0)  # one missing
     rig.sweep.run(T0 + timedelta(minutes=1))
     job = rig.queue.claim("test-worker", ["infer"])
     assert job is not None
     rig.worker.run_one(job)
-    [dead] = rig.queue.list(kinds=["infer"])
-    assert dead.state == "dead" and dead.attempts == 1  # retrying cannot help
-    assert dead.last_error.startswith("series 1 cannot be used as a volume:")
-    assert "missing" in dead.last_error or "uneven" in dead.last_error
+    # The input, not the node, is at fault: no retry, no failure, the reason on the timeline.
+    [infer] = rig.queue.list(kinds=["infer"])
+    assert infer.state == "succeeded" and infer.attempts == 1
+    with rig.engine.connect() as conn:
+        study_id, state = conn.execute(select(Study.id, Study.state)).one()
+        [declined] = [s for s in timeline(conn, study_id) if s.step == "declined"]
+    assert state == "not_applicable"
+    assert "series 1: not a regular volume: uneven slice spacing" in declined.detail
     assert rig.predictions() == []
 
 

@@ -82,6 +82,38 @@ def test_route_test_names_rule_and_series(tmp_path: Path) -> None:
         assert "takes series 3" in result.stdout and "kernel L" in result.stdout
 
 
+def test_route_test_reports_tilt_varying_thickness_region_and_unusable_files(tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    from tests.conftest import AINODE, REPO
+    from tests.phantoms import head_phantom, write_phantom_series
+
+    # A head CT: gantry tilt 15 degrees, 4 mm slices at the skull base, then 7 mm.
+    head = tmp_path / "head"
+    paths = write_phantom_series(head_phantom(slices=30), head, kernel="H31s", description="CT Schaedel",
+                                 attributes={"BodyPartExamined": "HEAD", "GantryDetectorTilt": 15.0})
+    for index, path in enumerate(paths):
+        ds = dcmread(path)
+        ds.SliceThickness = 4.0 if index < 15 else 7.0
+        ds.save_as(path)
+    result = subprocess.run([*AINODE, "route", "test", str(head)], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "4 to 7 mm (varies), gantry tilt 15 degrees" in result.stdout
+    assert "body region HEAD (from Body Part Examined 'HEAD') not in ['CHEST']" in result.stdout
+
+    # Files without the UIDs the node files images by: named, not "no DICOM images found".
+    for path in paths:
+        ds = dcmread(path)
+        ds.SOPInstanceUID = ""
+        ds.save_as(path)
+    result = subprocess.run([*AINODE, "route", "test", str(head)], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 1
+    assert "missing SOP Instance UID (SOPInstanceUID)" in result.stderr
+    assert "30 file(s) left out" in result.stderr
+
+
 def test_sigkill_while_jobs_run_every_job_succeeds_once(node_factory, database_config: str) -> None:
     node: Node = node_factory(database_config + "workers = 2\njob_lease_s = 2\n").start()
     result = node.run("selftest", "queue", "--jobs", "20", "--seconds", "0.6")

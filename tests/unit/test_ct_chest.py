@@ -8,10 +8,10 @@ import torch
 from scipy import ndimage
 
 from ai.models.ct_chest import BODY, LEFT_LUNG, RIGHT_LUNG, CtChestModel
-from ai.protocol import Assessment
+from ai.protocol import Assessment, ModelCannotRun
 from ai.volume import load_volume
 from tests.conftest import SHARED_DATA
-from tests.phantoms import chest_phantom, phantom_volume
+from tests.phantoms import abdomen_phantom, chest_phantom, head_phantom, phantom_volume
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,26 @@ def test_thick_slices_keep_volumes_and_mark_density_indices(model: CtChestModel)
     for name in ("right lung LAA-950", "left lung mean density"):
         assert not values[name].reliable and "8 mm slices" in values[name].note
     assert prediction.findings[0].assessment is Assessment.INDETERMINATE
+
+
+def test_the_table_under_the_patient_is_not_body(model: CtChestModel) -> None:
+    phantom = chest_phantom(slices=40, size=256, slice_mm=5.0, pixel_mm=1.3, seed=6, table=True)
+    assert phantom.table is not None
+    with torch.inference_mode():
+        prediction = model.predict(phantom_volume(phantom))
+    as_body = prediction.labelmap[phantom.table] == BODY
+    # Only the wedge where the shell touches the back may join the body outline.
+    assert as_body.mean() < 0.2, f"{as_body.mean():.0%} of the table outlined as body"
+    assert _values(prediction)["right lung volume"] == pytest.approx(phantom.right_ml, rel=0.03)
+
+
+@pytest.mark.parametrize("make, reason", [
+    (head_phantom, "no lungs found"),
+    (abdomen_phantom, "not a chest CT: lungs on"),
+])
+def test_head_and_abdomen_are_declined(model: CtChestModel, make, reason: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ModelCannotRun, match=reason), torch.inference_mode():
+        model.predict(phantom_volume(make()))
 
 
 def test_real_chest_ct(model: CtChestModel) -> None:

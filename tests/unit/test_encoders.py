@@ -141,8 +141,22 @@ def test_an_indeterminate_finding_is_encoded_as_undetermined_with_its_reason_nev
     assert not any(value in ("272519000", "2667000", "52101004") for _, value in codes)
     texts = [i.TextValue for i in items if i.ValueType == "TEXT"]
     assert any("indeterminate" in t and reason in t for t in texts)
-    assert not any(i.ValueType == "NUM" and "AI score" in i.ConceptNameCodeSequence[0].CodeMeaning
-                   for i in items)  # no score of 0 standing for "could not judge"
+    assert not any(i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "111012"
+                   for i in items)  # no certainty of 0 standing for "could not judge"
+
+
+def test_a_scored_finding_has_its_certainty_in_its_own_group_with_standard_codes() -> None:
+    identity, sources, labelmap = _inputs()
+    sr = _encode_with(identity, sources, labelmap,
+                      (Finding("emphysema suspected", 0.83, Assessment.PRESENT),))["sr"]
+    items = _content(sr)
+    [certainty] = [i for i in items if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "111012"]
+    value = certainty.MeasuredValueSequence[0]
+    assert float(value.NumericValue) == pytest.approx(83.0)
+    assert value.MeasurementUnitsCodeSequence[0].CodeValue == "%"
+    trackers = [i.TextValue for i in items if i.ValueType == "TEXT"
+                and i.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"]
+    assert "emphysema suspected" in trackers
 
 
 def test_seg_sr_agree_on_tracking_and_encoding_again_gives_the_same_bytes() -> None:

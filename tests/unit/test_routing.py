@@ -8,8 +8,9 @@ from node.pipeline.routing import SeriesView, StudyView, infer_jobs, kernel_shar
 
 
 def _series(uid: str, kernel: str | None = "B", thickness: float | None = 5.0, n: int = 64,
-            modality: str = "CT", orientation: str = "AXIAL", description: str = "5mm") -> SeriesView:
-    return SeriesView(uid, modality, "1.2.840.10008.5.1.4.1.1.2", 1, description, None, thickness,
+            modality: str = "CT", orientation: str = "AXIAL", description: str = "5mm",
+            body_part: str | None = None) -> SeriesView:
+    return SeriesView(uid, modality, "1.2.840.10008.5.1.4.1.1.2", 1, description, body_part, thickness,
                       kernel, orientation, n, "CT01")
 
 
@@ -21,7 +22,38 @@ def test_builtin_route_takes_the_smoothest_kernel_series() -> None:
     [decision] = route_study(default_routes(), CHEST)
     assert [s.series_instance_uid for s in decision.chosen] == ["soft"]
     assert [s.series_instance_uid for s in decision.matching] == ["lung", "soft"]
-    assert decision.rejected["scout"] == ["2 instances < 40", "slice thickness None > 5.0"]
+    assert decision.rejected["scout"] == ["2 instances < 20", "slice thickness None > 10.0"]
+
+
+def test_builtin_route_takes_an_ordinary_thick_chest_ct() -> None:
+    study = StudyView("1", "CT Thorax", (_series("thick", kernel="B31f", thickness=8.0, n=30),))
+    [decision] = route_study(default_routes(), study)
+    assert [s.series_instance_uid for s in decision.chosen] == ["thick"]
+
+
+def test_builtin_route_leaves_head_and_abdomen_cts_alone() -> None:
+    head = StudyView("1", "CT Schädel nativ", (_series("head", thickness=1.0, n=200),))
+    abdomen = StudyView("2", "CT", (_series("abd", thickness=1.0, n=300, body_part="ABDOMEN"),))
+    brain = StudyView("3", "", (_series("b", thickness=0.6, n=250, description="Brain 0.6 H31s"),))
+    for study in (head, abdomen, brain):
+        [decision] = route_study(default_routes(), study)
+        assert not decision.matched
+    [decision] = route_study(default_routes(), abdomen)
+    assert decision.rejected["abd"] == [
+        "body region ABDOMEN (from Body Part Examined 'ABDOMEN') not in ['CHEST']"]
+
+
+def test_a_chest_named_anywhere_or_nowhere_is_taken() -> None:
+    cases = [
+        StudyView("1", "CT CHEST ABDOMEN PELVIS", (_series("cap", body_part="CHESTABDPELVIS"),)),
+        StudyView("2", "Polytrauma", (_series("wb", description="Ganzkörper 1.5 B30f"),)),
+        StudyView("3", "", (_series("thx", description="Thx 1.0 B31f"),)),
+        StudyView("4", "CT TORAX", (_series("es"),)),
+        StudyView("5", "", (_series("anon", description=""),)),  # anonymised: the model checks
+    ]
+    for study in cases:
+        [decision] = route_study(default_routes(), study)
+        assert decision.matched, study.study_description
 
 
 def test_kernel_sharpness_orders_vendors_kernels() -> None:

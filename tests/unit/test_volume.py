@@ -74,7 +74,8 @@ def _shared(name: str) -> Path:
         ("notavolume/001", "share a position"),
         ("slicecount/001", "only 2 slice"),
         ("sliceincrement/001", "uneven slice spacing"),
-        ("sliceincrement/002", "uneven slice spacing"),
+        # Tilted and with two increments: the tilt is named first, the spacing as well.
+        ("sliceincrement/002", r"gantry tilt of 15.5 degrees.*; slice spacing also varies \(0.75 to 1.5 mm\)"),
         ("sliceorientation/001", "different orientations"),
     ],
 )

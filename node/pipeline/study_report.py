@@ -1,0 +1,192 @@
+"""One study's results as a radiologist reads them, for the study page, the API and
+`ainode results`: which series each model used and why, every measurement with its
+unit and reliability, each finding as present, absent or indeterminate, the result
+objects, the key images, and the timeline with the jobs (dead ones with their reason).
+
+Read from the database only, for the study's current results version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel, Field
+from sqlalchemy import Connection, select
+
+from ai.kernels import kernel_class
+from ai.protocol import Finding, Measurement, format_value, unit_symbol
+from config.settings import Route
+from node.pipeline.body_region import body_region
+from node.pipeline.completion import load_study_view
+from node.pipeline.route_explain import explain
+from storage.models import Job, PredictionRecord, ResultObject, Series, Study
+from storage.timeline import timeline
+
+
+class SeriesLine(BaseModel):
+    series_instance_uid: str
+    series_number: int | None
+    description: str | None
+    modality: str | None
+    images: int
+    slice_thickness_mm: float | None
+    kernel: str | None
+    kernel_class: str = Field(description="smooth, standard, sharp or unknown (for density measurements)")
+    body_region: str | None = Field(description="as read from the header, e.g. CHEST (from study description 'Chest')")
+
+
+class MeasurementLine(BaseModel):
+    name: str
+    value: float
+    unit: str = Field(description="as people write it: HU, mL, %")
+    ucum: str | None = Field(description="the UCUM code in the DICOM objects, e.g. [hnsf'U]")
+    reliable: bool
+    note: str = Field(description="why the value is not reliable")
+    text: str = Field(description="the measurement in words")
+
+
+class FindingLine(BaseModel):
+    name: str
+    assessment: str = Field(description="present, absent or indeterminate")
+    score: float | None
+    reason: str
+    text: str
+
+
+class ResultObjectLine(BaseModel):
+    kind: str = Field(description="seg, sr or sc")
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+
+
+class ModelResultLine(BaseModel):
+    prediction_id: int
+    model: str
+    model_version: str
+    route: str | None
+    series: SeriesLine | None
+    device: str
+    seconds: float
+    measurements: list[MeasurementLine]
+    findings: list[FindingLine]
+    objects: list[ResultObjectLine]
+    has_labelmap: bool
+
+
+class StepLine(BaseModel):
+    step: str
+    at: float
+    detail: str | None
+    results_version: int | None
+
+
+class JobLine(BaseModel):
+    id: int
+    kind: str
+    state: str
+    attempts: int
+    last_error: str | None
+    results_version: int | None
+
+
+class StudyResults(BaseModel):
+    study_instance_uid: str
+    accession_number: str | None
+    study_description: str | None
+    state: str
+    results_version: int
+    priority: str
+    priority_reason: str | None
+    series: list[SeriesLine]
+    routing: list[str] = Field(description="how the node's rules route the study now, line by line")
+    results: list[ModelResultLine] = Field(description="of the current results version")
+    declined: list[str] = Field(description="models that declined a series of the current version, and why")
+    timeline: list[StepLine]
+    jobs: list[JobLine]
+
+
+def _series_line(s: Series) -> SeriesLine:
+    region = body_region(s.body_part_examined, s.series_description, s.study.study_description)
+    return SeriesLine(
+        series_instance_uid=s.series_instance_uid, series_number=s.series_number,
+        description=s.series_description, modality=s.modality,
+        images=int(s.instance_count),  # type: ignore[attr-defined]
+        slice_thickness_mm=s.slice_thickness, kernel=s.convolution_kernel,
+        kernel_class=str(kernel_class(s.convolution_kernel)),
+        body_region=region.describe() if region else None,
+    )
+
+
+def measurement_line(data: dict[str, object]) -> MeasurementLine:
+    m = Measurement.from_json(data)
+    ucum = str(data["unit"]) if data.get("unit") else None
+    return MeasurementLine(name=m.name, value=m.value, unit=unit_symbol(ucum), ucum=ucum, reliable=m.reliable,
+                           note=m.note, text=m.describe(ucum))
+
+
+def finding_line(data: dict[str, object]) -> FindingLine:
+    f = Finding.from_json(data)
+    return FindingLine(name=f.name, assessment=str(f.assessment), score=f.score, reason=f.reason, text=f.describe())
+
+
+def study_results(conn: Connection, study_instance_uid: str, routes: Sequence[Route]) -> StudyResults | None:
+    """The study's current results, or ``None`` when the node has no such study."""
+    from sqlalchemy.orm import Session
+
+    session = Session(bind=conn)
+    study = session.scalars(select(Study).where(Study.study_instance_uid == study_instance_uid)).one_or_none()
+    if study is None:
+        return None
+    version = study.results_version
+    series = {s.series_instance_uid: _series_line(s) for s in session.scalars(
+        select(Series).where(Series.study_id == study.id).order_by(Series.series_number, Series.id))}
+    objects: dict[tuple[str, str], list[ResultObjectLine]] = {}
+    for o in session.scalars(select(ResultObject).where(
+            ResultObject.study_id == study.id, ResultObject.results_version == version).order_by(ResultObject.id)):
+        objects.setdefault((o.model, o.source_series_instance_uid), []).append(ResultObjectLine(
+            kind=o.kind, sop_class_uid=o.sop_class_uid, sop_instance_uid=o.sop_instance_uid,
+            series_instance_uid=o.series_instance_uid))
+    results = [
+        ModelResultLine(
+            prediction_id=p.id, model=p.model, model_version=p.model_version, route=p.route,
+            series=series.get(p.series_instance_uid), device=p.device,
+            seconds=round(p.load_seconds + p.inference_seconds, 2),
+            measurements=[measurement_line(m) for m in p.measurements],
+            findings=[finding_line(f) for f in p.findings],
+            objects=objects.get((p.model, p.series_instance_uid), []),
+            has_labelmap=p.labelmap_path is not None,
+        )
+        for p in session.scalars(select(PredictionRecord).where(
+            PredictionRecord.study_id == study.id, PredictionRecord.results_version == version)
+            .order_by(PredictionRecord.id))
+    ]
+    steps = timeline(conn, study.id)
+    jobs = [JobLine(id=j.id, kind=j.kind, state=j.state, attempts=j.attempts, last_error=j.last_error,
+                    results_version=j.results_version)
+            for j in session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id))]
+    return StudyResults(
+        study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,
+        study_description=study.study_description, state=study.state, results_version=version,
+        priority=study.priority, priority_reason=study.priority_reason,
+        series=list(series.values()),
+        routing=explain(routes, load_study_view(conn, study.id)).splitlines()[1 + len(series):],
+        results=results,
+        declined=[s.detail or "" for s in steps if s.step == "declined" and s.results_version == version],
+        timeline=[StepLine(step=s.step, at=s.at, detail=s.detail, results_version=s.results_version) for s in steps],
+        jobs=jobs,
+    )
+
+
+def headline(measurements: Sequence[dict[str, object]], most: int = 6) -> list[str]:
+    """The numbers a worklist row shows, those of one unit together (both lung volumes,
+    then both densities, ...), unreliable ones marked with *."""
+    units = [str(m.get("unit") or "") for m in measurements]
+    order = sorted(range(len(measurements)), key=lambda i: (units.index(units[i]), i))
+    lines = []
+    for data in (measurements[i] for i in order[:most]):
+        m = Measurement.from_json(data)
+        unit = unit_symbol(str(data.get("unit") or ""))
+        lines.append(f"{m.name} {format_value(m.value)}{' ' + unit if unit else ''}" + ("" if m.reliable else "*"))
+    return lines
+
