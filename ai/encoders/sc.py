@@ -45,7 +45,7 @@ def _grey(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return grey
 
 
-def _window_of(source: Dataset, values: np.ndarray) -> tuple[float, float]:
+def window_of(source: Dataset, values: np.ndarray) -> tuple[float, float]:
     if "WindowCenter" in source and "WindowWidth" in source:
         def first(value: Any) -> float:  # one value, or the first of several windows
             return float(value[0] if isinstance(value, MultiValue) else value)
@@ -162,7 +162,7 @@ def encode_key_images(
     for number, index in enumerate(key_slices(labels, [s.label for s in outputs.segments]), start=1):
         source = by_uid[labelmap.sop_instance_uids[index]]
         values = slice_values(index)
-        window = outputs.display_window or _window_of(source, values)
+        window = outputs.display_window or window_of(source, values)
         caption = f"{identity.model} {identity.model_version} - slice {index + 1}/{labels.shape[0]}"
         shown = sorted(set(np.unique(labels[index]).tolist()) - {0})
         pixels = draw_key_image(values, labels[index], outputs, window, caption,

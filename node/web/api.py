@@ -26,11 +26,14 @@ from config.settings import Settings
 from config.version import VERSION
 from node.jobs.kinds import JobKind
 from node.network.httpclient import Unreachable, http_request
+from node.pipeline.key_image import key_image_png
 from node.pipeline.lifecycle import STUDY_STEPS, queue_for
+from node.pipeline.study_report import StudyResults, headline, study_results
 from node.pipeline.triage import LEVELS, rank
 from node.web.browser import SAME_ORIGIN_HEADER, SECURITY_HEADERS, BrowserGuard
 from node.web.metrics import metrics_text
-from storage.models import Job, PredictionRecord, Series, Study
+from storage.files import FileStore
+from storage.models import Job, PredictionRecord, ResultObject, Series, Study
 from storage.states import LIVE_JOB_STATES, JobState, StudyLevel, StudyState
 from storage.timeline import epoch, timeline
 
@@ -68,6 +71,9 @@ class StudySummary(BaseModel):
     last_received_at: float
     age_s: float = Field(description="seconds since the last image arrived")
     findings: list[FindingView] = Field(description="of the current results version")
+    headline: list[str] = Field(default_factory=list,
+                                description="the current version's main numbers, e.g. 'right lung volume 3177 mL'; "
+                                            "* marks a value that is not reliable")
     delivery: Delivery = Field(
         description="of the current results version's results: none (no destination or not yet made), "
                     "pending (queued or running), delivered, failed (a delivery is dead)")
@@ -150,11 +156,14 @@ def _summary_rows(engine: Engine, studies: list[Any]) -> list[StudySummary]:
             if modality:
                 modalities.setdefault(study_id, set()).add(modality)
         findings: dict[int, list[FindingView]] = {}
+        numbers: dict[int, list[str]] = {}
         versions = {s.id: s.results_version for s in studies}
         for p in conn.execute(select(PredictionRecord.study_id, PredictionRecord.results_version,
-                                     PredictionRecord.model, PredictionRecord.findings)
-                              .where(PredictionRecord.study_id.in_(ids))):
+                                     PredictionRecord.model, PredictionRecord.findings,
+                                     PredictionRecord.measurements)
+                              .where(PredictionRecord.study_id.in_(ids)).order_by(PredictionRecord.id)):
             if p.results_version == versions[p.study_id]:
+                numbers.setdefault(p.study_id, []).extend(headline(p.measurements))
                 findings.setdefault(p.study_id, []).extend(
                     FindingView(model=p.model, name=f.name, score=f.score, present=f.present,
                                 assessment=str(f.assessment), reason=f.reason)
@@ -181,7 +190,7 @@ def _summary_rows(engine: Engine, studies: list[Any]) -> list[StudySummary]:
         priority_reason=s.priority_reason, requested_priority=s.requested_priority,
         first_received_at=epoch(s.first_received_at), last_received_at=epoch(s.last_received_at),
         age_s=max(0.0, now - epoch(s.last_received_at)), findings=findings.get(s.id, []),
-        delivery=delivery(s.id),
+        headline=numbers.get(s.id, [])[:6], delivery=delivery(s.id),
     ) for s in studies]
 
 
@@ -212,6 +221,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     )
     token = settings.api_token.get_secret_value() if settings.api_token else None
     queue = queue_for(settings, engine)
+    store = FileStore(settings.data_dir)
     guard = BrowserGuard.from_settings(settings)
 
     def has_token(request: Request) -> bool:
@@ -245,6 +255,11 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def worklist_page() -> str:
         return resources.files("node.web").joinpath("worklist.html").read_text(encoding="utf-8")
+
+    @app.get("/study", response_class=HTMLResponse, include_in_schema=False)
+    def study_page() -> str:
+        """One study's results (its UID in the query: /study?uid=...); the data comes from the API."""
+        return resources.files("node.web").joinpath("study.html").read_text(encoding="utf-8")
 
     @app.get("/api/health", response_model=Health, tags=["node"])
     def health() -> Health:
@@ -291,6 +306,43 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
                            timeline=[TimelineStep(step=s.step, at=s.at, detail=s.detail,
                                                   results_version=s.results_version) for s in steps],
                            jobs=_jobs(engine, Job.study_id == row.id, 200))
+
+    @protected.get("/api/studies/{study_instance_uid}/results", response_model=StudyResults, tags=["worklist"],
+                   responses={404: {"description": "no such study"}})
+    def results(study_instance_uid: str) -> StudyResults:
+        """One study's results: the series each model used and why, each measurement with
+        its unit and reliability, each finding, the result objects, timeline and jobs."""
+        with engine.connect() as conn:
+            report = study_results(conn, study_instance_uid, settings.routes)
+        if report is None:
+            raise HTTPException(404, "no such study")
+        return report
+
+    @protected.get("/api/studies/{study_instance_uid}/key-images/{prediction_id}.png", tags=["worklist"],
+                   response_class=Response,
+                   responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such image"}})
+    def key_image(study_instance_uid: str, prediction_id: int,
+                  slice: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> Response:
+        """The outlines of a prediction over its source slice, with the values (PNG)."""
+        png = key_image_png(engine, store, study_instance_uid, prediction_id, slice) \
+            if 1 <= prediction_id <= MAX_ID else None
+        if png is None:
+            raise HTTPException(404, "no key image: no label map, or its source images are gone")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @protected.get("/api/studies/{study_instance_uid}/objects/{sop_instance_uid}", tags=["worklist"],
+                   response_class=Response,
+                   responses={200: {"content": {"application/dicom": {}}}, 404: {"description": "no such object"}})
+    def result_object(study_instance_uid: str, sop_instance_uid: str) -> Response:
+        """A result object (SEG, SR or key image) the node made, as a DICOM file."""
+        with engine.connect() as conn:
+            path = conn.execute(select(ResultObject.path).join(Study, ResultObject.study_id == Study.id).where(
+                Study.study_instance_uid == study_instance_uid,
+                ResultObject.sop_instance_uid == sop_instance_uid)).scalar_one_or_none()
+        if path is None or not store.absolute(path).exists():
+            raise HTTPException(404, "no such result object")
+        return Response(store.absolute(path).read_bytes(), media_type="application/dicom",
+                        headers={"Content-Disposition": f'attachment; filename="{sop_instance_uid}.dcm"'})
 
     @protected.get("/api/jobs", response_model=list[JobView], tags=["jobs"])
     def jobs(

@@ -1,0 +1,82 @@
+"""A key image for the study page: the label map's outlines over the source slice, in
+the model's display window, with the values and their reliability (as the SC key
+images draw them), as PNG. Made on request from what the node keeps; nothing stored."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from pydicom import dcmread
+from pydicom.pixels.processing import apply_modality_lut
+from sqlalchemy import Engine, select
+
+from ai.encoders.sc import draw_key_image, key_slices, result_lines, window_of
+from ai.labelmap import LabelMap
+from ai.protocol import Finding, Measurement, outputs_from_dict
+from storage.files import FileStore
+from storage.inventory import series_files
+from storage.models import PredictionRecord, Study
+
+_MIN_SIZE = 512  # pixels on the long side of a key image
+
+
+def best_slice(labels: np.ndarray, wanted: list[int]) -> int:
+    """Of the slices where each segment is largest, the one showing the most segments
+    (then the most labelled pixels): one image that shows the whole result."""
+    candidates = key_slices(labels, wanted) or [labels.shape[0] // 2]
+
+    def score(index: int) -> tuple[int, int]:
+        plane = labels[index]
+        return len(set(np.unique(plane).tolist()) - {0}), int((plane > 0).sum())
+
+    return max(candidates, key=score)
+
+
+def key_image_png(engine: Engine, store: FileStore, study_instance_uid: str, prediction_id: int,
+                  slice_index: int | None = None) -> bytes | None:
+    """The PNG, or ``None`` when the prediction (of that study) has no label map or
+    its source images are gone."""
+    with engine.connect() as conn:
+        record = conn.execute(
+            select(PredictionRecord.outputs, PredictionRecord.measurements, PredictionRecord.findings,
+                   PredictionRecord.labelmap_path, PredictionRecord.model, PredictionRecord.model_version,
+                   PredictionRecord.series_instance_uid)
+            .join(Study, PredictionRecord.study_id == Study.id)
+            .where(PredictionRecord.id == prediction_id, Study.study_instance_uid == study_instance_uid)
+        ).one_or_none()
+    if record is None or record.labelmap_path is None:
+        return None
+    labelmap = LabelMap.from_npz(store.absolute(record.labelmap_path))
+    outputs = outputs_from_dict(record.outputs)
+    files = {}
+    for relative in series_files(engine, record.series_instance_uid):
+        path = store.absolute(relative)
+        files[str(dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)] = path
+    labels = labelmap.array
+    index = best_slice(labels, [s.label for s in outputs.segments]) if slice_index is None \
+        else max(0, min(labels.shape[0] - 1, slice_index))
+    source = files.get(labelmap.sop_instance_uids[index])
+    if source is None:
+        return None
+    ds = dcmread(source)
+    pixels = ds.pixel_array
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[labelmap.frame_numbers[index] - 1]
+    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    window = outputs.display_window or window_of(ds, values)
+    measurements = [Measurement.from_json(m) for m in record.measurements]
+    findings = [Finding.from_json(f) for f in record.findings]
+    shown = sorted(set(np.unique(labels[index]).tolist()) - {0})
+    caption = f"{record.model} {record.model_version} - slice {index + 1}/{labels.shape[0]}"
+    plane = labels[index]
+    factor = max(1, -(-_MIN_SIZE // max(plane.shape)))  # small matrices are enlarged for the text
+    if factor > 1:
+        values = values.repeat(factor, 0).repeat(factor, 1)
+        plane = plane.repeat(factor, 0).repeat(factor, 1)
+    rgb = draw_key_image(values, plane, outputs, window, caption,
+                         result_lines(outputs, measurements, findings, shown))
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
