@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,47 @@ def test_ainode_worker_computes_for_a_node_on_shared_postgresql(
         assert worker.wait(30) == 0
     text = (tmp_path / "worker.log").read_text()
     assert "AINode workers running" in text and "AINode workers stopped" in text
+
+
+def test_the_built_in_rule_takes_a_thick_chest_ct_and_leaves_head_and_abdomen_not_applicable(
+    node_factory, tmp_path: Path
+) -> None:
+    """On the built-in rule: a 30-slice, 8 mm chest CT on two kernels is processed on the
+    soft one, its emphysema assessment indeterminate (8 mm: density indices not
+    reliable); a head CT (Body Part Examined HEAD) is taken by no rule; an abdomen CT
+    whose header names no region reaches ct-chest, which declines it. Nothing fails."""
+    from tests.phantoms import abdomen_phantom, chest_phantom, head_phantom, write_phantom_series
+
+    chest = chest_phantom(slices=30, size=192, slice_mm=8.0, pixel_mm=1.8, seed=11)
+    chest_uid = "1.2.826.0.1.3680043.10.1234.301"
+    write_phantom_series(chest, tmp_path / "chest" / "sharp", kernel="B70f", study_uid=chest_uid,
+                         description="CT Thorax", attributes={"SeriesNumber": 2, "AccessionNumber": "CHEST8"})
+    write_phantom_series(chest, tmp_path / "chest" / "soft", kernel="B31f", study_uid=chest_uid,
+                         description="CT Thorax", attributes={"SeriesNumber": 3, "AccessionNumber": "CHEST8"})
+    write_phantom_series(head_phantom(), tmp_path / "head", kernel="H31s", description="CT Kopf",
+                         attributes={"BodyPartExamined": "HEAD", "AccessionNumber": "HEAD1"})
+    write_phantom_series(abdomen_phantom(), tmp_path / "abdomen", kernel="B30f", description="",
+                         attributes={"AccessionNumber": "ABD1"})
+    node: Node = node_factory("quiet_period_s = 1\ncompletion_sweep_s = 0.5\n", inference=True).start()
+    for folder in ("chest", "head", "abdomen"):
+        send_study(node, tmp_path / folder)
+
+    def states() -> dict[str, str] | None:
+        studies = json.loads(urllib.request.urlopen(node.api_url + "/api/studies", timeout=10).read())
+        found = {s["accession_number"]: s["state"] for s in studies}
+        return found if len(found) == 3 and not {"receiving", "complete", "processing"} & set(found.values()) \
+            else None
+    assert wait_until(states, 150, "three studies settled") == {
+        "CHEST8": "done", "HEAD1": "not_applicable", "ABD1": "not_applicable"}
+
+    [prediction] = _predictions(node)
+    assert prediction["provenance"]["convolution_kernel"] == "B31f"  # the soft kernel of the two
+    values = {m["name"]: m for m in prediction["measurements"]}
+    assert values["right lung volume"]["value"] == pytest.approx(chest.right_ml, rel=0.05)
+    assert values["right lung volume"]["reliable"] and not values["right lung LAA-950"]["reliable"]
+    assert [f["assessment"] for f in prediction["findings"]] == ["indeterminate"]
+    assert all(j["state"] == "succeeded" for j in json.loads(node.run("jobs", "--json").stdout))
+    abdomen = [s for s in json.loads(urllib.request.urlopen(node.api_url + "/api/studies", timeout=10).read())
+               if s["accession_number"] == "ABD1"][0]["study_instance_uid"]
+    report = json.loads(node.run("results", abdomen, "--json").stdout)
+    assert any("not a chest CT" in d for d in report["declined"])
