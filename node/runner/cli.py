@@ -299,7 +299,7 @@ def predictions(
     """What the models found: the recorded predictions, newest first."""
     from sqlalchemy import select
 
-    from ai.protocol import Finding
+    from ai.protocol import Finding, Measurement
     from storage.db import open_database
     from storage.models import PredictionRecord, Study
 
@@ -327,8 +327,7 @@ def predictions(
     for name in ("id", "study", "model", "measurements", "findings", "seconds", "created (UTC)"):
         table.add_column(name)
     for r in records:
-        measured = "; ".join(f"{m['name']} {m['value']:.4g} {m['unit'] or ''}".rstrip()
-                             + ("" if m["reliable"] else " (not reliable)") for m in r["measurements"])
+        measured = "; ".join(Measurement.from_json(m).describe(m["unit"]) for m in r["measurements"])
         found = "; ".join(Finding.from_json(f).describe() for f in r["findings"])
         _row(table, str(r["id"]), f"{r['study_instance_uid']} v{r['results_version']}"
                       + (" (superseded)" if r["superseded"] else ""),

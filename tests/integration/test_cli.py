@@ -163,6 +163,12 @@ def test_send_names_truncated_and_uid_less_files_and_proposes_the_file_meta_clas
     assert f"{good.name}" not in result.stderr
 
 
+def test_help_and_tables_keep_bracketed_text() -> None:
+    # "[[destinations]]" is TOML, not rich markup: help shows it as written.
+    result = _ainode("echo", "--help")
+    assert result.returncode == 0 and "[[destinations]]" in result.stdout
+
+
 def test_bad_address_is_refused(tmp_path: Path) -> None:
     result = _ainode("echo", "127.0.0.1:104")
     assert result.returncode == 2 and "AE@HOST:PORT" in result.stderr
