@@ -122,10 +122,15 @@ class Measurement:
 
     def describe(self, unit: str | None = None) -> str:
         """For people: "right lung volume 3177 mL", "... 14.0 % (not reliable: 5 mm slices ...)"."""
-        text = f"{self.name} {format_value(self.value)}"
-        symbol = unit_symbol(unit)
-        text += f" {symbol}" if symbol else ""
+        text = self.brief(unit).removesuffix("*")
         return text if self.reliable else f"{text} ({self.note or 'not reliable'})"
+
+    def brief(self, unit: str | None = None, name: str | None = None) -> str:
+        """Short: "right lung volume 3177 mL", "LAA-950 14.0 %*" (* not reliable);
+        ``name`` in place of the measurement's own."""
+        symbol = unit_symbol(unit)
+        text = f"{self.name if name is None else name} {format_value(self.value)}" + (f" {symbol}" if symbol else "")
+        return text if self.reliable else f"{text}*"
 
     def to_json(self, unit: str | None = None) -> dict[str, Any]:
         """As recorded with the prediction (with its unit, for people reading the record)."""

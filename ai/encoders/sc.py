@@ -17,7 +17,7 @@ from scipy import ndimage
 from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
 from ai.encoders.seg import PALETTE
 from ai.labelmap import LabelMap
-from ai.protocol import Finding, Measurement, Outputs, format_value, unit_symbol
+from ai.protocol import Finding, Measurement, Outputs
 
 #: The source slice behind label map slice ``i``, in modality units (HU for CT).
 SliceValues = Callable[[int], np.ndarray]
@@ -95,9 +95,7 @@ def _short(measured: Measurement, unit: str, segment_name: str) -> str:
     name = measured.name
     if segment_name and name.lower().startswith(segment_name.lower()):
         name = name[len(segment_name):].strip()
-    symbol = unit_symbol(unit)
-    text = f"{name} {format_value(measured.value)}" + (f" {symbol}" if symbol else "")
-    return text if measured.reliable else f"{text}*"
+    return measured.brief(unit, name)
 
 
 def draw_key_image(values: np.ndarray, labels: np.ndarray, outputs: Outputs, window: tuple[float, float],

@@ -47,7 +47,7 @@ def _read_series(engine: Engine, store: FileStore, series_uid: str) -> tuple[lis
     return headers, {str(ds.SOPInstanceUID): p for ds, p in zip(headers, paths, strict=True)}
 
 
-def _slice_reader(files: dict[str, Path], labelmap: LabelMap) -> SliceValues:
+def slice_reader(files: dict[str, Path], labelmap: LabelMap) -> SliceValues:
     """Label map slice ``i``'s source pixels in modality units (for key images)."""
     def values(index: int) -> np.ndarray:
         ds = dcmread(files[labelmap.sop_instance_uids[index]])
@@ -116,7 +116,7 @@ class EncodeHandler:
                                   created_at=float(prediction.created_at),
                                   device_serial_number=self._settings.ae_title)
         started = time.perf_counter()
-        slice_values = _slice_reader(files, result.labelmap) if key_images and result.labelmap else None
+        slice_values = slice_reader(files, result.labelmap) if key_images and result.labelmap else None
         objects = encode_prediction(identity, result, sources, slice_values)
         made = []
         for obj in objects:

@@ -9,15 +9,14 @@ import io
 import numpy as np
 from PIL import Image
 from pydicom import dcmread
-from pydicom.pixels.processing import apply_modality_lut
 from sqlalchemy import Engine, select
 
 from ai.encoders.sc import draw_key_image, key_slices, result_lines, window_of
 from ai.labelmap import LabelMap
 from ai.protocol import Finding, Measurement, outputs_from_dict
+from node.pipeline.encoding import slice_reader
 from storage.files import FileStore
-from storage.inventory import series_files
-from storage.models import PredictionRecord, Study
+from storage.models import Instance, PredictionRecord, Study
 
 _MIN_SIZE = 512  # pixels on the long side of a key image
 
@@ -41,8 +40,7 @@ def key_image_png(engine: Engine, store: FileStore, study_instance_uid: str, pre
     with engine.connect() as conn:
         record = conn.execute(
             select(PredictionRecord.outputs, PredictionRecord.measurements, PredictionRecord.findings,
-                   PredictionRecord.labelmap_path, PredictionRecord.model, PredictionRecord.model_version,
-                   PredictionRecord.series_instance_uid)
+                   PredictionRecord.labelmap_path, PredictionRecord.model, PredictionRecord.model_version)
             .join(Study, PredictionRecord.study_id == Study.id)
             .where(PredictionRecord.id == prediction_id, Study.study_instance_uid == study_instance_uid)
         ).one_or_none()
@@ -50,22 +48,17 @@ def key_image_png(engine: Engine, store: FileStore, study_instance_uid: str, pre
         return None
     labelmap = LabelMap.from_npz(store.absolute(record.labelmap_path))
     outputs = outputs_from_dict(record.outputs)
-    files = {}
-    for relative in series_files(engine, record.series_instance_uid):
-        path = store.absolute(relative)
-        files[str(dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)] = path
     labels = labelmap.array
     index = best_slice(labels, [s.label for s in outputs.segments]) if slice_index is None \
         else max(0, min(labels.shape[0] - 1, slice_index))
-    source = files.get(labelmap.sop_instance_uids[index])
-    if source is None:
+    uid = labelmap.sop_instance_uids[index]
+    with engine.connect() as conn:
+        relative = conn.execute(select(Instance.path).where(Instance.sop_instance_uid == uid)).scalar_one_or_none()
+    if relative is None or not store.absolute(relative).exists():
         return None
-    ds = dcmread(source)
-    pixels = ds.pixel_array
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[labelmap.frame_numbers[index] - 1]
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
-    window = outputs.display_window or window_of(ds, values)
+    path = store.absolute(relative)
+    values = slice_reader({uid: path}, labelmap)(index)
+    window = outputs.display_window or window_of(dcmread(path, stop_before_pixels=True), values)
     measurements = [Measurement.from_json(m) for m in record.measurements]
     findings = [Finding.from_json(f) for f in record.findings]
     shown = sorted(set(np.unique(labels[index]).tolist()) - {0})

@@ -92,6 +92,12 @@ def explain(routes: Iterable[Route], study: StudyView) -> str:
     lines = [f"study {study.study_instance_uid} ({len(study.series)} series)"]
     for s in study.series:
         lines.append(f"  {_describe(s)}")
+    return "\n".join(lines + decision_lines(routes, study))
+
+
+def decision_lines(routes: Iterable[Route], study: StudyView) -> list[str]:
+    """What each rule decides for the study and the jobs that follow, line by line."""
+    lines: list[str] = []
     decisions = route_study(routes, study)
     for decision in decisions:
         route = decision.route
@@ -119,4 +125,4 @@ def explain(routes: Iterable[Route], study: StudyView) -> str:
     for payload, _ in infer_jobs(decisions):
         lines.append(f"job: {payload.model} on series {', '.join(numbers[u] for u in payload.series)} "
                      f"(route {payload.route}; results to {', '.join(payload.destinations) or 'no destination'})")
-    return "\n".join(lines)
+    return lines

@@ -14,11 +14,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Connection, select
 
 from ai.kernels import kernel_class
-from ai.protocol import Finding, Measurement, format_value, unit_symbol
+from ai.protocol import Finding, Measurement, unit_symbol
 from config.settings import Route
 from node.pipeline.body_region import body_region
 from node.pipeline.completion import load_study_view
-from node.pipeline.route_explain import explain
+from node.pipeline.route_explain import decision_lines
 from storage.models import Job, PredictionRecord, ResultObject, Series, Study
 from storage.timeline import timeline
 
@@ -170,7 +170,7 @@ def study_results(conn: Connection, study_instance_uid: str, routes: Sequence[Ro
         study_description=study.study_description, state=study.state, results_version=version,
         priority=study.priority, priority_reason=study.priority_reason,
         series=list(series.values()),
-        routing=explain(routes, load_study_view(conn, study.id)).splitlines()[1 + len(series):],
+        routing=decision_lines(routes, load_study_view(conn, study.id)),
         results=results,
         declined=[s.detail or "" for s in steps if s.step == "declined" and s.results_version == version],
         timeline=[StepLine(step=s.step, at=s.at, detail=s.detail, results_version=s.results_version) for s in steps],
@@ -183,10 +183,4 @@ def headline(measurements: Sequence[dict[str, object]], most: int = 6) -> list[s
     then both densities, ...), unreliable ones marked with *."""
     units = [str(m.get("unit") or "") for m in measurements]
     order = sorted(range(len(measurements)), key=lambda i: (units.index(units[i]), i))
-    lines = []
-    for data in (measurements[i] for i in order[:most]):
-        m = Measurement.from_json(data)
-        unit = unit_symbol(str(data.get("unit") or ""))
-        lines.append(f"{m.name} {format_value(m.value)}{' ' + unit if unit else ''}" + ("" if m.reliable else "*"))
-    return lines
-
+    return [Measurement.from_json(measurements[i]).brief(units[i]) for i in order[:most]]
