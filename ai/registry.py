@@ -1,5 +1,6 @@
 """Finding the installed models: the entry-point group ``ainode.models``, and model
-folders (TorchScript or ONNX with an ``ainode-model.toml``) named in the settings.
+folders named in the settings: TorchScript or ONNX with an ``ainode-model.toml``, or
+MONAI bundles (``configs/metadata.json``).
 
 Built-in models register through the entry point too (in this project's
 ``pyproject.toml``), so a model from another package is installed the same way:
@@ -14,6 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from ai.bundle import BundleError, BundleModel, bundle_name, is_bundle
 from ai.manifest import MANIFEST_NAME, ManifestError, ManifestModel, read_manifest
 from ai.protocol import Model
 
@@ -55,15 +57,28 @@ def _entry_point_models() -> dict[str, InstalledModel]:
     return found
 
 
+def _is_model(folder: Path) -> bool:
+    return (folder / MANIFEST_NAME).is_file() or is_bundle(folder)
+
+
 def _model_folders(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise RegistryError(f"model folder {folder} does not exist; fix model_folders")
-    if (folder / MANIFEST_NAME).is_file():
+    if _is_model(folder):
         return [folder]
-    inner = sorted(p for p in folder.iterdir() if (p / MANIFEST_NAME).is_file())
+    inner = sorted(p for p in folder.iterdir() if _is_model(p))
     if not inner:
-        raise RegistryError(f"model folder {folder} holds no {MANIFEST_NAME}; fix model_folders")
+        raise RegistryError(f"model folder {folder} holds no {MANIFEST_NAME} and no MONAI bundle "
+                            "(configs/metadata.json); fix model_folders")
     return inner
+
+
+def _bundle_factory(folder: Path) -> Callable[..., Model]:
+    def make(**options: Any) -> Model:
+        if options:
+            raise TypeError(f"a MONAI bundle takes no options (got {', '.join(sorted(options))})")
+        return BundleModel(folder)
+    return make
 
 
 def _folder_factory(folder: Path) -> Callable[..., Model]:
@@ -84,6 +99,16 @@ def installed_models(folders: Sequence[Path] = ()) -> dict[str, InstalledModel]:
     models = _entry_point_models()
     for folder in folders:
         for model_dir in _model_folders(Path(folder)):
+            if not (model_dir / MANIFEST_NAME).is_file():
+                try:
+                    name = bundle_name(model_dir)
+                except BundleError as exc:
+                    raise RegistryError(str(exc)) from None
+                if name in models:
+                    raise RegistryError(f"MONAI bundle {model_dir} has the name of {models[name].source}; "
+                                        "rename the bundle's folder")
+                models[name] = InstalledModel(name, f"MONAI bundle {model_dir}", _bundle_factory(model_dir))
+                continue
             try:
                 manifest = read_manifest(model_dir)
             except ManifestError as exc:

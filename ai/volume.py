@@ -60,6 +60,16 @@ class Volume:
         slices, rows, columns = self.array.shape
         return int(slices), int(rows), int(columns)
 
+    def affine_lps(self) -> np.ndarray:
+        """The 4x4 voxel-to-patient (LPS, mm) matrix for indices in (column, row,
+        slice) order, the order NIfTI-style tools (MONAI, nnU-Net, ITK) use."""
+        affine = np.eye(4)
+        affine[:3, 0] = self.direction[:, 0] * self.spacing[2]
+        affine[:3, 1] = self.direction[:, 1] * self.spacing[1]
+        affine[:3, 2] = self.direction[:, 2] * self.spacing[0]
+        affine[:3, 3] = self.origin
+        return affine
+
 
 @dataclass
 class _Frame:

@@ -142,3 +142,58 @@ def sphere_volume(radius_mm: float = 20.0, shape: tuple[int, int, int] = (40, 64
         frame_numbers=(1,) * shape[0],
     )
     return volume, 4 / 3 * np.pi * radius_mm ** 3 / 1000
+
+
+def monai_bundle(folder: Path, pixdim: tuple[float, float, float] = (2.0, 2.0, 2.0),
+                 labels: dict[str, str] | None = None) -> Path:
+    """A MONAI bundle in the Model Zoo's layout whose network is a 1x1x1 convolution
+    with weights set by hand: channel 1 wins where the intensity, scaled from
+    -1000..1000 HU to 0..1, is above 0.5 (above 0 HU). Its preprocessing reorients to
+    RAS and resamples to ``pixdim`` (x, y, z mm); its postprocessing inverts that."""
+    import json
+
+    import torch
+
+    (folder / "configs").mkdir(parents=True, exist_ok=True)
+    (folder / "models").mkdir(exist_ok=True)
+    metadata = {
+        "version": "0.3.1", "task": "Dense tissue segmentation (test)",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
+                                 "channel_def": labels or {"0": "background", "1": "spleen"}}}}}
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    inference = {
+        "imports": ["$import glob"],
+        "bundle_root": ".",
+        "output_dir": "$@bundle_root + '/eval'",
+        "datalist": "$list(sorted(glob.glob('/nonexistent/*.nii.gz')))",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1},
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": list(pixdim), "mode": "bilinear"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1000, "a_max": 1000,
+             "b_min": 0, "b_max": 1, "clip": True},
+            {"_target_": "EnsureTyped", "keys": "image"}]},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 2,
+                    "overlap": 0.25},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+             "nearest_interp": False, "to_tensor": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir"}]},
+    }
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
+    network = torch.nn.Conv3d(1, 2, 1)
+    with torch.no_grad():
+        network.weight.zero_()
+        network.bias.zero_()
+        network.weight[1] = 1.0
+        network.bias[1] = -0.5
+    torch.save(network.state_dict(), folder / "models" / "model.pt")
+    return folder

@@ -55,3 +55,6 @@ def setup_logging(level: str) -> None:
     for noisy in ("pynetdicom", "alembic", "highdicom"):
         logging.getLogger(noisy).setLevel(quiet)
     logging.getLogger("apscheduler").setLevel(max(logging.ERROR, logging.getLevelName(level)))
+    # MONAI warns at import, on every machine without NVIDIA's image codec, that it will
+    # not use it; the node decodes with pydicom's own handlers anyway.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(max(logging.ERROR, logging.getLevelName(level)))

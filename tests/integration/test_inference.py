@@ -179,3 +179,49 @@ def test_the_built_in_rule_takes_a_thick_chest_ct_and_leaves_head_and_abdomen_no
                if s["accession_number"] == "ABD1"][0]["study_instance_uid"]
     report = json.loads(node.run("results", abdomen, "--json").stdout)
     assert any("not a chest CT" in d for d in report["declined"])
+
+
+def test_a_monai_bundle_segments_a_received_series_voxel_for_voxel(node_factory, tmp_path: Path) -> None:
+    """A MONAI bundle in the Model Zoo layout, among the model folders: its own
+    transforms (reorientation to RAS, resampling, intensity scaling, inversion) and
+    network run on a received series, and the SEG marks exactly the voxels above
+    0 HU, each on the source image it belongs to."""
+    import highdicom as hd
+    from pydicom import dcmread
+
+    from tests.model_files import monai_bundle
+
+    monai_bundle(tmp_path / "models" / "dense_ct_bundle", pixdim=(0.7, 0.7, 1.0))  # the series' own grid
+    config = f"""\
+quiet_period_s = 1
+completion_sweep_s = 0.5
+model_folders = ["{tmp_path / 'models'}"]
+
+[[routes]]
+name = "dense"
+model = "dense_ct_bundle"
+[routes.match]
+modality = ["CT"]
+min_instances = 5
+"""
+    node: Node = node_factory(config, inference=True).start()
+    listed = {m["name"]: m for m in json.loads(node.run("models", "--json").stdout)}
+    assert listed["dense_ct_bundle"]["source"].startswith("MONAI bundle ")
+    sources = write_ct_study(tmp_path / "study", series=1, slices=10, size=48)
+    send_study(node, tmp_path / "study")
+    [prediction] = wait_until(lambda: _predictions(node), 90, "the bundle's prediction")
+    assert prediction["model"] == "dense_ct_bundle" and prediction["model_version"] == "0.3.1"
+
+    def seg_file() -> Path | None:
+        return next((p for p in (node.data_dir / "results").rglob("*.dcm")
+                     if dcmread(p, stop_before_pixels=True).Modality == "SEG"), None)
+    seg = hd.seg.segread(wait_until(seg_file, 60, "the SEG"))
+    [segment] = seg.SegmentSequence
+    assert segment.SegmentLabel == "spleen"  # the bundle's metadata names channel 1
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "78961009"
+    images = [dcmread(p) for p in sources]
+    marked = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[ds.SOPInstanceUID for ds in images], segment_numbers=[1],
+        combine_segments=True, ignore_spatial_locations=False)
+    expected = np.stack([ds.pixel_array > 0 for ds in images])
+    assert marked.shape == expected.shape and np.array_equal(marked > 0, expected)
