@@ -44,8 +44,14 @@ log = logging.getLogger(__name__)
 _MB = 2**20
 
 
+class ModelUnavailable(RuntimeError):
+    """A model this worker cannot run (the message says why)."""
+
+
 class InferenceStartupError(RuntimeError):
-    """The worker cannot start: a model is missing or broken, or its device is absent."""
+    """The worker cannot start: a route names a model that is not installed, or its
+    device is absent. (A model that is installed but cannot load is :class:`ModelUnavailable`:
+    its jobs fail, the worker starts.)"""
 
 
 def _torch_device(device: str, configured: bool) -> torch.device:
@@ -93,12 +99,15 @@ class InferenceRunner:
     """The ``infer`` job handler of one worker process, with its models loaded."""
 
     def __init__(self, settings: Settings, engine: Engine, device: torch.device,
-                 models: dict[str, LoadedModel]) -> None:
+                 models: dict[str, LoadedModel], unavailable: dict[str, str] | None = None) -> None:
         self._settings = settings
         self._engine = engine
         self._store = FileStore(settings.data_dir)
         self.device = device
         self.models = models
+        #: Models a route uses that could not be loaded, with the reason: their jobs end
+        #: dead with it, the rest of the node works on.
+        self.unavailable = dict(unavailable or {})
         self._queue = queue_for(settings, engine)
 
     @classmethod
@@ -111,7 +120,7 @@ class InferenceRunner:
             available = installed_models(settings.model_folders)
         except RegistryError as exc:
             raise InferenceStartupError(str(exc)) from None
-        models = {}
+        models, unavailable = {}, {}
         for name in sorted({r.model for r in settings.routes if r.enabled}):
             if name not in available:
                 raise InferenceStartupError(
@@ -121,18 +130,20 @@ class InferenceRunner:
             try:
                 model = available[name].create(config.options if config else None)
                 if model.device_needs.gpu == "required" and torch_device.type != "cuda":
-                    raise InferenceStartupError(f"model {name} needs a GPU and this worker has none")
+                    raise ModelUnavailable("it needs a GPU and this worker has none")
                 model.load(str(torch_device))
-            except InferenceStartupError:
-                raise
-            except Exception as exc:
-                raise InferenceStartupError(f"model {name} cannot be loaded: {type(exc).__name__}: {exc}") from None
+            except Exception as exc:  # the model's own code, or its files: this model only
+                reason = str(exc) if isinstance(exc, ModelUnavailable) else f"{type(exc).__name__}: {exc}"
+                log.error("model %s cannot be loaded on %s; its jobs fail until it is fixed: %s",
+                          name, torch_device, reason)
+                unavailable[name] = reason
+                continue
             bound = config.gpu_memory_mb if config and config.gpu_memory_mb is not None \
                 else model.device_needs.gpu_memory_mb
             models[name] = LoadedModel(model, bound)
         log.info("inference worker on %s with %s", torch_device,
                  ", ".join(f"{n} {m.model.version}" for n, m in models.items()) or "no models")
-        return cls(settings, engine, torch_device, models)
+        return cls(settings, engine, torch_device, models, unavailable)
 
     def report_status(self, worker: str) -> None:
         """Record the GPU memory this worker holds (for /metrics); CPU workers record none."""
@@ -146,6 +157,8 @@ class InferenceRunner:
     def __call__(self, job: ClaimedJob, ctx: JobContext) -> None:
         payload = read_payload(InferPayload, job)
         loaded = self.models.get(payload.model)
+        if payload.model in self.unavailable:
+            raise PermanentJobError(f"model {payload.model} cannot be loaded: {self.unavailable[payload.model]}")
         if loaded is None:
             raise PermanentJobError(f"model {payload.model!r} is not used by any enabled route of this worker")
         work = current_study(self._engine, job)

@@ -225,3 +225,39 @@ min_instances = 5
         combine_segments=True, ignore_spatial_locations=False)
     expected = np.stack([ds.pixel_array > 0 for ds in images])
     assert marked.shape == expected.shape and np.array_equal(marked > 0, expected)
+
+
+def test_a_model_that_cannot_load_fails_its_jobs_with_the_reason_and_the_node_serves_on(
+        node_factory, tmp_path: Path) -> None:
+    import torch
+
+    from tests.model_files import monai_bundle
+
+    broken = monai_bundle(tmp_path / "models" / "broken_bundle")
+    torch.save(torch.nn.Conv3d(1, 3, 1).state_dict(), broken / "models" / "model.pt")  # 3 channels, not 2
+    onnx_segmenter(tmp_path / "models" / "dense")
+    config = f"""\
+quiet_period_s = 1
+completion_sweep_s = 0.5
+model_folders = ["{tmp_path / 'models'}"]
+""" + "".join(f"""
+[[routes]]
+name = "{model}"
+model = "{model}"
+[routes.match]
+modality = ["CT"]
+min_instances = 5
+""" for model in ("broken_bundle", "dense-onnx"))
+    node: Node = node_factory(config, inference=True).start()
+    assert "model broken_bundle cannot be loaded on cpu" in node.log()
+    write_ct_study(tmp_path / "study", series=1, slices=8)
+    send_study(node, tmp_path / "study")
+    jobs = wait_until(lambda: len(j := _jobs(node)) == 2 and all(x["state"] in ("succeeded", "dead") for x in j)
+                      and j, 90, "both infer jobs settled")
+    states = {j["payload"]["model"]: (j["state"], j["last_error"] or "") for j in jobs}
+    assert states["dense-onnx"][0] == "succeeded"
+    assert states["broken_bundle"][0] == "dead"
+    assert "model broken_bundle cannot be loaded" in states["broken_bundle"][1]
+    assert "size mismatch" in states["broken_bundle"][1]
+    assert [p["model"] for p in _predictions(node)] == ["dense-onnx"]
+    assert node.run("echo", node.address).returncode == 0
