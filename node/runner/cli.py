@@ -495,14 +495,22 @@ def route_test(
         out.print(explain(settings.routes, study), highlight=False, markup=False, soft_wrap=True)
 
 
-@app.command()
+models_app = typer.Typer(help="The installed models; check a model folder before installing it.",
+                         rich_markup_mode=None)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
 def models(
+    ctx: typer.Context,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The installed models (entry-point group ainode.models, and model_folders) and
     what they declare."""
+    if ctx.invoked_subcommand is not None:
+        return
     from ai.registry import RegistryError, installed_models
 
     settings = _settings(config, data_dir)
@@ -540,6 +548,37 @@ def models(
                       r["gpu"], f"{len(r['segments'])} segments, {len(r['measurements'])} measurements, "
                       f"{len(r['findings'])} finding(s)", r["source"])
     out.print(table)
+
+
+@models_app.command("check")
+def models_check(
+    path: Annotated[Path, typer.Argument(help="A model folder: an ainode-model.toml folder or a MONAI bundle.")],
+    no_run: Annotated[bool, typer.Option("--no-run", help="Only read the folder; do not load or run it.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What a model folder is, what it accepts and produces (with the codes its results
+    carry) and what is missing; it is loaded on the CPU and run once on a small
+    synthetic volume unless --no-run. Exit status 1 when a problem is found."""
+    from ai.model_check import check_model_folder
+
+    if not path.is_dir():
+        _fail(f"{path} is not a folder", 2)
+    report = check_model_folder(path, run=not no_run)
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+    else:
+        lines = [f"{report.path}: {report.kind}"]
+        if report.name:
+            lines.append(f"  model {report.name} {report.version}, accepts {report.accepts}")
+        lines += [f"  produces {o}" for o in report.outputs]
+        if report.trial:
+            lines.append(f"  trial run on a synthetic volume: {report.trial}")
+        lines += [f"  problem: {p}" for p in report.problems]
+        lines.append("  ready: list its folder in model_folders and name it in a route" if report.ok
+                     else "  not ready")
+        out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @config_app.command("show")

@@ -206,3 +206,21 @@ def test_models_lists_the_builtin_model() -> None:
     [ct_chest] = [m for m in json.loads(result.stdout) if m["name"] == "ct-chest"]
     assert ct_chest["modalities"] == ["CT"] and "Left lung" in ct_chest["segments"]
     assert "emphysema suspected" in ct_chest["findings"]
+
+
+
+def test_models_check_says_what_a_folder_is_and_what_is_missing(tmp_path: Path) -> None:
+    from tests.model_files import monai_bundle
+
+    good = _ainode("models", "check", str(monai_bundle(tmp_path / "spleen_ct")))
+    assert good.returncode == 0, good.stderr
+    assert "MONAI bundle" in good.stdout and "model spleen_ct 0.3.1, accepts CT" in good.stdout
+    assert "segment 1 'spleen': Spleen (SCT 78961009), Anatomical Structure" in good.stdout
+    assert "trial run on a synthetic volume: label map with labels [0, 1]; spleen volume" in good.stdout
+
+    unmapped = monai_bundle(tmp_path / "vessels", labels={"0": "background", "1": "hepatic vessel"})
+    answer = _ainode("models", "check", str(unmapped), "--json")
+    report = json.loads(answer.stdout)
+    assert answer.returncode == 1 and not report["ok"]
+    assert "label 'hepatic vessel' has no standard code" in report["problems"][0]
+    assert "ainode-labels.toml" in report["problems"][0]

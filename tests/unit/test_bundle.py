@@ -12,6 +12,7 @@ import torch
 
 from ai.bundle import BundleError, BundleModel
 from ai.label_codes import LEFT, default_coding
+from ai.model_check import check_model_folder
 from ai.registry import installed_models
 from ai.volume import Volume
 from tests.model_files import monai_bundle
@@ -121,3 +122,23 @@ def test_the_registry_finds_bundles_among_model_folders(tmp_path: Path) -> None:
     found = installed_models([tmp_path / "models"])
     assert found["spleen_ct_segmentation"].source == f"MONAI bundle {tmp_path / 'models' / 'spleen_ct_segmentation'}"
     assert isinstance(found["spleen_ct_segmentation"].create(), BundleModel)
+
+
+def test_a_check_names_what_keeps_a_folder_from_running(tmp_path: Path) -> None:
+    broken = monai_bundle(tmp_path / "broken")
+    torch.save(torch.nn.Conv3d(1, 3, 1).state_dict(), broken / "models" / "model.pt")
+    [problem] = check_model_folder(broken).problems
+    assert problem.startswith("does not load: BundleError") and "size mismatch" in problem
+    assert check_model_folder(broken, run=False).ok  # read only: the folder itself is complete
+
+    # A bundle that resamples but does not invert: its label map is not on the series' grid.
+    uninverted = monai_bundle(tmp_path / "uninverted")
+    config = json.loads((uninverted / "configs" / "inference.json").read_text())
+    config["postprocessing"]["transforms"] = [t for t in config["postprocessing"]["transforms"]
+                                              if t["_target_"] != "Invertd"]
+    (uninverted / "configs" / "inference.json").write_text(json.dumps(config))
+    [problem] = check_model_folder(uninverted).problems
+    assert "must invert its preprocessing (Invertd)" in problem
+
+    [problem] = check_model_folder(tmp_path).problems
+    assert problem.endswith("it holds model folders (broken, uninverted): check each")
