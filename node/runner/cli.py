@@ -581,6 +581,39 @@ def models_check(
         raise typer.Exit(1)
 
 
+@models_app.command("try")
+def models_try(
+    model: Annotated[str, typer.Argument(help="An installed model's name (see ainode models).")],
+    study: Annotated[str, typer.Argument(help="A stored Study Instance UID.")],
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Run a model on a stored study and print what it finds; nothing is recorded or
+    sent. It runs on the series its routes would choose, or on each series it accepts
+    when no route takes one. Exit status 1 when a series failed."""
+    from ai.registry import RegistryError
+    from node.pipeline.model_trial import TrialError, try_model
+
+    settings = _settings(config, data_dir)
+    try:
+        trials = try_model(settings, model, study, device)
+    except (TrialError, RegistryError) as exc:
+        _fail(str(exc), 1)
+    if as_json:
+        out.print_json(json.dumps([t.to_json() for t in trials]))
+    else:
+        for t in trials:
+            number = t.series_number if t.series_number is not None else "?"
+            out.print(f"series {number} ({t.why}): {t.outcome} in {t.seconds:.1f} s", markup=False,
+                      highlight=False, soft_wrap=True)
+            for line in t.lines:
+                out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    if any(t.outcome == "failed" for t in trials):
+        raise typer.Exit(1)
+
+
 @config_app.command("show")
 def config_show(
     config: ConfigOpt = None,

@@ -224,3 +224,27 @@ def test_models_check_says_what_a_folder_is_and_what_is_missing(tmp_path: Path) 
     assert answer.returncode == 1 and not report["ok"]
     assert "label 'hepatic vessel' has no standard code" in report["problems"][0]
     assert "ainode-labels.toml" in report["problems"][0]
+
+
+def test_models_try_runs_a_model_on_a_stored_study_and_records_nothing(node_factory, tmp_path: Path) -> None:
+    import numpy as np
+
+    from tests.conftest import send_study
+    from tests.model_files import monai_bundle
+
+    monai_bundle(tmp_path / "models" / "dense_bundle", pixdim=(0.7, 0.7, 1.0))
+    node: Node = node_factory(f'model_folders = ["{tmp_path / "models"}"]\n').start()  # no route uses it
+    sources = write_ct_study(tmp_path / "study", series=1, slices=8, size=40)
+    send_study(node, tmp_path / "study")
+    study = dcmread(sources[0], stop_before_pixels=True).StudyInstanceUID
+    answer = node.run("models", "try", "dense_bundle", study, "--json")
+    assert answer.returncode == 0, answer.stderr
+    [trial] = json.loads(answer.stdout)
+    assert trial["outcome"] == "ran" and trial["why"].startswith("no route uses dense_bundle; a CT series of 8")
+    dense = sum(int((dcmread(p).pixel_array > 0).sum()) for p in sources)
+    assert f"label 1 (spleen): {dense} voxels" in trial["lines"]
+    assert trial["lines"][0].startswith("spleen volume ") and trial["lines"][0].endswith(" mL")
+    assert json.loads(node.run("predictions", "--json").stdout) == []  # nothing recorded
+    missing = node.run("models", "try", "dense_bundle", "1.2.3.4", check=False)
+    assert missing.returncode == 1 and "1.2.3.4 is not a stored Study Instance UID" in missing.stderr
+    assert np.isfinite(trial["seconds"])
