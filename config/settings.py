@@ -225,6 +225,10 @@ class ModelSettings(BaseModel):
         default=None, ge=0,
         description="GPU memory one run may use at most; unset: what the model declares; 0: no bound",
     )
+    cpu_threads: int | None = Field(
+        default=None, ge=1, le=256,
+        description="PyTorch CPU threads while this model runs; unset: the worker's share of the cores",
+    )
 
 
 Level = Literal["routine", "urgent", "critical"]

@@ -76,6 +76,22 @@ class LoadedModel:
     model: Model
     #: The most GPU memory one run may take beyond what is already held (MiB); 0: no bound.
     memory_bound_mb: int
+    #: PyTorch CPU threads while it runs ([models.<name>] cpu_threads); None: the worker's.
+    cpu_threads: int | None = None
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` PyTorch CPU threads (intra-op), then restore the worker's."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -140,7 +156,7 @@ class InferenceRunner:
                 continue
             bound = config.gpu_memory_mb if config and config.gpu_memory_mb is not None \
                 else model.device_needs.gpu_memory_mb
-            models[name] = LoadedModel(model, bound)
+            models[name] = LoadedModel(model, bound, config.cpu_threads if config else None)
         log.info("inference worker on %s with %s", torch_device,
                  ", ".join(f"{n} {m.model.version}" for n, m in models.items()) or "no models")
         return cls(settings, engine, torch_device, models, unavailable)
@@ -265,7 +281,8 @@ class InferenceRunner:
         try:
             with torch.inference_mode(), \
                     torch.autocast(self.device.type, enabled=autocast), \
-                    gpu_memory_bound(self.device, loaded.memory_bound_mb):
+                    gpu_memory_bound(self.device, loaded.memory_bound_mb), \
+                    cpu_threads(loaded.cpu_threads):
                 return model.predict(volume)
         except torch.cuda.OutOfMemoryError:
             raise PermanentJobError(

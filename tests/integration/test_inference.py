@@ -67,6 +67,8 @@ job_lease_s = 3
 job_retry_base_delay_s = 0.5
 model_folders = ["{models}"]
 
+[models.crash-once]
+cpu_threads = 1
 [models.crash-once.options]
 marker_dir = "{tmp_path}"
 
@@ -103,6 +105,8 @@ def test_plugin_and_folder_models_and_a_worker_crash_costs_one_attempt(
     # The first run of crash-once killed its worker: that attempt failed, the lease ran
     # out, the job ran again on the restarted worker; the other job was not affected.
     assert attempts == {"crash-once": ("succeeded", 2), "dense-onnx": ("succeeded", 1)}
+    # [models.crash-once] cpu_threads = 1: the model ran on one PyTorch thread.
+    assert {r["model"]: r["provenance"].get("cpu_threads") for r in rows}["crash-once"] == 1
     assert "inference-cpu-1 exited unexpectedly" in node.log()
     assert node.run("echo", node.address).returncode == 0
 
