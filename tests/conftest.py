@@ -60,10 +60,45 @@ def wait_until(predicate: Callable[[], T], timeout: float = 60, what: str = "con
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _port_range() -> range | None:
+    """Under pytest-xdist, each worker takes its ports from its own range below the
+    kernel's ephemeral ports, so two workers never pick the same free port at once."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return None
+    start = 10_000 + 4_000 * (int(worker[2:]) % 5)
+    return range(start, start + 4_000)
+
+
+_next_port: dict[str, int] = {}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on now (on 127.0.0.1)."""
+    ports = _port_range()
+    if ports is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    offset = _next_port.get("offset", os.getpid() % len(ports))
+    for step in range(len(ports)):
+        port = ports[(offset + step) % len(ports)]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _next_port["offset"] = (offset + step + 1) % len(ports)
+        return port
+    raise RuntimeError(f"no free port in {ports}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fault tests (CPU hogs, crash loops, memory bounds) run one after another on
+    one pytest-xdist worker; the rest share the other workers."""
+    for item in items:
+        if "tests/faults/" in item.nodeid.replace("\\", "/") or item.nodeid.startswith("faults/"):
+            item.add_marker(pytest.mark.xdist_group("faults"))
 
 
 def peer_env() -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -25,18 +26,24 @@ class TrialError(ValueError):
     """The trial cannot run: unknown model or study, or the model does not load."""
 
 
+class TrialOutcome(StrEnum):
+    RAN = "ran"
+    DECLINED = "declined"  # the model (or the volume check) turned the series down, with the reason
+    ERROR = "error"  # the model raised, or its output does not match what it declares
+
+
 @dataclass
 class SeriesTrial:
     series_number: int | None
     series_instance_uid: str
     why: str  # why this series was tried
-    outcome: str = "ran"  # "ran", "declined" or "failed"
+    outcome: TrialOutcome = TrialOutcome.RAN
     lines: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"series_number": self.series_number, "series_instance_uid": self.series_instance_uid,
-                "why": self.why, "outcome": self.outcome, "lines": self.lines, "seconds": round(self.seconds, 2)}
+                "why": self.why, "outcome": str(self.outcome), "lines": self.lines, "seconds": round(self.seconds, 2)}
 
 
 def _series_to_try(settings: Settings, model: Model, study_uid: str) -> list[tuple[SeriesView, str]]:
@@ -90,13 +97,14 @@ def try_model(settings: Settings, model_name: str, study_uid: str, device: str =
                     prediction = model.predict(volume)
                 check_prediction(model.outputs, prediction, volume.shape)
             except (NotAVolume, ModelCannotRun) as exc:
-                trial.outcome, trial.lines = "declined", [str(exc)]
+                trial.outcome, trial.lines = TrialOutcome.DECLINED, [str(exc)]
                 continue
             except PredictionMismatch as exc:
-                trial.outcome, trial.lines = "failed", [f"output does not match what the model declares: {exc}"]
+                trial.outcome = TrialOutcome.ERROR
+                trial.lines = [f"output does not match what the model declares: {exc}"]
                 continue
             except Exception as exc:  # the model's own code: report it, try the next series
-                trial.outcome, trial.lines = "failed", [f"{type(exc).__name__}: {exc}"]
+                trial.outcome, trial.lines = TrialOutcome.ERROR, [f"{type(exc).__name__}: {exc}"]
                 continue
             finally:
                 trial.seconds = time.perf_counter() - started

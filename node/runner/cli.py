@@ -592,9 +592,9 @@ def models_try(
 ) -> None:
     """Run a model on a stored study and print what it finds; nothing is recorded or
     sent. It runs on the series its routes would choose, or on each series it accepts
-    when no route takes one. Exit status 1 when a series failed."""
+    when no route takes one. Exit status 1 when the model raised an error on a series."""
     from ai.registry import RegistryError
-    from node.pipeline.model_trial import TrialError, try_model
+    from node.pipeline.model_trial import TrialError, TrialOutcome, try_model
 
     settings = _settings(config, data_dir)
     try:
@@ -610,7 +610,7 @@ def models_try(
                       highlight=False, soft_wrap=True)
             for line in t.lines:
                 out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
-    if any(t.outcome == "failed" for t in trials):
+    if any(t.outcome is TrialOutcome.ERROR for t in trials):
         raise typer.Exit(1)
 
 
