@@ -7,6 +7,8 @@ highdicom. The encoders turn a :class:`Prediction` into DICOM objects later.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -86,6 +88,20 @@ class FindingSpec:
 
 
 @dataclass(frozen=True)
+class DetectionSpec:
+    """A kind of lesion a detection model finds: its name, its finding type (e.g. SCT
+    27925004 "Nodule") and the score from which a detection of it is reported."""
+
+    name: str
+    concept: Code
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"detection {self.name!r}: threshold {self.threshold} is outside 0..1")
+
+
+@dataclass(frozen=True)
 class Accepts:
     modalities: tuple[str, ...]
     min_slices: int = 1
@@ -105,6 +121,7 @@ class Outputs:
     segments: tuple[SegmentSpec, ...] = ()
     measurements: tuple[MeasurementSpec, ...] = ()
     findings: tuple[FindingSpec, ...] = ()
+    detections: tuple[DetectionSpec, ...] = ()
     #: (window centre, window width) to draw key images with, e.g. (-600, 1500) for lungs;
     #: None: the source images' own window.
     display_window: tuple[float, float] | None = None
@@ -208,6 +225,47 @@ class Finding:
         return cls(str(data["name"]), score, assessment, str(data.get("reason") or ""))
 
 
+@dataclass(frozen=True)
+class Detection:
+    """One lesion a model found, in patient space.
+
+    ``centre`` is in DICOM patient coordinates (LPS, mm). ``diameters_mm`` are the
+    lesion's extents along the patient x, y and z axes: an ellipsoid with those axes
+    (a box found by a model is reported as the ellipsoid inscribed in it); None for a
+    point, when the model gives no size.
+    """
+
+    name: str  # a DetectionSpec's name
+    centre: tuple[float, float, float]
+    score: float
+    diameters_mm: tuple[float, float, float] | None = None
+
+    @property
+    def volume_ml(self) -> float | None:
+        """The ellipsoid's volume (pi/6 * a * b * c), or None for a point."""
+        if self.diameters_mm is None:
+            return None
+        a, b, c = self.diameters_mm
+        return math.pi / 6 * a * b * c / 1000.0
+
+    def describe(self) -> str:
+        """For people: "nodule at (-52.0, 31.5, 104.0) mm, 8.2 x 7.9 x 8.5 mm (score 0.91)"."""
+        where = f"at ({', '.join(f'{v:.1f}' for v in self.centre)}) mm"
+        size = f", {' x '.join(f'{d:.1f}' for d in self.diameters_mm)} mm" if self.diameters_mm else ""
+        return f"{self.name} {where}{size} (score {self.score:.2f})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "centre": list(self.centre), "score": self.score,
+                "diameters_mm": list(self.diameters_mm) if self.diameters_mm else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Detection:
+        centre = tuple(float(v) for v in data["centre"])
+        diameters = tuple(float(v) for v in data["diameters_mm"]) if data.get("diameters_mm") else None
+        return cls(str(data["name"]), (centre[0], centre[1], centre[2]), float(data["score"]),
+                   (diameters[0], diameters[1], diameters[2]) if diameters else None)
+
+
 @dataclass
 class Prediction:
     """What a model returns for one volume."""
@@ -215,6 +273,7 @@ class Prediction:
     labelmap: np.ndarray | None  # uint8, the volume's shape; 0 = background
     measurements: list[Measurement] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    detections: list[Detection] = field(default_factory=list)
     #: Facts about the input the results depend on (kernel, slice thickness, ...).
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -249,9 +308,35 @@ def outputs_from_dict(data: dict[str, Any]) -> Outputs:
                                            m.get("segment"), code(m.get("derivation")), code(m.get("method")))
                            for m in data.get("measurements", ())),
         findings=tuple(FindingSpec(f["name"], Code(**f["concept"])) for f in data.get("findings", ())),
+        detections=tuple(DetectionSpec(d["name"], Code(**d["concept"]), float(d.get("threshold", 0.5)))
+                         for d in data.get("detections", ())),
         display_window=(float(window[0]), float(window[1])) if (window := data.get("display_window")) else None,
         procedure=code(data.get("procedure")),
     )
+
+
+def declared_outputs(outputs: Outputs) -> Outputs:
+    """What a model declares, with one finding per kind of detection (its name and
+    concept) unless the model declares a finding of that name itself: a detected
+    lesion then reaches triage, the worklist and the report as a finding does."""
+    named = {f.name for f in outputs.findings}
+    extra = tuple(FindingSpec(d.name, d.concept) for d in outputs.detections if d.name not in named)
+    return dataclasses.replace(outputs, findings=outputs.findings + extra) if extra else outputs
+
+
+def detection_findings(outputs: Outputs, prediction: Prediction) -> list[Finding]:
+    """The findings :func:`declared_outputs` adds: a kind of detection is present, with
+    the highest score among its detections, when one reaches its threshold; absent
+    otherwise (with the highest score, if any)."""
+    own = {f.name for f in prediction.findings} | {f.name for f in outputs.findings}
+    found = []
+    for kind in outputs.detections:
+        if kind.name in own:
+            continue
+        scores = [d.score for d in prediction.detections if d.name == kind.name]
+        best = max(scores, default=0.0)
+        found.append(Finding(kind.name, best, Assessment.of(bool(scores) and best >= kind.threshold)))
+    return found
 
 
 class PredictionMismatch(ValueError):
@@ -289,5 +374,14 @@ def check_prediction(outputs: Outputs, prediction: Prediction, shape: tuple[int,
             problems.append(f"finding {f.name!r} that it does not declare")
         elif f.score is not None and not (np.isfinite(f.score) and 0.0 <= f.score <= 1.0):
             problems.append(f"finding {f.name!r} with score {f.score} (0..1 expected)")
+    kinds = {d.name for d in outputs.detections}
+    for d in prediction.detections:
+        if d.name not in kinds:
+            problems.append(f"detection {d.name!r} that it does not declare")
+        elif not (np.isfinite(d.score) and 0.0 <= d.score <= 1.0):
+            problems.append(f"detection {d.name!r} with score {d.score} (0..1 expected)")
+        elif not all(np.isfinite(v) for v in d.centre) or (
+                d.diameters_mm is not None and not all(np.isfinite(v) and v > 0 for v in d.diameters_mm)):
+            problems.append(f"detection {d.name!r} at {d.centre} with diameters {d.diameters_mm}")
     if problems:
         raise PredictionMismatch("; ".join(problems))

@@ -186,6 +186,8 @@ class PredictionRecord(Base):
     #: [{name, value, unit, reliable, note}], [{name, score, present}], {fact: value}
     measurements: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     findings: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    #: [{name, centre (LPS mm), score, diameters_mm}]; None in rows recorded before detections.
+    detections: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     provenance: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: The label map and its geometry (``.npz``), relative to the data folder.
     labelmap_path: Mapped[str | None] = mapped_column(String(400))

@@ -16,7 +16,7 @@ from ai.encoders.sc import SliceValues, encode_key_images
 from ai.encoders.seg import encode_segmentation
 from ai.encoders.sr import encode_measurement_report
 from ai.labelmap import LabelMap
-from ai.protocol import Finding, Measurement, Outputs
+from ai.protocol import Detection, Finding, Measurement, Outputs
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class ModelResult:
     measurements: tuple[Measurement, ...] = ()
     findings: tuple[Finding, ...] = ()
     labelmap: LabelMap | None = None
+    detections: tuple[Detection, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def encode_prediction(
         if result.labelmap is not None:
             seg = encode_segmentation(identity, result.outputs, result.labelmap, sources, workers=workers)
         sr = encode_measurement_report(identity, result.outputs, result.measurements, result.findings,
-                                       sources, seg)
+                                       sources, seg, result.detections)
         key_images = []
         if result.labelmap is not None and slice_values is not None:
             key_images = encode_key_images(identity, result.outputs, result.labelmap, sources, slice_values,

@@ -8,11 +8,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 
 from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
 from ai.encoders.seg import coded
-from ai.protocol import Assessment, Finding, FindingSpec, Measurement, MeasurementSpec, Outputs
+from ai.protocol import (
+    Assessment,
+    Detection,
+    DetectionSpec,
+    Finding,
+    FindingSpec,
+    Measurement,
+    MeasurementSpec,
+    Outputs,
+)
 
 # CID 240 Present-Absent: the values of a finding's qualitative evaluation (TID 1501 row 12).
 PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
@@ -73,6 +83,63 @@ def _reason_item(finding: Finding) -> hd.sr.TextContentItem:
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
+#: CID 7470 Linear Measurements and CID 7469 Area/Volume (TID 1419 row 1).
+LONG_AXIS = hd.sr.CodedConcept("103339001", "SCT", "Long axis")
+SHORT_AXIS = hd.sr.CodedConcept("103340004", "SCT", "Short axis")
+VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
+MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
+ML = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
+
+
+def _surface(detection: Detection, frame_of_reference_uid: str, source_series: str) -> hd.sr.VolumeSurface:
+    """TID 1411 row 8 (SCOORD3D): the lesion's centre as a POINT, or its ellipsoid by the
+    end points of its three axes (along the patient x, y and z axes)."""
+    centre = np.array(detection.centre, dtype=np.float64)
+    series = hd.sr.SourceSeriesForSegmentation(source_series)
+    if detection.diameters_mm is None:
+        return hd.sr.VolumeSurface(graphic_type=hd.sr.GraphicTypeValues3D.POINT, graphic_data=centre[None],
+                                   frame_of_reference_uid=frame_of_reference_uid, source_series=series)
+    ends = np.repeat(centre[None], 6, axis=0)
+    for axis, diameter in enumerate(detection.diameters_mm):
+        ends[2 * axis, axis] -= diameter / 2
+        ends[2 * axis + 1, axis] += diameter / 2
+    return hd.sr.VolumeSurface(graphic_type=hd.sr.GraphicTypeValues3D.ELLIPSOID, graphic_data=ends,
+                               frame_of_reference_uid=frame_of_reference_uid, source_series=series)
+
+
+def _detection_group(number: int, detection: Detection, spec: DetectionSpec, identity: ResultIdentity,
+                     algorithm: hd.sr.AlgorithmIdentification, frame_of_reference_uid: str
+                     ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411, one per lesion: its own tracking identifier and UID (rows 2-3), its
+    place (row 8), its finding type (row 4), the certainty of the finding and, for an
+    ellipsoid, its long and short axes and volume (rows 9-10, TID 1419)."""
+    measurements = [hd.sr.Measurement(name=CERTAINTY_OF_FINDING, value=round(100.0 * detection.score, 3),
+                                      unit=PERCENT, algorithm_id=algorithm)]
+    if detection.diameters_mm is not None and detection.volume_ml is not None:
+        measurements += [
+            hd.sr.Measurement(name=LONG_AXIS, value=round(max(detection.diameters_mm), 3), unit=MM,
+                              algorithm_id=algorithm),
+            hd.sr.Measurement(name=SHORT_AXIS, value=round(min(detection.diameters_mm), 3), unit=MM,
+                              algorithm_id=algorithm),
+            hd.sr.Measurement(name=VOLUME, value=round(detection.volume_ml, 4), unit=ML, algorithm_id=algorithm),
+        ]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.uid(f"detection-{number}"),
+                                                     identifier=f"{spec.name} {number}"[:64]),
+        referenced_volume_surface=_surface(detection, frame_of_reference_uid, identity.source_series_instance_uid),
+        finding_type=coded(spec.concept),
+        algorithm_id=algorithm,
+        measurements=measurements,
+    )
+
+
+def reported_detections(outputs: Outputs, detections: Sequence[Detection]) -> list[tuple[Detection, DetectionSpec]]:
+    """The detections at or above their kind's threshold, most certain first."""
+    specs = {d.name: d for d in outputs.detections}
+    kept = [(d, specs[d.name]) for d in detections if d.name in specs and d.score >= specs[d.name].threshold]
+    return sorted(kept, key=lambda pair: -pair[0].score)
+
+
 def encode_measurement_report(
     identity: ResultIdentity,
     outputs: Outputs,
@@ -80,6 +147,7 @@ def encode_measurement_report(
     findings: Sequence[Finding],
     sources: Sequence[Dataset],
     segmentation: Dataset | None,
+    detections: Sequence[Detection] = (),
 ) -> hd.sr.Comprehensive3DSR:
     algorithm = hd.sr.AlgorithmIdentification(name=identity.model, version=identity.model_version)
     values = {m.name: m for m in measurements}
@@ -130,6 +198,11 @@ def encode_measurement_report(
         if finding.indeterminate:
             group[0].ContentSequence.append(_reason_item(finding))
         groups.append(group)
+    frame_of_reference = str(sources[0].get("FrameOfReferenceUID", "")) if sources else ""
+    for number, (detection, kind) in enumerate(reported_detections(outputs, detections), start=1):
+        if not frame_of_reference:
+            raise ValueError("detections need the source images' Frame of Reference UID")
+        groups.append(_detection_group(number, detection, kind, identity, algorithm, frame_of_reference))
     if unplaced:
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.uid("group-measurements"),

@@ -24,7 +24,7 @@ from ai.encoders.identity import ResultIdentity
 from ai.encoders.results import ModelResult, encode_prediction
 from ai.encoders.sc import SliceValues
 from ai.labelmap import LabelMap
-from ai.protocol import Finding, Measurement, outputs_from_dict
+from ai.protocol import Detection, Finding, Measurement, outputs_from_dict
 from config.settings import Settings
 from node.jobs.context import JobContext, PermanentJobError, current_study
 from node.jobs.kinds import EncodePayload, SendPayload, StudyWork, read_payload, study_job
@@ -63,7 +63,8 @@ def model_result(record: PredictionRecord, store: FileStore) -> ModelResult:
     labelmap = LabelMap.from_npz(store.absolute(record.labelmap_path)) if record.labelmap_path else None
     return ModelResult(outputs_from_dict(record.outputs),
                        tuple(Measurement.from_json(m) for m in record.measurements),
-                       tuple(Finding.from_json(f) for f in record.findings), labelmap)
+                       tuple(Finding.from_json(f) for f in record.findings), labelmap,
+                       tuple(Detection.from_json(d) for d in record.detections or ()))
 
 
 class EncodeHandler:

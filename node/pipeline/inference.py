@@ -24,7 +24,16 @@ import torch
 from sqlalchemy import Engine, select
 
 from ai.labelmap import LabelMap
-from ai.protocol import Finding, Model, ModelCannotRun, Prediction, PredictionMismatch, check_prediction
+from ai.protocol import (
+    Finding,
+    Model,
+    ModelCannotRun,
+    Prediction,
+    PredictionMismatch,
+    check_prediction,
+    declared_outputs,
+    detection_findings,
+)
 from ai.registry import RegistryError, installed_models
 from ai.volume import NotAVolume, Volume, load_volume
 from config.settings import Settings
@@ -251,13 +260,15 @@ class InferenceRunner:
                 work.study_instance_uid, f"{model.name}-v{version}-{job.id}-{series_uid[-24:]}.npz")
             self._store.write(relative, [LabelMap.of_volume(prediction.labelmap, volume).to_npz()])
         units = {m.name: m.unit.value for m in model.outputs.measurements}
+        findings = [*prediction.findings, *detection_findings(model.outputs, prediction)]
         row = dict(
             study_id=work.study_id, results_version=version, model=model.name,
             model_version=model.version, route=payload.route[:64],
             series_instance_uid=series_uid, job_id=job.id, device=str(self.device),
-            outputs=dataclasses.asdict(model.outputs),
+            outputs=dataclasses.asdict(declared_outputs(model.outputs)),
             measurements=[m.to_json(units.get(m.name)) for m in prediction.measurements],
-            findings=[f.to_json() for f in prediction.findings],
+            findings=[f.to_json() for f in findings],
+            detections=[d.to_json() for d in prediction.detections],
             provenance=prediction.provenance, labelmap_path=relative,
             load_seconds=loaded_at - started, inference_seconds=finished - loaded_at,
             created_at=time.time(),
@@ -269,7 +280,7 @@ class InferenceRunner:
                 record(conn, work.study_id, INFERRED, f"{model.name} {model.version} on {label}: "
                        f"{loaded_at - started:.1f} s load + {finished - loaded_at:.1f} s on {self.device}",
                        version)
-        present = [f.name for f in prediction.findings if f.present]
+        present = [f.name for f in findings if f.present]
         log.info("study %s v%d: %s on %s (%d slices) in %.1f s load + %.1f s on %s; findings: %s",
                  work.study_instance_uid, version, model.name, label, volume.shape[0],
                  loaded_at - started, finished - loaded_at, self.device, ", ".join(present) or "none")

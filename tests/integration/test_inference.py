@@ -57,6 +57,11 @@ def test_chest_ct_from_c_store_to_a_ct_chest_prediction_on_the_defaults(
     assert "PHANTOM" not in node.log() and "Phantom" not in node.log()
 
 
+def _ct_route(name: str, model: str) -> str:
+    """A [[routes]] table sending every CT series of 5 images or more to ``model``."""
+    return f'\n[[routes]]\nname = "{name}"\nmodel = "{model}"\n[routes.match]\nmodality = ["CT"]\nmin_instances = 5\n'
+
+
 def _plugin_config(tmp_path: Path, extra: str = "") -> str:
     models = tmp_path / "models"
     onnx_segmenter(models / "dense")
@@ -72,20 +77,7 @@ cpu_threads = 1
 [models.crash-once.options]
 marker_dir = "{tmp_path}"
 
-[[routes]]
-name = "crash"
-model = "crash-once"
-[routes.match]
-modality = ["CT"]
-min_instances = 5
-
-[[routes]]
-name = "dense"
-model = "dense-onnx"
-[routes.match]
-modality = ["CT"]
-min_instances = 5
-"""
+""" + _ct_route("crash", "crash-once") + _ct_route("dense", "dense-onnx")
 
 
 def test_plugin_and_folder_models_and_a_worker_crash_costs_one_attempt(
@@ -200,14 +192,7 @@ def test_a_monai_bundle_segments_a_received_series_voxel_for_voxel(node_factory,
 quiet_period_s = 1
 completion_sweep_s = 0.5
 model_folders = ["{tmp_path / 'models'}"]
-
-[[routes]]
-name = "dense"
-model = "dense_ct_bundle"
-[routes.match]
-modality = ["CT"]
-min_instances = 5
-"""
+""" + _ct_route("dense", "dense_ct_bundle")
     node: Node = node_factory(config, inference=True).start()
     listed = {m["name"]: m for m in json.loads(node.run("models", "--json").stdout)}
     assert listed["dense_ct_bundle"]["source"].startswith("MONAI bundle ")
@@ -244,14 +229,7 @@ def test_a_model_that_cannot_load_fails_its_jobs_with_the_reason_and_the_node_se
 quiet_period_s = 1
 completion_sweep_s = 0.5
 model_folders = ["{tmp_path / 'models'}"]
-""" + "".join(f"""
-[[routes]]
-name = "{model}"
-model = "{model}"
-[routes.match]
-modality = ["CT"]
-min_instances = 5
-""" for model in ("broken_bundle", "dense-onnx"))
+""" + _ct_route("broken_bundle", "broken_bundle") + _ct_route("dense-onnx", "dense-onnx")
     node: Node = node_factory(config, inference=True).start()
     assert "model broken_bundle cannot be loaded on cpu" in node.log()
     write_ct_study(tmp_path / "study", series=1, slices=8)
@@ -265,3 +243,45 @@ min_instances = 5
     assert "size mismatch" in states["broken_bundle"][1]
     assert [p["model"] for p in _predictions(node)] == ["dense-onnx"]
     assert node.run("echo", node.address).returncode == 0
+
+
+def test_a_detected_lesion_is_one_sr_group_at_its_place_and_raises_the_study(node_factory, tmp_path: Path) -> None:
+    """A detection model (tests/plugins: one nodule at the centre of the voxels above
+    0 HU) on a received series: the SR holds one TID 1411 group for the lesion with
+    its ellipsoid in patient space, and a [[triage]] rule on the lesion's kind raises
+    the study."""
+    import highdicom as hd
+    from pydicom import dcmread
+
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))}
+    config = "quiet_period_s = 1\ncompletion_sweep_s = 0.5\n" + _ct_route("nodules", "blob-detector") + """
+[[triage]]
+finding = "lung nodule"
+min_score = 0.5
+level = "urgent"
+"""
+    node: Node = node_factory(config, inference=True, extra_env=env).start()
+    sources = write_ct_study(tmp_path / "study", series=1, slices=6, size=32)
+    send_study(node, tmp_path / "study")
+
+    def sr_file() -> Path | None:
+        return next((p for p in (node.data_dir / "results").rglob("*.dcm")
+                     if dcmread(p, stop_before_pixels=True).Modality == "SR"), None)
+    report = hd.sr.Comprehensive3DSR.from_dataset(dcmread(wait_until(sr_file, 90, "the SR")))
+    [group] = report.content.get_volumetric_roi_measurement_groups()
+    assert str(group.tracking_identifier) == "lung nodule 1" and group.finding_type.value == "27925004"
+    points = []
+    for path in sources:
+        ds = dcmread(path)
+        j, i = np.nonzero(ds.pixel_array > 0)
+        x0, y0, z0 = (float(v) for v in ds.ImagePositionPatient)
+        points.append(np.stack([x0 + i * float(ds.PixelSpacing[1]), y0 + j * float(ds.PixelSpacing[0]),
+                                np.full(i.shape, z0)], axis=1))
+    expected = np.concatenate(points).mean(axis=0)
+    assert group.roi.graphic_type == hd.sr.GraphicTypeValues3D.ELLIPSOID
+    assert np.allclose(group.roi.graphic_data.mean(axis=0), expected, atol=1e-3)
+    studies = json.loads(urllib.request.urlopen(node.api_url + "/api/studies", timeout=10).read())
+    [study] = studies
+    assert study["priority"] == "urgent"
+    [prediction] = _predictions(node)
+    assert [(f["name"], f["assessment"]) for f in prediction["findings"]] == [("lung nodule", "present")]

@@ -12,6 +12,8 @@ import numpy as np
 from ai.protocol import (
     Accepts,
     Code,
+    Detection,
+    DetectionSpec,
     DeviceNeeds,
     Measurement,
     MeasurementSpec,
@@ -50,3 +52,26 @@ class CrashOnceModel:
         return Prediction(labelmap=mask.astype(np.uint8),
                           measurements=[Measurement("dense volume", float(mask.sum()) * volume.voxel_volume_ml)],
                           provenance={"cpu_threads": torch.get_num_threads()})
+
+
+class DenseBlobDetector:
+    """Finds one "lung nodule" at the centre of the voxels above 0 HU, the size of
+    their extent along each patient axis, with score 0.9: a detection whose right
+    answer a test can compute from the source images."""
+
+    name = "blob-detector"
+    version = "1"
+    accepts = Accepts(modalities=("CT",), min_slices=3)
+    device_needs = DeviceNeeds(gpu="none")
+    outputs = Outputs(detections=(DetectionSpec("lung nodule", Code("27925004", "SCT", "Nodule")),))
+
+    def load(self, device: str) -> None:
+        pass
+
+    def predict(self, volume):  # noqa: ANN001, ANN201
+        k, j, i = np.nonzero(volume.array > 0)
+        affine = volume.affine_lps()
+        points = (affine @ np.stack([i, j, k, np.ones_like(i)]).astype(float))[:3]
+        centre = tuple(float(v) for v in points.mean(axis=1))
+        extent = tuple(float(v) + 0.5 for v in np.ptp(points, axis=1))
+        return Prediction(labelmap=None, detections=[Detection("lung nodule", centre, 0.9, extent)])

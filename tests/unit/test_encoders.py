@@ -205,3 +205,40 @@ def test_seg_sr_agree_on_tracking_and_encoding_again_gives_the_same_bytes() -> N
     time.sleep(1.1)  # another second on the clock
     again = _encode(identity, sources, labelmap)
     assert as_bytes(first) == as_bytes(again)
+
+
+def test_each_detected_lesion_is_its_own_group_with_its_place_and_size() -> None:
+    import highdicom as hd
+
+    from ai.encoders.results import ModelResult
+    from ai.protocol import Code, Detection, DetectionSpec, Outputs
+
+    identity, sources, _ = _inputs()
+    nodule = Code("27925004", "SCT", "Nodule")
+    outputs = Outputs(detections=(DetectionSpec("lung nodule", nodule, threshold=0.4),))
+    detections = (
+        Detection("lung nodule", (10.0, 12.5, 3.0), 0.91, (8.0, 6.0, 4.0)),  # an ellipsoid
+        Detection("lung nodule", (20.0, 5.0, 2.0), 0.55),  # a point
+        Detection("lung nodule", (1.0, 1.0, 1.0), 0.2),  # below the threshold: not reported
+    )
+    objects = encode_prediction(identity, ModelResult(outputs, detections=detections), sources)
+    [sr] = [o.dataset for o in objects if o.kind == "sr"]
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    groups = report.content.get_volumetric_roi_measurement_groups()
+    assert [str(g.tracking_identifier) for g in groups] == ["lung nodule 1", "lung nodule 2"]
+    assert len({g.tracking_uid for g in groups}) == 2
+    first, second = groups
+    assert first.finding_type.value == "27925004"
+    surface = first.roi
+    assert surface.graphic_type == hd.sr.GraphicTypeValues3D.ELLIPSOID
+    assert surface.frame_of_reference_uid == sources[0].FrameOfReferenceUID
+    ends = surface.graphic_data
+    assert np.allclose(ends.mean(axis=0), (10.0, 12.5, 3.0))
+    assert np.allclose(np.ptp(ends, axis=0), (8.0, 6.0, 4.0))
+    values = {m.name.meaning: (m.value, m.unit.value) for m in first.get_measurements()}
+    assert values["Certainty of Finding"] == (pytest.approx(91.0), "%")
+    assert values["Long axis"] == (pytest.approx(8.0), "mm") and values["Short axis"] == (pytest.approx(4.0), "mm")
+    assert values["Volume"][0] == pytest.approx(np.pi / 6 * 8 * 6 * 4 / 1000, rel=1e-3)
+    assert second.roi.graphic_type == hd.sr.GraphicTypeValues3D.POINT
+    assert np.allclose(second.roi.graphic_data, [(20.0, 5.0, 2.0)])
+    assert [m.name.meaning for m in second.get_measurements()] == ["Certainty of Finding"]
