@@ -53,6 +53,14 @@ class FindingLine(BaseModel):
     text: str
 
 
+class DetectionLine(BaseModel):
+    name: str
+    centre: list[float] = Field(description="patient coordinates (LPS), mm")
+    diameters_mm: list[float] | None = Field(description="along the patient x, y, z axes; none for a point")
+    score: float
+    text: str
+
+
 class ResultObjectLine(BaseModel):
     kind: str = Field(description="seg, sr or sc")
     sop_class_uid: str
@@ -70,6 +78,8 @@ class ModelResultLine(BaseModel):
     seconds: float
     measurements: list[MeasurementLine]
     findings: list[FindingLine]
+    detections: list[DetectionLine] = Field(default_factory=list,
+                                            description="the lesions reported, most certain first")
     objects: list[ResultObjectLine]
     has_labelmap: bool
 
@@ -130,6 +140,16 @@ def finding_line(data: dict[str, object]) -> FindingLine:
     return FindingLine(name=f.name, assessment=str(f.assessment), score=f.score, reason=f.reason, text=f.describe())
 
 
+def detection_lines(outputs: dict[str, object], detections: Sequence[dict[str, object]]) -> list[DetectionLine]:
+    """The detections the SR reports (at or above their kind's threshold), most certain first."""
+    from ai.encoders.sr import reported_detections
+    from ai.protocol import Detection, outputs_from_dict
+
+    kept = reported_detections(outputs_from_dict(dict(outputs)), [Detection.from_json(dict(d)) for d in detections])
+    return [DetectionLine(name=d.name, centre=list(d.centre), score=d.score, text=d.describe(),
+                          diameters_mm=list(d.diameters_mm) if d.diameters_mm else None) for d, _ in kept]
+
+
 def study_results(conn: Connection, study_instance_uid: str, routes: Sequence[Route]) -> StudyResults | None:
     """The study's current results, or ``None`` when the node has no such study."""
     from sqlalchemy.orm import Session
@@ -154,6 +174,7 @@ def study_results(conn: Connection, study_instance_uid: str, routes: Sequence[Ro
             seconds=round(p.load_seconds + p.inference_seconds, 2),
             measurements=[measurement_line(m) for m in p.measurements],
             findings=[finding_line(f) for f in p.findings],
+            detections=detection_lines(p.outputs, p.detections or []),
             objects=objects.get((p.model, p.series_instance_uid), []),
             has_labelmap=p.labelmap_path is not None,
         )

@@ -314,7 +314,7 @@ def predictions(
         ).all()
     engine.dispose()
     fields = ("id", "study_instance_uid", "results_version", "model", "model_version", "route",
-              "series_instance_uid", "device", "measurements", "findings", "provenance",
+              "series_instance_uid", "device", "measurements", "findings", "detections", "provenance",
               "labelmap_path", "load_seconds", "inference_seconds", "created_at")
     # A version the study left behind (it received more images since) is superseded.
     records = [{**{f: getattr(r, f) for f in fields},
@@ -378,6 +378,8 @@ def results(
             say(f"  {m.text}")
         for f in r.findings:
             say(f"  {f.text}")
+        for number, d in enumerate(r.detections, start=1):
+            say(f"  lesion {number}: {d.text}")
         for o in r.objects:
             say(f"  {o.kind.upper()} {o.sop_instance_uid}")
     for reason in report.declined:

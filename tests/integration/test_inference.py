@@ -285,3 +285,7 @@ level = "urgent"
     assert study["priority"] == "urgent"
     [prediction] = _predictions(node)
     assert [(f["name"], f["assessment"]) for f in prediction["findings"]] == [("lung nodule", "present")]
+    [result] = json.loads(node.run("results", study["study_instance_uid"], "--json").stdout)["results"]
+    [lesion] = result["detections"]
+    assert lesion["name"] == "lung nodule" and np.allclose(lesion["centre"], expected, atol=1e-3)
+    assert lesion["text"].startswith("lung nodule at (") and "(score 0.90)" in lesion["text"]
