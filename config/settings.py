@@ -229,6 +229,11 @@ class ModelSettings(BaseModel):
         default=None, ge=1, le=256,
         description="PyTorch CPU threads while this model runs; unset: the worker's share of the cores",
     )
+    timeout_s: float | None = Field(
+        default=None, ge=1,
+        description="the longest the model may run on one series; beyond it its job ends dead with "
+                    "that reason and its worker is restarted (a stuck model cannot be stopped otherwise)",
+    )
 
 
 Level = Literal["routine", "urgent", "critical"]

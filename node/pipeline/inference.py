@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 _MB = 2**20
 
 
+#: Exit status of an inference worker that ended a model run past its timeout_s.
+MODEL_TIMEOUT_EXIT = 75
+
+
 class ModelUnavailable(RuntimeError):
     """A model this worker cannot run (the message says why)."""
 
@@ -87,6 +92,8 @@ class LoadedModel:
     memory_bound_mb: int
     #: PyTorch CPU threads while it runs ([models.<name>] cpu_threads); None: the worker's.
     cpu_threads: int | None = None
+    #: The longest one run may take ([models.<name>] timeout_s); None: no limit.
+    timeout_s: float | None = None
 
 
 @contextlib.contextmanager
@@ -165,7 +172,8 @@ class InferenceRunner:
                 continue
             bound = config.gpu_memory_mb if config and config.gpu_memory_mb is not None \
                 else model.device_needs.gpu_memory_mb
-            models[name] = LoadedModel(model, bound, config.cpu_threads if config else None)
+            models[name] = LoadedModel(model, bound, config.cpu_threads if config else None,
+                                       config.timeout_s if config else None)
         log.info("inference worker on %s with %s", torch_device,
                  ", ".join(f"{n} {m.model.version}" for n, m in models.items()) or "no models")
         return cls(settings, engine, torch_device, models, unavailable)
@@ -242,7 +250,8 @@ class InferenceRunner:
                 raise ModelCannotRun(f"it is {volume.modality or 'of no modality'}; the model accepts "
                                      f"{', '.join(model.accepts.modalities)}")
             loaded_at = time.perf_counter()
-            prediction = self._predict(loaded, volume, label)
+            with self._watchdog(job, loaded, label):
+                prediction = self._predict(loaded, volume, label)
         except (NotAVolume, ModelCannotRun) as exc:
             what = "not a regular volume: " if isinstance(exc, NotAVolume) else ""
             reason = f"model {model.name} cannot run on {label}: {what}{exc}"
@@ -284,6 +293,33 @@ class InferenceRunner:
         log.info("study %s v%d: %s on %s (%d slices) in %.1f s load + %.1f s on %s; findings: %s",
                  work.study_instance_uid, version, model.name, label, volume.shape[0],
                  loaded_at - started, finished - loaded_at, self.device, ", ".join(present) or "none")
+
+    @contextlib.contextmanager
+    def _watchdog(self, job: ClaimedJob, loaded: LoadedModel, label: str) -> Iterator[None]:
+        """Past the model's timeout_s, end its job dead with the reason and restart
+        this worker: a thread stuck in a model's code cannot be stopped any other way
+        (the supervisor starts a new worker; the GPU memory goes with the process)."""
+        if loaded.timeout_s is None:
+            yield
+            return
+        name, limit = loaded.model.name, loaded.timeout_s
+
+        def expired() -> None:
+            reason = (f"model {name} ran longer than its timeout_s ({limit:g} s) on {label}; "
+                      "its worker was restarted")
+            log.error("%s", reason)
+            try:
+                self._queue.fail(job, reason, permanent=True)
+            finally:
+                os._exit(MODEL_TIMEOUT_EXIT)
+
+        timer = threading.Timer(limit, expired)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
     def _predict(self, loaded: LoadedModel, volume: Volume, label: str) -> Prediction:
         """Run the model; :class:`ModelCannotRun` passes through (the model declines)."""

@@ -289,3 +289,29 @@ level = "urgent"
     [lesion] = result["detections"]
     assert lesion["name"] == "lung nodule" and np.allclose(lesion["centre"], expected, atol=1e-3)
     assert lesion["text"].startswith("lung nodule at (") and "(score 0.90)" in lesion["text"]
+
+
+def test_a_model_past_its_timeout_ends_dead_with_the_reason_and_its_worker_comes_back(
+        node_factory, tmp_path: Path) -> None:
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))}
+    onnx_segmenter(tmp_path / "models" / "dense")
+    config = f"""\
+quiet_period_s = 1
+completion_sweep_s = 0.5
+model_folders = ["{tmp_path / 'models'}"]
+
+[models.hangs]
+timeout_s = 3
+""" + _ct_route("stuck", "hangs") + _ct_route("dense", "dense-onnx")
+    node: Node = node_factory(config, inference=True, extra_env=env).start()
+    write_ct_study(tmp_path / "study", series=1, slices=8)
+    send_study(node, tmp_path / "study")
+    jobs = wait_until(lambda: len(j := _jobs(node)) == 2 and all(x["state"] in ("succeeded", "dead") for x in j)
+                      and j, 120, "both infer jobs settled")
+    states = {j["payload"]["model"]: (j["state"], j["last_error"] or "", j["attempts"]) for j in jobs}
+    assert states["hangs"][:2] == ("dead", "model hangs ran longer than its timeout_s (3 s) on series 1; "
+                                           "its worker was restarted")
+    assert states["hangs"][2] == 1  # not retried: it would hang again
+    assert states["dense-onnx"][0] == "succeeded"
+    assert "inference-cpu-1 exited unexpectedly (status 75)" in node.log()
+    assert node.run("echo", node.address).returncode == 0

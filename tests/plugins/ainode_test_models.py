@@ -75,3 +75,22 @@ class DenseBlobDetector:
         centre = tuple(float(v) for v in points.mean(axis=1))
         extent = tuple(float(v) + 0.5 for v in np.ptp(points, axis=1))
         return Prediction(labelmap=None, detections=[Detection("lung nodule", centre, 0.9, extent)])
+
+
+class HangingModel:
+    """Never returns from predict (as a model stuck in a deadlock would)."""
+
+    name = "hangs"
+    version = "1"
+    accepts = Accepts(modalities=("CT",), min_slices=3)
+    device_needs = DeviceNeeds(gpu="none")
+    outputs = Outputs()
+
+    def load(self, device: str) -> None:
+        pass
+
+    def predict(self, volume):  # noqa: ANN001, ANN201
+        import time
+
+        while True:
+            time.sleep(1)
