@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from ai.encoders.identity import ResultIdentity
 from ai.encoders.sc import SliceValues, encode_key_images
 from ai.encoders.seg import encode_segmentation
-from ai.encoders.sr import encode_measurement_report
+from ai.encoders.sr import encode_measurement_report, reported_detections
 from ai.labelmap import LabelMap
 from ai.protocol import Detection, Finding, Measurement, Outputs
 
@@ -148,8 +148,9 @@ def encode_prediction(
                                        sources, seg, result.detections)
         key_images = []
         if result.labelmap is not None and slice_values is not None:
+            lesions = [d for d, _ in reported_detections(result.outputs, result.detections)]
             key_images = encode_key_images(identity, result.outputs, result.labelmap, sources, slice_values,
-                                           result.measurements, result.findings)
+                                           result.measurements, result.findings, lesions)
     objects = (([EncodedObject("seg", seg)] if seg is not None else []) + [EncodedObject("sr", sr)]
                + [EncodedObject("sc", image) for image in key_images])
     for obj in objects:

@@ -5,6 +5,7 @@ largest, a legend, and a banner saying the images are derived and not for diagno
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import highdicom as hd
@@ -17,13 +18,52 @@ from scipy import ndimage
 from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
 from ai.encoders.seg import PALETTE
 from ai.labelmap import LabelMap
-from ai.protocol import Finding, Measurement, Outputs
+from ai.protocol import Detection, Finding, Measurement, Outputs
 
 #: The source slice behind label map slice ``i``, in modality units (HU for CT).
 SliceValues = Callable[[int], np.ndarray]
 
 BANNER = "AI RESULT - DERIVED IMAGE - NOT FOR DIAGNOSTIC USE"
 MAX_KEY_IMAGES = 6
+LESION_COLOUR = (255, 160, 0)
+
+
+@dataclass(frozen=True)
+class LesionMark:
+    """A reported lesion as drawn on one slice: its number in the SR, and the box (in
+    pixels: column and row from, to) of its ellipse's cross-section there."""
+
+    number: int
+    detection: Detection
+    box: tuple[float, float, float, float]
+
+
+def lesion_marks(labelmap: LabelMap, detections: Sequence[Detection]) -> dict[int, list[LesionMark]]:
+    """Per slice, the lesions to mark on it: each on the slice nearest its centre, as
+    the cross-section of its ellipse (a point as a 5 mm circle). ``detections`` are the
+    reported ones, numbered in order as in the SR."""
+    affine = np.eye(4)
+    affine[:3, 0] = labelmap.direction[:, 0] * labelmap.spacing[2]
+    affine[:3, 1] = labelmap.direction[:, 1] * labelmap.spacing[1]
+    affine[:3, 2] = labelmap.direction[:, 2] * labelmap.spacing[0]
+    affine[:3, 3] = labelmap.origin
+    inverse = np.linalg.inv(affine)
+    slices = labelmap.array.shape[0]
+    marks: dict[int, list[LesionMark]] = {}
+    for number, detection in enumerate(detections, start=1):
+        column, row, index = (inverse @ np.array([*detection.centre, 1.0]))[:3]
+        k = int(round(index))
+        if not 0 <= k < slices:
+            continue
+        diameters = np.array(detection.diameters_mm or (5.0, 5.0, 5.0))
+        # Half-extent of the ellipsoid along each voxel axis (axis-aligned in patient space).
+        half = 0.5 * np.abs(labelmap.direction.T @ diameters)
+        across = (k - index) * labelmap.spacing[0]
+        shrink = np.sqrt(max(0.0, 1.0 - (across / max(half[2], 1e-6)) ** 2)) if half[2] else 1.0
+        rx = max(2.0, half[0] * shrink / labelmap.spacing[2])
+        ry = max(2.0, half[1] * shrink / labelmap.spacing[1])
+        marks.setdefault(k, []).append(LesionMark(number, detection, (column - rx, row - ry, column + rx, row + ry)))
+    return marks
 
 
 def key_slices(labelmap: np.ndarray, labels: Sequence[int], most: int = MAX_KEY_IMAGES) -> list[int]:
@@ -99,7 +139,7 @@ def _short(measured: Measurement, unit: str, segment_name: str) -> str:
 
 
 def draw_key_image(values: np.ndarray, labels: np.ndarray, outputs: Outputs, window: tuple[float, float],
-                   caption: str, lines: Sequence[str] = ()) -> np.ndarray:
+                   caption: str, lines: Sequence[str] = (), lesions: Sequence[LesionMark] = ()) -> np.ndarray:
     """One RGB key image: the slice in ``window``, every segment's outline in its colour,
     the banner at the top; at the bottom the legend (each segment with ``lines`` that
     start with its name), the other ``lines`` and ``caption``."""
@@ -121,6 +161,14 @@ def draw_key_image(values: np.ndarray, labels: np.ndarray, outputs: Outputs, win
     draw = ImageDraw.Draw(image)
     size = max(10, rgb.shape[0] // 40)
     font = ImageFont.load_default(size=size)
+    for mark in lesions:
+        x0, y0, x1, y1 = mark.box
+        draw.ellipse((x0, y0, x1, y1), outline=LESION_COLOUR, width=max(1, rgb.shape[0] // 256))
+        draw.text((x1 + 2, y0 - size), str(mark.number), fill=LESION_COLOUR, font=font)
+        size_text = " x ".join(f"{d:.1f}" for d in mark.detection.diameters_mm) + " mm, " \
+            if mark.detection.diameters_mm else ""
+        legend.append((f"{mark.number}: {mark.detection.name}, {size_text}score {mark.detection.score:.2f}",
+                       LESION_COLOUR))
     draw.rectangle((0, 0, rgb.shape[1], size + 6), fill=(0, 0, 0))
     draw.text((4, 3), BANNER, fill=(255, 255, 0), font=font)
     texts = legend + [(line, (255, 255, 255)) for line in rest] + [(caption, (200, 200, 200))]
@@ -149,22 +197,28 @@ def encode_key_images(
     slice_values: SliceValues,
     measurements: Sequence[Measurement] = (),
     findings: Sequence[Finding] = (),
+    detections: Sequence[Detection] = (),
 ) -> list[hd.sc.SCImage]:
-    """The key images of one prediction (none when no segment has a voxel), with the
-    values measured on each segment shown and their reliability. ``slice_values(i)``
-    gives the label map's slice ``i`` of the source in modality units (HU for CT);
-    ``sources`` are the series' headers."""
+    """The key images of one prediction (none when no segment has a voxel and no lesion
+    is reported), with the values measured on each segment shown and their
+    reliability, and each reported lesion (``detections``, numbered as in the SR)
+    outlined on the slice nearest its centre. ``slice_values(i)`` gives the label map's
+    slice ``i`` of the source in modality units (HU for CT); ``sources`` are the
+    series' headers."""
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     images = []
     labels = labelmap.array
-    for number, index in enumerate(key_slices(labels, [s.label for s in outputs.segments]), start=1):
+    marks = lesion_marks(labelmap, detections)
+    chosen = key_slices(labels, [s.label for s in outputs.segments])
+    chosen = sorted(set(chosen) | set(sorted(marks)[:max(0, MAX_KEY_IMAGES - len(chosen))]))
+    for number, index in enumerate(chosen, start=1):
         source = by_uid[labelmap.sop_instance_uids[index]]
         values = slice_values(index)
         window = outputs.display_window or window_of(source, values)
         caption = f"{identity.model} {identity.model_version} - slice {index + 1}/{labels.shape[0]}"
         shown = sorted(set(np.unique(labels[index]).tolist()) - {0})
         pixels = draw_key_image(values, labels[index], outputs, window, caption,
-                                result_lines(outputs, measurements, findings, shown))
+                                result_lines(outputs, measurements, findings, shown), marks.get(index, ()))
         spacing = source.get("PixelSpacing")
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
@@ -195,7 +249,7 @@ def encode_key_images(
         image.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
         image.BurnedInAnnotation = "YES"
         image.ImageComments = "AI outlines on a source slice; derived image, not for diagnostic use"
-        image.DerivationDescription = f"Segment outlines drawn by {identity.model} {identity.model_version}"[:1024]
+        image.DerivationDescription = f"Outlines drawn by {identity.model} {identity.model_version}"[:1024]
         image.SoftwareVersions = [SOFTWARE_VERSION, identity.model_version]  # type: ignore[assignment]  # VR LO, multi-valued
         reference = Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID

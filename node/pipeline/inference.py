@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from sqlalchemy import Engine, select
 
@@ -264,10 +265,14 @@ class InferenceRunner:
         except PredictionMismatch as exc:
             raise PermanentJobError(f"model {model.name} {model.version} returned {exc} on {label}") from None
         relative = None
-        if prediction.labelmap is not None:
+        # A model that only detects still gets a (blank) label map file: it is the
+        # series' grid the key images mark its lesions on.
+        labelmap = prediction.labelmap if prediction.labelmap is not None else \
+            (np.zeros(volume.shape, dtype=np.uint8) if prediction.detections else None)
+        if labelmap is not None:
             relative = self._store.result_path(
                 work.study_instance_uid, f"{model.name}-v{version}-{job.id}-{series_uid[-24:]}.npz")
-            self._store.write(relative, [LabelMap.of_volume(prediction.labelmap, volume).to_npz()])
+            self._store.write(relative, [LabelMap.of_volume(labelmap, volume).to_npz()])
         units = {m.name: m.unit.value for m in model.outputs.measurements}
         findings = [*prediction.findings, *detection_findings(model.outputs, prediction)]
         row = dict(

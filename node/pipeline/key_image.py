@@ -4,6 +4,7 @@ images draw them), as PNG. Made on request from what the node keeps; nothing sto
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -11,9 +12,10 @@ from PIL import Image
 from pydicom import dcmread
 from sqlalchemy import Engine, select
 
-from ai.encoders.sc import draw_key_image, key_slices, result_lines, window_of
+from ai.encoders.sc import draw_key_image, key_slices, lesion_marks, result_lines, window_of
+from ai.encoders.sr import reported_detections
 from ai.labelmap import LabelMap
-from ai.protocol import Finding, Measurement, outputs_from_dict
+from ai.protocol import Detection, Finding, Measurement, outputs_from_dict
 from node.pipeline.encoding import slice_reader
 from storage.files import FileStore
 from storage.models import Instance, PredictionRecord, Study
@@ -40,7 +42,8 @@ def key_image_png(engine: Engine, store: FileStore, study_instance_uid: str, pre
     with engine.connect() as conn:
         record = conn.execute(
             select(PredictionRecord.outputs, PredictionRecord.measurements, PredictionRecord.findings,
-                   PredictionRecord.labelmap_path, PredictionRecord.model, PredictionRecord.model_version)
+                   PredictionRecord.detections, PredictionRecord.labelmap_path, PredictionRecord.model,
+                   PredictionRecord.model_version)
             .join(Study, PredictionRecord.study_id == Study.id)
             .where(PredictionRecord.id == prediction_id, Study.study_instance_uid == study_instance_uid)
         ).one_or_none()
@@ -49,8 +52,14 @@ def key_image_png(engine: Engine, store: FileStore, study_instance_uid: str, pre
     labelmap = LabelMap.from_npz(store.absolute(record.labelmap_path))
     outputs = outputs_from_dict(record.outputs)
     labels = labelmap.array
-    index = best_slice(labels, [s.label for s in outputs.segments]) if slice_index is None \
-        else max(0, min(labels.shape[0] - 1, slice_index))
+    lesions = [d for d, _ in reported_detections(outputs, [Detection.from_json(d) for d in record.detections or ()])]
+    marks = lesion_marks(labelmap, lesions)
+    if slice_index is not None:
+        index = max(0, min(labels.shape[0] - 1, slice_index))
+    elif not labels.any() and marks:  # a detector's result: the most certain lesion's slice
+        index = min(marks, key=lambda k: min(m.number for m in marks[k]))
+    else:
+        index = best_slice(labels, [s.label for s in outputs.segments])
     uid = labelmap.sop_instance_uids[index]
     with engine.connect() as conn:
         relative = conn.execute(select(Instance.path).where(Instance.sop_instance_uid == uid)).scalar_one_or_none()
@@ -68,8 +77,9 @@ def key_image_png(engine: Engine, store: FileStore, study_instance_uid: str, pre
     if factor > 1:
         values = values.repeat(factor, 0).repeat(factor, 1)
         plane = plane.repeat(factor, 0).repeat(factor, 1)
+    scaled = [dataclasses.replace(m, box=tuple(v * factor for v in m.box)) for m in marks.get(index, ())]
     rgb = draw_key_image(values, plane, outputs, window, caption,
-                         result_lines(outputs, measurements, findings, shown))
+                         result_lines(outputs, measurements, findings, shown), scaled)
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -289,6 +289,16 @@ level = "urgent"
     [lesion] = result["detections"]
     assert lesion["name"] == "lung nodule" and np.allclose(lesion["centre"], expected, atol=1e-3)
     assert lesion["text"].startswith("lung nodule at (") and "(score 0.90)" in lesion["text"]
+    # The study page's key image marks it, on the slice nearest its centre.
+    import io
+
+    from PIL import Image
+
+    png = urllib.request.urlopen(
+        f"{node.api_url}/api/studies/{study['study_instance_uid']}/key-images/{prediction['id']}.png", timeout=30)
+    pixels = np.asarray(Image.open(io.BytesIO(png.read())).convert("RGB")).astype(int)
+    orange = (pixels[..., 0] > 200) & (pixels[..., 1] > 120) & (pixels[..., 1] < 200) & (pixels[..., 2] < 40)
+    assert orange.sum() > 50
 
 
 def test_a_model_past_its_timeout_ends_dead_with_the_reason_and_its_worker_comes_back(

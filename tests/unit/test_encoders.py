@@ -242,3 +242,33 @@ def test_each_detected_lesion_is_its_own_group_with_its_place_and_size() -> None
     assert second.roi.graphic_type == hd.sr.GraphicTypeValues3D.POINT
     assert np.allclose(second.roi.graphic_data, [(20.0, 5.0, 2.0)])
     assert [m.name.meaning for m in second.get_measurements()] == ["Certainty of Finding"]
+
+
+def test_a_lesion_is_marked_on_the_key_image_of_the_slice_nearest_its_centre() -> None:
+    from ai.encoders.sc import LESION_COLOUR
+    from ai.protocol import Code, Detection, DetectionSpec, Outputs
+
+    identity, sources, _ = _inputs(scale=8)  # 6 slices of 256 x 256 at 0.7 mm, 1 mm apart
+    uids = tuple(str(s.SOPInstanceUID) for s in sources)
+    blank = LabelMap(np.zeros((6, 256, 256), dtype=np.uint8), uids, (1,) * 6, str(sources[0].SeriesInstanceUID),
+                     (1.0, 0.7, 0.7), (0.0, 0.0, 0.0), np.eye(3))
+    outputs = Outputs(detections=(DetectionSpec("lung nodule", Code("27925004", "SCT", "Nodule")),))
+    # Centre at column 100, row 60, between slices 3 and 4 (z = 3.4 mm): slice 3 is nearest.
+    lesion = Detection("lung nodule", (100 * 0.7, 60 * 0.7, 3.4), 0.91, (14.0, 14.0, 4.0))
+    hu = np.full((256, 256), -800.0, dtype=np.float32)
+    objects = encode_prediction(identity, ModelResult(outputs, labelmap=blank, detections=(lesion,)), sources,
+                                slice_values=lambda i: hu)
+    assert [o.kind for o in objects] == ["sr", "sc"]  # no SEG for a blank label map
+    [image] = [o.dataset for o in objects if o.kind == "sc"]
+    assert image.SourceImageSequence[0].ReferencedSOPInstanceUID == uids[3]
+    pixels = image.pixel_array
+    ring = np.all(pixels == LESION_COLOUR, axis=2)
+    rows, columns = np.nonzero(ring[20:200])  # the lesion, not the legend at the bottom
+    # The cross-section 0.4 mm from the centre of a 14 mm ellipsoid is about 13.3 mm wide:
+    # a ring of radius ~9.5 pixels around column 100, row 60.
+    assert abs(columns.mean() - 100) < 1.5 and abs(rows.mean() + 20 - 60) < 1.5
+    assert 8 < (columns.max() - columns.min()) / 2 < 11
+    legend = pixels[200:].astype(int)
+    orange = (legend[..., 0] > 150) & (legend[..., 1] > 60) & (legend[..., 1] < legend[..., 0] - 40) \
+        & (legend[..., 2] < 40)
+    assert orange.sum() > 20  # "1: lung nodule, 14.0 x 14.0 x 4.0 mm, score 0.91" in the lesion colour
