@@ -142,3 +142,15 @@ def test_a_check_names_what_keeps_a_folder_from_running(tmp_path: Path) -> None:
 
     [problem] = check_model_folder(tmp_path).problems
     assert problem.endswith("it holds model folders (broken, uninverted): check each")
+
+
+def test_a_bundle_with_a_yaml_config_runs_the_same(tmp_path: Path) -> None:
+    import yaml
+
+    volume, dense = _off_centre_phantom(AXIAL)
+    folder = monai_bundle(tmp_path / "yaml_bundle", pixdim=(0.9, 0.8, 2.5))
+    config = folder / "configs" / "inference.json"
+    (folder / "configs" / "inference.yaml").write_text(yaml.safe_dump(json.loads(config.read_text())))
+    config.unlink()
+    _, prediction = _predict(folder, volume)
+    assert prediction.labelmap is not None and np.array_equal(prediction.labelmap == 1, dense)
