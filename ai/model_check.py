@@ -56,6 +56,8 @@ def _describe(model: Model, report: ModelCheck) -> None:
                               f"{s.category.meaning}{where}")
     report.outputs += [f"measurement {m.name!r} ({m.unit.value})" for m in model.outputs.measurements]
     report.outputs += [f"finding {f.name!r}: {f.concept.meaning}" for f in model.outputs.findings]
+    report.outputs += [f"lesions {d.name!r}: {d.concept.meaning}, reported from score {d.threshold:g}"
+                       for d in model.outputs.detections]
 
 
 def check_model_folder(path: Path, run: bool = True) -> ModelCheck:
@@ -105,5 +107,6 @@ def check_model_folder(path: Path, run: bool = True) -> ModelCheck:
     units = {m.name: m.unit.value for m in model.outputs.measurements}
     parts += [m.brief(units.get(m.name)) for m in prediction.measurements]
     parts += [f.describe() for f in prediction.findings]
+    parts += [d.describe() for d in prediction.detections]
     report.trial = "; ".join(parts) or "no output"
     return report

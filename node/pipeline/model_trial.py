@@ -110,6 +110,7 @@ def try_model(settings: Settings, model_name: str, study_uid: str, device: str =
                 trial.seconds = time.perf_counter() - started
             trial.lines += [m.describe(units.get(m.name)) for m in prediction.measurements]
             trial.lines += [f.describe() for f in prediction.findings]
+            trial.lines += [f"lesion: {d.describe()}" for d in prediction.detections]
             if prediction.labelmap is not None:
                 labels, counts = np.unique(prediction.labelmap, return_counts=True)
                 trial.lines += [f"label {int(v)} ({names.get(int(v), '?')}): {int(n)} voxels"

@@ -535,6 +535,7 @@ def models(
             "segments": [s.name for s in m.outputs.segments],
             "measurements": [x.name for x in m.outputs.measurements],
             "findings": [f.name for f in m.outputs.findings],
+            "detections": [d.name for d in m.outputs.detections],
         })
     if as_json:
         out.print_json(json.dumps(rows))
@@ -548,7 +549,8 @@ def models(
             continue
         _row(table, r["name"], r["version"], f"{'/'.join(r['modalities'])}, >= {r['min_slices']} slices",
                       r["gpu"], f"{len(r['segments'])} segments, {len(r['measurements'])} measurements, "
-                      f"{len(r['findings'])} finding(s)", r["source"])
+                      f"{len(r['findings'])} finding(s)"
+                      + (f", lesions: {', '.join(r['detections'])}" if r["detections"] else ""), r["source"])
     out.print(table)
 
 
