@@ -93,6 +93,7 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {ports}")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The fault tests (CPU hogs, crash loops, memory bounds) run one after another on
     one pytest-xdist worker; the rest share the other workers."""
