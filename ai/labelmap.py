@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ai.volume import Volume
+from ai.volume import Volume, affine_lps
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class LabelMap:
             raise ValueError(f"a label map of shape {tuple(array.shape)} for a volume of {volume.shape}")
         return cls(array.astype(np.uint8, copy=False), volume.sop_instance_uids, volume.frame_numbers,
                    volume.series_instance_uid, volume.spacing, volume.origin, volume.direction)
+
+    def affine_lps(self) -> np.ndarray:
+        """Voxel (column, row, slice) to patient (LPS, mm), as :meth:`Volume.affine_lps`."""
+        return affine_lps(self.spacing, self.origin, self.direction)
 
     @property
     def labels(self) -> set[int]:

@@ -61,14 +61,19 @@ class Volume:
         return int(slices), int(rows), int(columns)
 
     def affine_lps(self) -> np.ndarray:
-        """The 4x4 voxel-to-patient (LPS, mm) matrix for indices in (column, row,
-        slice) order, the order NIfTI-style tools (MONAI, nnU-Net, ITK) use."""
-        affine = np.eye(4)
-        affine[:3, 0] = self.direction[:, 0] * self.spacing[2]
-        affine[:3, 1] = self.direction[:, 1] * self.spacing[1]
-        affine[:3, 2] = self.direction[:, 2] * self.spacing[0]
-        affine[:3, 3] = self.origin
-        return affine
+        return affine_lps(self.spacing, self.origin, self.direction)
+
+
+def affine_lps(spacing: Sequence[float], origin: Sequence[float], direction: np.ndarray) -> np.ndarray:
+    """The 4x4 voxel-to-patient (LPS, mm) matrix of a grid with ``spacing`` (slice, row,
+    column), ``origin`` and ``direction`` as :class:`Volume` keeps them, for indices in
+    (column, row, slice) order, the order NIfTI-style tools (MONAI, nnU-Net, ITK) use."""
+    affine = np.eye(4)
+    affine[:3, 0] = direction[:, 0] * spacing[2]
+    affine[:3, 1] = direction[:, 1] * spacing[1]
+    affine[:3, 2] = direction[:, 2] * spacing[0]
+    affine[:3, 3] = origin
+    return affine
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -70,7 +71,7 @@ def _port_range() -> range | None:
     return range(start, start + 4_000)
 
 
-_next_port: dict[str, int] = {}
+_port_cursor = itertools.count(os.getpid())  # where this worker looks next in its range
 
 
 def free_port() -> int:
@@ -80,15 +81,13 @@ def free_port() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
-    offset = _next_port.get("offset", os.getpid() % len(ports))
-    for step in range(len(ports)):
-        port = ports[(offset + step) % len(ports)]
+    for _ in ports:
+        port = ports[next(_port_cursor) % len(ports)]
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-        _next_port["offset"] = (offset + step + 1) % len(ports)
         return port
     raise RuntimeError(f"no free port in {ports}")
 

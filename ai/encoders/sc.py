@@ -42,12 +42,7 @@ def lesion_marks(labelmap: LabelMap, detections: Sequence[Detection]) -> dict[in
     """Per slice, the lesions to mark on it: each on the slice nearest its centre, as
     the cross-section of its ellipse (a point as a 5 mm circle). ``detections`` are the
     reported ones, numbered in order as in the SR."""
-    affine = np.eye(4)
-    affine[:3, 0] = labelmap.direction[:, 0] * labelmap.spacing[2]
-    affine[:3, 1] = labelmap.direction[:, 1] * labelmap.spacing[1]
-    affine[:3, 2] = labelmap.direction[:, 2] * labelmap.spacing[0]
-    affine[:3, 3] = labelmap.origin
-    inverse = np.linalg.inv(affine)
+    inverse = np.linalg.inv(labelmap.affine_lps())
     slices = labelmap.array.shape[0]
     marks: dict[int, list[LesionMark]] = {}
     for number, detection in enumerate(detections, start=1):

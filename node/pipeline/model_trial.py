@@ -16,7 +16,7 @@ from ai.registry import installed_models
 from ai.volume import NotAVolume, load_volume
 from config.settings import Settings
 from node.pipeline.route_explain import views_from_database
-from node.pipeline.routing import SeriesView, route_study
+from node.pipeline.routing import SeriesView, StudyView, route_study
 from storage.db import open_database
 from storage.files import FileStore
 from storage.inventory import series_files
@@ -46,11 +46,7 @@ class SeriesTrial:
                 "why": self.why, "outcome": str(self.outcome), "lines": self.lines, "seconds": round(self.seconds, 2)}
 
 
-def _series_to_try(settings: Settings, model: Model, study_uid: str) -> list[tuple[SeriesView, str]]:
-    studies = views_from_database(settings, study_uid)
-    if not studies:
-        raise TrialError(f"{study_uid} is not a stored Study Instance UID")
-    [study] = studies
+def _series_to_try(settings: Settings, model: Model, study: StudyView) -> list[tuple[SeriesView, str]]:
     routes = [r for r in settings.routes if r.model == model.name and r.enabled]
     chosen = [(s, f"route {d.route.name} takes it") for d in route_study(routes, study) for s in d.chosen]
     if chosen:
@@ -67,6 +63,9 @@ def try_model(settings: Settings, model_name: str, study_uid: str, device: str =
     (each series it accepts when no route takes one)."""
     import torch
 
+    studies = views_from_database(settings, study_uid)  # before loading the model: a wrong UID fails fast
+    if not studies:
+        raise TrialError(f"{study_uid} is not a stored Study Instance UID")
     available = installed_models(settings.model_folders)
     if model_name not in available:
         raise TrialError(f"model {model_name!r} is not installed (installed: {', '.join(sorted(available)) or 'none'})")
@@ -76,7 +75,7 @@ def try_model(settings: Settings, model_name: str, study_uid: str, device: str =
         model.load(device)
     except Exception as exc:  # the model's own code
         raise TrialError(f"model {model_name} does not load: {type(exc).__name__}: {exc}") from None
-    candidates = _series_to_try(settings, model, study_uid)
+    candidates = _series_to_try(settings, model, studies[0])
     if not candidates:
         raise TrialError(f"the study has no {'/'.join(model.accepts.modalities)} series of at least "
                          f"{model.accepts.min_slices} images for {model_name}")
