@@ -194,10 +194,12 @@ class Destination(BaseModel):
     url: str | None = Field(default=None, description="STOW-RS base URL, e.g. http://pacs:8042/dicom-web")
     timeout_s: float = Field(default=30.0, gt=0)
     tls: DestinationTls | None = Field(default=None, description="send over DICOM TLS (dicom)")
-    objects: list[Literal["seg", "sr", "sc"]] = Field(
+    objects: list[Literal["seg", "sr", "sc", "pm"]] = Field(
         default=["seg", "sr"], min_length=1,
-        description='which results it receives: "seg" (Segmentation), "sr" (TID 1500 report), '
-                    '"sc" (Secondary Capture key images with outlines, for viewers without SEG)',
+        description='which results it receives: "seg" (Segmentation, and the probabilities of models '
+                    'that give them as a fractional SEG), "sr" (TID 1500 report), "sc" (Secondary '
+                    'Capture key images with outlines and explanation overlays, for viewers without '
+                    'SEG), "pm" (Parametric Maps of the models\' explanation maps)',
     )
 
     @model_validator(mode="after")
@@ -321,6 +323,14 @@ class Settings(BaseSettings):
         default=5000,
         ge=0,
         description="How long a SQLite writer waits for a lock before failing (ms).",
+    )
+    store_db_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description=(
+            "How long a C-STORE keeps retrying a locked or unreachable database before it "
+            "answers 0xA700 (out of resources); keep it well under the senders' DIMSE timeout."
+        ),
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 

@@ -26,7 +26,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from config.settings import Settings
 from node.network.access import AccessPolicy
@@ -209,6 +209,7 @@ class StorageListener:
                                           settings.max_pending_handshakes_per_peer)
         self._pdu_limits = PduLimits.from_settings(settings.max_pdu_size, self._max_instance_bytes)
         self._low_disk = ThrottledLog(log, 60.0)
+        self._db_waits = ThrottledLog(log, 10.0)
         # each kind of line its own throttle: a stream of stalled connections must
         # not hide a peer that sends malformed PDUs, nor the other way round
         self._no_handshake = ThrottledLog(log, 10.0, logging.INFO)
@@ -446,9 +447,7 @@ class StorageListener:
             )
             return _status(OUT_OF_RESOURCES, "cannot write to disk")
         try:
-            old_path = record_instance(
-                self._engine, header, StoredFile(relative, size, transfer_syntax, calling_ae or None)
-            )
+            old_path = self._record(header, StoredFile(relative, size, transfer_syntax, calling_ae or None))
         except SQLAlchemyError as exc:
             log.error(
                 "C-STORE of instance %s failed: cannot record it in the database (%s)",
@@ -459,6 +458,23 @@ class StorageListener:
         if old_path is not None:
             self._store.remove(old_path)
         return None
+
+    def _record(self, header: InstanceHeader, stored: StoredFile) -> str | None:
+        """Record the instance, retrying a locked or unreachable database for up to
+        ``store_db_wait_s``: the node's own writers (the completion sweep, job claims)
+        may hold SQLite's write lock past the busy timeout when the machine is loaded,
+        and a sender should not be refused for that. Other errors are not retried."""
+        deadline = time.monotonic() + self._settings.store_db_wait_s
+        pause = 0.05
+        while True:
+            try:
+                return record_instance(self._engine, header, stored)
+            except OperationalError:
+                if self._in_flight.closed or time.monotonic() + pause > deadline:
+                    raise
+                self._db_waits("C-STORE waits for the database (locked or unreachable); retrying")
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
     def _receive(self, event: evt.Event) -> Dataset | int:
         started = time.perf_counter()

@@ -5,6 +5,7 @@ record with 0xA700, and delivers everything once the fault is gone."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -74,18 +75,32 @@ def test_database_locked_by_another_process(
     node_factory, orthanc: Orthanc, tmp_path: Path
 ) -> None:
     template = phantom_template(tmp_path / "phantom")
-    config = "db_busy_timeout_ms = 300\n" + CONFIG.format(ae=orthanc.ae_title, port=orthanc.dicom_port)
+    # A short busy timeout, as on a loaded machine where the node's own writers hold the
+    # lock longer than it: a store rides that out for store_db_wait_s.
+    config = ("db_busy_timeout_ms = 300\nstore_db_wait_s = 3\n"
+              + CONFIG.format(ae=orthanc.ae_title, port=orthanc.dicom_port))
     node: Node = node_factory(config, inference=True).start(timeout=120)
     first = Trial(fresh_study(template))
     send(node.port, first, first.datasets)
     assert len(first.acknowledged) == len(first.datasets)
 
     locker = sqlite3.connect(node.data_dir / "ainode.db", isolation_level=None, check_same_thread=False)
-    locker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    # A writer holds the lock for 1.5 s, five times the busy timeout: the store waits.
+    locker.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(1.5, lambda: locker.execute("ROLLBACK"))
+    release.start()
+    second = fresh_study(template)
+    started = time.monotonic()
+    assert store_datasets(node.port, second[:1], calling_ae="CT01") == [0x0000]
+    assert time.monotonic() - started >= 1.2, "the store did not meet the lock"
+    release.join()
+    assert "C-STORE waits for the database" in node.log()
+
+    locker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock for long
     try:
-        # While it is held, an image cannot be recorded: 0xA700, not a false success.
-        second = fresh_study(template)
-        assert store_datasets(node.port, second[:2], calling_ae="CT01") == [0xA700, 0xA700]
+        # While it is held past store_db_wait_s, an image cannot be recorded: 0xA700,
+        # not a false success.
+        assert store_datasets(node.port, second[1:3], calling_ae="CT01") == [0xA700, 0xA700]
         # Meanwhile the completion sweep and the workers' claims fail, and are retried.
         wait_until(lambda: "completion sweep failed" in (log := node.log()) and "cannot claim jobs" in log,
                    60, "the sweep and the workers to meet the locked database")
