@@ -38,7 +38,7 @@ import math
 import tomllib
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -61,6 +61,7 @@ from ai.protocol import (
 from ai.volume import Volume
 
 MANIFEST_NAME = "ainode-model.toml"
+M = TypeVar("M", bound=BaseModel)
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".torchscript")
 ONNX_SUFFIXES = (".onnx",)
 
@@ -159,22 +160,28 @@ class Manifest(_Strict):
         return self
 
 
-def read_manifest(folder: Path) -> Manifest:
-    """Parse and check ``<folder>/ainode-model.toml``; raises :class:`ManifestError`."""
-    path = folder / MANIFEST_NAME
+def read_toml_model(path: Path, schema: type[M], error: type[ValueError]) -> M:
+    """``path`` parsed as TOML and checked against ``schema``; ``error`` (with the file
+    and each field's problem) when it cannot be read or does not fit."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ManifestError(f"{path}: cannot be read ({exc.strerror})") from None
+        raise error(f"{path}: cannot be read ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: not valid TOML ({exc})") from None
+        raise error(f"{path}: not valid TOML ({exc})") from None
     try:
-        manifest = Manifest.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors())
-        raise ManifestError(f"{path}: {problems}") from None
+        raise error(f"{path}: {problems}") from None
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Parse and check ``<folder>/ainode-model.toml``; raises :class:`ManifestError`."""
+    path = folder / MANIFEST_NAME
+    manifest = read_toml_model(path, Manifest, ManifestError)
     if not (folder / manifest.file).is_file():
         raise ManifestError(f"{path}: file {manifest.file!r} is not in the folder")
     return manifest

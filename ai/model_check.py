@@ -58,6 +58,8 @@ def _describe(model: Model, report: ModelCheck) -> None:
     report.outputs += [f"finding {f.name!r}: {f.concept.meaning}" for f in model.outputs.findings]
     report.outputs += [f"lesions {d.name!r}: {d.concept.meaning}, reported from score {d.threshold:g}"
                        for d in model.outputs.detections]
+    report.outputs += [f"{m.kind} map {m.name!r} of {m.of!r}" + (f" ({m.method})" if m.method else "")
+                       for m in model.outputs.maps]
 
 
 def check_model_folder(path: Path, run: bool = True) -> ModelCheck:
@@ -108,5 +110,6 @@ def check_model_folder(path: Path, run: bool = True) -> ModelCheck:
     parts += [m.brief(units.get(m.name)) for m in prediction.measurements]
     parts += [f.describe() for f in prediction.findings]
     parts += [d.describe() for d in prediction.detections]
+    parts += [f"map {m.name!r} up to {float(np.max(m.values)):.2f}" for m in prediction.maps]
     report.trial = "; ".join(parts) or "no output"
     return report

@@ -39,6 +39,12 @@ class ModelCannotRun(ValueError):
     running it again will not help. The message says why, without patient data."""
 
 
+class ModelFailed(RuntimeError):
+    """The model failed on this input in a way running it again will not mend (a
+    container that exits non-zero, runs past its timeout or writes nothing usable):
+    its job ends dead with this message (no patient data)."""
+
+
 @dataclass(frozen=True)
 class Code:
     """A coded concept: (value, coding scheme designator, meaning), e.g. SNOMED CT."""
@@ -101,6 +107,42 @@ class DetectionSpec:
             raise ValueError(f"detection {self.name!r}: threshold {self.threshold} is outside 0..1")
 
 
+class MapKind(StrEnum):
+    """What a voxel map a model gives beside its results means."""
+
+    #: A segment's probability per voxel: a fractional (probability) SEG.
+    PROBABILITY = "probability"
+    #: Where the model looked for a finding (a saliency map, e.g. Grad-CAM): a Parametric
+    #: Map and an overlay key image, labelled as an explanation and never read as a finding.
+    EXPLANATION = "explanation"
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """A voxel map a model gives, values 0..1 on the series' grid. ``of`` names what it
+    is about: the segment (probability) or the finding (explanation). ``method`` says
+    how it is made, for readers (e.g. "Grad-CAM (MONAI) on layer 0")."""
+
+    name: str
+    kind: MapKind
+    of: str
+    method: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", MapKind(self.kind))
+        if not (self.name and self.of):
+            raise ValueError("a map needs a name and the segment or finding it is about")
+
+
+@dataclass(frozen=True, eq=False)
+class ValueMap:
+    """One map a model returns: a :class:`MapSpec`'s name and its values (float, the
+    volume's shape, 0..1)."""
+
+    name: str
+    values: np.ndarray
+
+
 @dataclass(frozen=True)
 class Accepts:
     modalities: tuple[str, ...]
@@ -128,6 +170,18 @@ class Outputs:
     #: The imaging procedure the results report on (TID 1500 Procedure Reported), e.g.
     #: SCT 169069000 "Computed tomography of chest"; None: one for the source's modality.
     procedure: Code | None = None
+    maps: tuple[MapSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        segments, findings = {s.name for s in self.segments}, {f.name for f in self.findings}
+        findings |= {d.name for d in self.detections}
+        for m in self.maps:
+            known = segments if m.kind is MapKind.PROBABILITY else findings
+            if m.of not in known:
+                raise ValueError(f"{m.kind} map {m.name!r} is of {m.of!r}, which is not one of the model's "
+                                 f"{'segments' if m.kind is MapKind.PROBABILITY else 'findings'}")
+        if len({m.name for m in self.maps}) != len(self.maps):
+            raise ValueError("each map needs its own name")
 
 
 @dataclass(frozen=True)
@@ -274,6 +328,7 @@ class Prediction:
     measurements: list[Measurement] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)
+    maps: list[ValueMap] = field(default_factory=list)
     #: Facts about the input the results depend on (kernel, slice thickness, ...).
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -312,6 +367,8 @@ def outputs_from_dict(data: dict[str, Any]) -> Outputs:
                          for d in data.get("detections", ())),
         display_window=(float(window[0]), float(window[1])) if (window := data.get("display_window")) else None,
         procedure=code(data.get("procedure")),
+        maps=tuple(MapSpec(m["name"], MapKind(m["kind"]), m["of"], m.get("method", ""))
+                   for m in data.get("maps", ())),
     )
 
 
@@ -383,5 +440,16 @@ def check_prediction(outputs: Outputs, prediction: Prediction, shape: tuple[int,
         elif not all(np.isfinite(v) for v in d.centre) or (
                 d.diameters_mm is not None and not all(np.isfinite(v) and v > 0 for v in d.diameters_mm)):
             problems.append(f"detection {d.name!r} at {d.centre} with diameters {d.diameters_mm}")
+    maps = {m.name for m in outputs.maps}
+    for value_map in prediction.maps:
+        values = np.asarray(value_map.values)
+        if value_map.name not in maps:
+            problems.append(f"map {value_map.name!r} that it does not declare")
+        elif tuple(values.shape) != tuple(shape):
+            problems.append(f"map {value_map.name!r} of shape {tuple(values.shape)} for a volume of {tuple(shape)}")
+        elif values.dtype.kind not in "fiub" or not np.isfinite(values).all():
+            problems.append(f"map {value_map.name!r} with values that are not finite numbers")
+        elif values.size and (float(values.min()) < -1e-3 or float(values.max()) > 1.0 + 1e-3):
+            problems.append(f"map {value_map.name!r} with values outside 0..1")
     if problems:
         raise PredictionMismatch("; ".join(problems))

@@ -1,6 +1,7 @@
 """Finding the installed models: the entry-point group ``ainode.models``, and model
-folders named in the settings: TorchScript or ONNX with an ``ainode-model.toml``, or
-MONAI bundles (``configs/metadata.json``).
+folders named in the settings: TorchScript or ONNX with an ``ainode-model.toml``,
+MONAI bundles (``configs/metadata.json``), or container images described by an
+``ainode-container.toml``.
 
 Built-in models register through the entry point too (in this project's
 ``pyproject.toml``), so a model from another package is installed the same way:
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ai.bundle import BundleError, BundleModel, bundle_name, is_bundle
+from ai.container import CONTAINER_MANIFEST, ContainerError, ContainerModel, read_container_manifest
 from ai.manifest import MANIFEST_NAME, ManifestError, ManifestModel, read_manifest
 from ai.protocol import Model
 
@@ -32,6 +34,8 @@ class InstalledModel:
     #: Where it comes from, for people: "entry point pkg.module:Class" or "folder /path".
     source: str
     _factory: Callable[..., Any]
+    #: "plugin" (entry point), "folder" (manifest), "bundle" or "container".
+    kind: str = "plugin"
 
     def create(self, options: Mapping[str, Any] | None = None) -> Model:
         """Make an instance with the ``[models.<name>.options]`` given; raises with the
@@ -58,7 +62,7 @@ def _entry_point_models() -> dict[str, InstalledModel]:
 
 
 def _is_model(folder: Path) -> bool:
-    return (folder / MANIFEST_NAME).is_file() or is_bundle(folder)
+    return (folder / MANIFEST_NAME).is_file() or (folder / CONTAINER_MANIFEST).is_file() or is_bundle(folder)
 
 
 def _model_folders(folder: Path) -> list[Path]:
@@ -75,9 +79,15 @@ def _model_folders(folder: Path) -> list[Path]:
 
 def _bundle_factory(folder: Path) -> Callable[..., Model]:
     def make(**options: Any) -> Model:
-        if options:
-            raise TypeError(f"a MONAI bundle takes no options (got {', '.join(sorted(options))})")
-        return BundleModel(folder)
+        """Options: probabilities, explanations, explanation_layer, activation."""
+        return BundleModel(folder, **options)
+    return make
+
+
+def _container_factory(folder: Path) -> Callable[..., Model]:
+    def make(**options: Any) -> Model:
+        """Options: work_dir (input, output and logs), runtime_args (e.g. ["--runtime", "runc"])."""
+        return ContainerModel(read_container_manifest(folder), folder, **options)
     return make
 
 
@@ -99,6 +109,17 @@ def installed_models(folders: Sequence[Path] = ()) -> dict[str, InstalledModel]:
     models = _entry_point_models()
     for folder in folders:
         for model_dir in _model_folders(Path(folder)):
+            if (model_dir / CONTAINER_MANIFEST).is_file():
+                try:
+                    container = read_container_manifest(model_dir)
+                except ContainerError as exc:
+                    raise RegistryError(str(exc)) from None
+                if container.name in models:
+                    raise RegistryError(f"container model {container.name!r} in {model_dir} has the name of "
+                                        f"{models[container.name].source}; rename it in its {CONTAINER_MANIFEST}")
+                models[container.name] = InstalledModel(container.name, f"container {container.image} ({model_dir})",
+                                                        _container_factory(model_dir), "container")
+                continue
             if not (model_dir / MANIFEST_NAME).is_file():
                 try:
                     name = bundle_name(model_dir)
@@ -107,7 +128,7 @@ def installed_models(folders: Sequence[Path] = ()) -> dict[str, InstalledModel]:
                 if name in models:
                     raise RegistryError(f"MONAI bundle {model_dir} has the name of {models[name].source}; "
                                         "rename the bundle's folder")
-                models[name] = InstalledModel(name, f"MONAI bundle {model_dir}", _bundle_factory(model_dir))
+                models[name] = InstalledModel(name, f"MONAI bundle {model_dir}", _bundle_factory(model_dir), "bundle")
                 continue
             try:
                 manifest = read_manifest(model_dir)
@@ -118,6 +139,6 @@ def installed_models(folders: Sequence[Path] = ()) -> dict[str, InstalledModel]:
                     f"model {manifest.name!r} in {model_dir} has the name of "
                     f"{models[manifest.name].source}; rename it in its {MANIFEST_NAME}")
             models[manifest.name] = InstalledModel(
-                manifest.name, f"folder {model_dir}", _folder_factory(model_dir))
+                manifest.name, f"folder {model_dir}", _folder_factory(model_dir), "folder")
     return models
 

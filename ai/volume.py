@@ -14,6 +14,7 @@ first voxel of the first slice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class Volume:
     convolution_kernel: str | None = None
     slice_thickness: float | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    #: The files it was read from (for models that take DICOM files, e.g. containers).
+    files: tuple[str, ...] = ()
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -241,6 +244,7 @@ def volume_from_datasets(datasets: Sequence[Dataset], min_slices: int = 3) -> Vo
 def load_volume(paths: Iterable[Path], min_slices: int = 3) -> Volume:
     """Read the files of one series and assemble its volume."""
     datasets = []
+    paths = list(paths)
     for path in paths:
         try:
             datasets.append(dcmread(path))
@@ -249,4 +253,4 @@ def load_volume(paths: Iterable[Path], min_slices: int = 3) -> Volume:
     series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
     if len(series) > 1:
         raise NotAVolume(f"the files belong to {len(series)} series")
-    return volume_from_datasets(datasets, min_slices)
+    return dataclasses.replace(volume_from_datasets(datasets, min_slices), files=tuple(str(p) for p in paths))

@@ -207,7 +207,7 @@ class ResultObject(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     results_version: Mapped[int] = mapped_column(Integer)
     model: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(8))  # seg | sr | sc
+    kind: Mapped[str] = mapped_column(String(8))  # seg | sr | sc | pm
     sop_class_uid: Mapped[str] = mapped_column(UID)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     series_instance_uid: Mapped[str] = mapped_column(UID)

@@ -197,3 +197,57 @@ def monai_bundle(folder: Path, pixdim: tuple[float, float, float] = (2.0, 2.0, 2
         network.bias[1] = -0.5
     torch.save(network.state_dict(), folder / "models" / "model.pt")
     return folder
+
+
+def monai_classifier_bundle(folder: Path, spatial_size: tuple[int, int, int] = (24, 20, 12),
+                            ts: bool = False) -> Path:
+    """A MONAI classification bundle whose network (built from its config) is a 1x1x1
+    convolution, a ReLU, a global max pool and a linear layer, with weights set by
+    hand: "nodule" scores 0.99 when any voxel, scaled from -1000..1000 HU to 0..1, is
+    above 0.5 (above 0 HU), and 0.01 otherwise. Grad-CAM on the convolution then
+    marks the dense voxels. Its preprocessing reorients to RAS and resizes to
+    ``spatial_size`` (x, y, z); ``ts``: the network as TorchScript instead."""
+    import json
+
+    import torch
+
+    (folder / "configs").mkdir(parents=True, exist_ok=True)
+    (folder / "models").mkdir(exist_ok=True)
+    metadata = {
+        "version": "0.1.0", "task": "Dense nodule classification (test)",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1}},
+            "outputs": {"pred": {"type": "probabilities", "format": "classes", "num_channels": 2,
+                                 "spatial_shape": [1, 2], "channel_def": {"0": "no nodule", "1": "nodule"}}}}}
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    inference = {
+        "bundle_root": ".",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": "$torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.ReLU(), "
+                       "torch.nn.AdaptiveMaxPool3d(1), torch.nn.Flatten(), torch.nn.Linear(2, 2))",
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "Resized", "keys": "image", "spatial_size": list(spatial_size), "mode": "trilinear"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1000, "a_max": 1000,
+             "b_min": 0, "b_max": 1, "clip": True},
+            {"_target_": "EnsureTyped", "keys": "image"}]},
+        "inferer": {"_target_": "SimpleInferer"},
+    }
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.ReLU(), torch.nn.AdaptiveMaxPool3d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.zero_()
+        network[0].weight[1] = 1.0
+        network[0].bias[1] = -0.5
+        network[4].weight[1, 1] = 40.0
+        network[4].bias[1] = -5.0
+    if ts:
+        torch.jit.script(network).save(str(folder / "models" / "model.ts"))
+    else:
+        torch.save(network.state_dict(), folder / "models" / "model.pt")
+    return folder

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from config.version import VERSION
 
@@ -63,3 +64,14 @@ class ResultIdentity:
     def series_description(self, kind: str) -> str:
         source = "" if self.source_series_number is None else f" of series {self.source_series_number}"
         return f"AI {self.model} {self.model_version} {kind}{source}"[:64]
+
+
+def equipment(identity: ResultIdentity) -> dict[str, Any]:
+    """The keyword arguments every highdicom object of a result shares: who made it
+    (manufacturer, model, software versions, device) and when (the prediction's time)."""
+    created = identity.created
+    return {"manufacturer": MANUFACTURER, "manufacturer_model_name": identity.model[:64],
+            "software_versions": [SOFTWARE_VERSION, identity.model_version],
+            "device_serial_number": identity.device_serial_number[:64],
+            "content_date": created.date(), "content_time": created.time(),
+            "series_date": created.date(), "series_time": created.time()}

@@ -1,5 +1,7 @@
-"""All the objects of one prediction: the SEG (when there is a label map with a
-segment in it) and the TID 1500 SR, ready to store and send."""
+"""All the objects of one prediction, ready to store and send: the SEG (when there is
+a label map with a segment in it), the TID 1500 SR, a fractional SEG of the segments'
+probabilities and a Parametric Map per explanation map (when the model gives them),
+and key images (outlines, and explanation overlays) when asked for."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from ai.encoders.identity import ResultIdentity
-from ai.encoders.sc import SliceValues, encode_key_images
+from ai.encoders.maps import encode_explanation_maps, encode_probability_segmentation
+from ai.encoders.sc import SliceValues, encode_explanation_images, encode_key_images
 from ai.encoders.seg import encode_segmentation
 from ai.encoders.sr import encode_measurement_report, reported_detections
 from ai.labelmap import LabelMap
@@ -35,7 +38,7 @@ class ModelResult:
 class EncodedObject:
     """One DICOM object made from a result."""
 
-    kind: str  # "seg" | "sr" | "sc"
+    kind: str  # "seg" | "sr" | "sc" | "pm"
     dataset: Dataset
 
 
@@ -146,12 +149,21 @@ def encode_prediction(
             seg = encode_segmentation(identity, result.outputs, result.labelmap, sources, workers=workers)
         sr = encode_measurement_report(identity, result.outputs, result.measurements, result.findings,
                                        sources, seg, result.detections)
-        key_images = []
+        key_images: list[Dataset] = []
+        probabilities = None
+        explanations: list[Dataset] = []
+        if result.labelmap is not None:
+            probabilities = encode_probability_segmentation(identity, result.outputs, result.labelmap, sources)
+            explanations = list(encode_explanation_maps(identity, result.outputs, result.labelmap, sources))
         if result.labelmap is not None and slice_values is not None:
             lesions = [d for d, _ in reported_detections(result.outputs, result.detections)]
-            key_images = encode_key_images(identity, result.outputs, result.labelmap, sources, slice_values,
-                                           result.measurements, result.findings, lesions)
+            key_images = list(encode_key_images(identity, result.outputs, result.labelmap, sources, slice_values,
+                                                result.measurements, result.findings, lesions))
+            key_images += encode_explanation_images(identity, result.outputs, result.labelmap, sources,
+                                                    slice_values, result.findings, len(key_images) + 1)
     objects = (([EncodedObject("seg", seg)] if seg is not None else []) + [EncodedObject("sr", sr)]
+               + ([EncodedObject("seg", probabilities)] if probabilities is not None else [])
+               + [EncodedObject("pm", pm) for pm in explanations]
                + [EncodedObject("sc", image) for image in key_images])
     for obj in objects:
         # the same results make the same bytes: no clock reading in the objects

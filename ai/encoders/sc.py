@@ -18,7 +18,7 @@ from scipy import ndimage
 from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
 from ai.encoders.seg import PALETTE
 from ai.labelmap import LabelMap
-from ai.protocol import Detection, Finding, Measurement, Outputs
+from ai.protocol import Detection, Finding, MapKind, MapSpec, Measurement, Outputs
 
 #: The source slice behind label map slice ``i``, in modality units (HU for CT).
 SliceValues = Callable[[int], np.ndarray]
@@ -164,15 +164,23 @@ def draw_key_image(values: np.ndarray, labels: np.ndarray, outputs: Outputs, win
             if mark.detection.diameters_mm else ""
         legend.append((f"{mark.number}: {mark.detection.name}, {size_text}score {mark.detection.score:.2f}",
                        LESION_COLOUR))
-    draw.rectangle((0, 0, rgb.shape[1], size + 6), fill=(0, 0, 0))
-    draw.text((4, 3), BANNER, fill=(255, 255, 0), font=font)
-    texts = legend + [(line, (255, 255, 255)) for line in rest] + [(caption, (200, 200, 200))]
-    y = rgb.shape[0] - len(texts) * (size + 4) - 4
-    draw.rectangle((0, y - 2, rgb.shape[1], rgb.shape[0]), fill=(0, 0, 0))
-    for text, colour in texts:
-        draw.text((4, y), _fit(draw, text, font, rgb.shape[1] - 8), fill=colour, font=font)
-        y += size + 4
+    _frame(draw, rgb.shape, font, size, (BANNER, (255, 255, 0)),
+           legend + [(line, (255, 255, 255)) for line in rest] + [(caption, (200, 200, 200))])
     return np.asarray(image)
+
+
+def _frame(draw: ImageDraw.ImageDraw, shape: tuple[int, ...], font: Any, size: int,
+           banner: tuple[str, tuple[int, int, int]], texts: Sequence[tuple[str, tuple[int, int, int]]]) -> None:
+    """The banner on a black strip at the top, ``texts`` (each in its colour) on one
+    at the bottom."""
+    height, width = shape[0], shape[1]
+    draw.rectangle((0, 0, width, size + 6), fill=(0, 0, 0))
+    draw.text((4, 3), _fit(draw, banner[0], font, width - 8), fill=banner[1], font=font)
+    y = height - len(texts) * (size + 4) - 4
+    draw.rectangle((0, y - 2, width, height), fill=(0, 0, 0))
+    for text, colour in texts:
+        draw.text((4, y), _fit(draw, text, font, width - 8), fill=colour, font=font)
+        y += size + 4
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
@@ -182,6 +190,49 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
     while text and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
+
+
+def _key_image(identity: ResultIdentity, source: Dataset, pixels: np.ndarray, sop_instance_uid: str,
+               number: int, frame_number: int) -> hd.sc.SCImage:
+    """A Secondary Capture of ``pixels`` (RGB) drawn on ``source``'s slice (frame
+    ``frame_number`` of a multi-frame source), in the key images' series."""
+    spacing = source.get("PixelSpacing")
+    image = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=identity.uid("sc-series"),
+        series_number=identity.series_number(3),
+        sop_instance_uid=sop_instance_uid,
+        instance_number=number,
+        manufacturer=MANUFACTURER,
+        # highdicom annotates pixel_spacing as tuple[int, int], yet means millimetres.
+        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,  # type: ignore[arg-type]
+        patient_orientation=patient_orientation(source),
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        content_date=identity.created.date(),
+        content_time=identity.created.time(),
+        series_date=identity.created.date(),
+        series_time=identity.created.time(),
+    )
+    image.SeriesDescription = identity.series_description("KEY IMAGES")
+    # Every Patient and Study attribute of the source, as the SEG and SR carry them
+    # (dcentvfy: the objects of a study must agree on their patient and study).
+    image.copy_patient_and_study_information(source)
+    # Type 2C: the source's, else empty (dciodvfy holds an absent one an error in SC).
+    image.Laterality = source.get("Laterality", "")
+    image.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    image.BurnedInAnnotation = "YES"
+    image.SoftwareVersions = [SOFTWARE_VERSION, identity.model_version]  # type: ignore[assignment]  # VR LO, multi-valued
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if int(source.get("NumberOfFrames", 1) or 1) > 1:
+        reference.ReferencedFrameNumber = int(frame_number)
+    image.SourceImageSequence = [reference]
+    return image
 
 
 def encode_key_images(
@@ -214,43 +265,75 @@ def encode_key_images(
         shown = sorted(set(np.unique(labels[index]).tolist()) - {0})
         pixels = draw_key_image(values, labels[index], outputs, window, caption,
                                 result_lines(outputs, measurements, findings, shown), marks.get(index, ()))
-        spacing = source.get("PixelSpacing")
-        image = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source,
-            pixel_array=pixels,
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            series_instance_uid=identity.uid("sc-series"),
-            series_number=identity.series_number(3),
-            sop_instance_uid=identity.uid(f"sc-instance-{index}"),
-            instance_number=number,
-            manufacturer=MANUFACTURER,
-            # highdicom annotates pixel_spacing as tuple[int, int], yet means millimetres.
-            pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,  # type: ignore[arg-type]
-            patient_orientation=patient_orientation(source),
-            transfer_syntax_uid="1.2.840.10008.1.2.1",
-            content_date=identity.created.date(),
-            content_time=identity.created.time(),
-            series_date=identity.created.date(),
-            series_time=identity.created.time(),
-        )
-        image.SeriesDescription = identity.series_description("KEY IMAGES")
-        # Every Patient and Study attribute of the source, as the SEG and SR carry them
-        # (dcentvfy: the objects of a study must agree on their patient and study).
-        image.copy_patient_and_study_information(source)
-        # Type 2C: the source's, else empty (dciodvfy holds an absent one an error in SC).
-        image.Laterality = source.get("Laterality", "")
-        image.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-        image.BurnedInAnnotation = "YES"
+        image = _key_image(identity, source, pixels, identity.uid(f"sc-instance-{index}"), number,
+                           labelmap.frame_numbers[index])
         image.ImageComments = "AI outlines on a source slice; derived image, not for diagnostic use"
         image.DerivationDescription = f"Outlines drawn by {identity.model} {identity.model_version}"[:1024]
-        image.SoftwareVersions = [SOFTWARE_VERSION, identity.model_version]  # type: ignore[assignment]  # VR LO, multi-valued
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        if int(source.get("NumberOfFrames", 1) or 1) > 1:
-            reference.ReferencedFrameNumber = int(labelmap.frame_numbers[index])
-        image.SourceImageSequence = [reference]
+        images.append(image)
+    return images
+
+
+EXPLANATION_BANNER = "AI EXPLANATION - WHERE THE MODEL LOOKED - NOT A FINDING"
+
+
+def explanation_slice(values: np.ndarray) -> int:
+    """The slice where an explanation map carries the most weight."""
+    return int(np.asarray(values, dtype=np.float64).sum(axis=(1, 2)).argmax())
+
+
+def draw_explanation(values: np.ndarray, fractions: np.ndarray, window: tuple[float, float],
+                     caption: str, lines: Sequence[str] = ()) -> np.ndarray:
+    """One RGB image: the slice in ``window`` with the explanation map (0..1) over it
+    from red to yellow (transparent below 0.1), the explanation banner at the top and
+    ``lines`` and ``caption`` at the bottom."""
+    grey = np.repeat(_grey(values, window)[..., None], 3, axis=2).astype(np.float32)
+    v = np.clip(fractions.astype(np.float32), 0.0, 1.0)
+    # red (weak) to yellow (strong): never white or grey, so that it cannot pass for tissue
+    heat = np.stack([np.ones_like(v), v, np.zeros_like(v)], axis=-1) * 255
+    alpha = np.where(v >= 0.1, 0.25 + 0.35 * v, 0.0)[..., None]
+    rgb = (grey * (1 - alpha) + heat * alpha).astype(np.uint8)
+    image = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(image)
+    size = max(10, rgb.shape[0] // 40)
+    font = ImageFont.load_default(size=size)
+    _frame(draw, rgb.shape, font, size, (EXPLANATION_BANNER, (0, 255, 255)),
+           [(line, (255, 255, 255)) for line in lines] + [(caption, (200, 200, 200))])
+    return np.asarray(image)
+
+
+def explanation_lines(spec: MapSpec, findings: Sequence[Finding]) -> list[str]:
+    """What an explanation image says: which finding it explains, how it was made."""
+    finding = next((f for f in findings if f.name == spec.of), None)
+    about = finding.describe() if finding else spec.of
+    return [f"explains: {about}", f"method: {spec.method or 'supplied by the model'}"]
+
+
+def encode_explanation_images(
+    identity: ResultIdentity,
+    outputs: Outputs,
+    labelmap: LabelMap,
+    sources: Sequence[Dataset],
+    slice_values: SliceValues,
+    findings: Sequence[Finding] = (),
+    first_number: int = 1,
+) -> list[hd.sc.SCImage]:
+    """One overlay key image per explanation map, on the slice where it weighs most."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    images = []
+    specs = [m for m in outputs.maps if m.kind is MapKind.EXPLANATION and m.name in labelmap.maps]
+    for number, spec in enumerate(specs, start=first_number):
+        index = explanation_slice(labelmap.maps[spec.name])
+        source = by_uid[labelmap.sop_instance_uids[index]]
+        values = slice_values(index)
+        window = outputs.display_window or window_of(source, values)
+        caption = f"{identity.model} {identity.model_version} - slice {index + 1}/{labelmap.array.shape[0]}"
+        pixels = draw_explanation(values, labelmap.fraction(spec.name)[index], window, caption,
+                                  explanation_lines(spec, findings))
+        image = _key_image(identity, source, pixels, identity.uid(f"sc-explanation-{spec.name}"), number,
+                           labelmap.frame_numbers[index])
+        image.ImageComments = f"Explanation of {spec.of} by {identity.model}: where the model looked; " \
+                              "not a finding, not for diagnostic use"
+        image.DerivationDescription = f"Explanation map ({spec.method or 'model-supplied'}) " \
+                                      f"by {identity.model} {identity.model_version}"[:1024]
         images.append(image)
     return images

@@ -11,7 +11,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
+from ai.encoders.identity import ResultIdentity, equipment
 from ai.labelmap import LabelMap
 from ai.protocol import Code, Outputs
 
@@ -35,7 +35,7 @@ def algorithm_identification(identity: ResultIdentity) -> hd.AlgorithmIdentifica
         family=codes.cid7162.ArtificialIntelligence)
 
 
-def _source_frames(labelmap: LabelMap, segments: np.ndarray,
+def source_frames(labelmap: LabelMap, segments: np.ndarray,
                    sources: Sequence[Dataset]) -> tuple[list[Dataset], np.ndarray]:
     """The source images and the ``segments`` slices in the order highdicom pairs them:
     single-frame images one per slice; one multi-frame image with its frames in order."""
@@ -63,7 +63,7 @@ def encode_segmentation(
     lut = np.zeros(256, dtype=np.uint8)
     for number, spec in enumerate(specs, start=1):
         lut[spec.label] = number
-    images, frames = _source_frames(labelmap, lut[labelmap.array], sources)
+    images, frames = source_frames(labelmap, lut[labelmap.array], sources)
     algorithm = algorithm_identification(identity)
     descriptions = [
         hd.seg.SegmentDescription(
@@ -97,19 +97,12 @@ def encode_segmentation(
         series_number=identity.series_number(1),
         sop_instance_uid=identity.uid("seg-instance"),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=identity.model[:64],
-        software_versions=[SOFTWARE_VERSION, identity.model_version],  # type: ignore[arg-type]
-        device_serial_number=identity.device_serial_number[:64],
         series_description=identity.series_description("SEG"),
         content_label="AI",
         content_description=f"{identity.model} {identity.model_version}"[:64],
         omit_empty_frames=True,
         workers=workers,
-        content_date=identity.created.date(),
-        content_time=identity.created.time(),
-        series_date=identity.created.date(),
-        series_time=identity.created.time(),
+        **equipment(identity),
     )
     # highdicom draws a random Dimension Organization UID: the same results make the
     # same object, so it is derived like the other UIDs.

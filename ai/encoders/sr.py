@@ -11,7 +11,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
+from ai.encoders.identity import MANUFACTURER, ResultIdentity, equipment
 from ai.encoders.seg import coded
 from ai.protocol import (
     Assessment,
@@ -233,14 +233,7 @@ def encode_measurement_report(
         series_number=identity.series_number(2),
         sop_instance_uid=identity.uid("sr-instance"),
         instance_number=1,
-        manufacturer=MANUFACTURER,
         is_complete=True,
         series_description=identity.series_description("SR"),
-        manufacturer_model_name=identity.model[:64],
-        software_versions=[SOFTWARE_VERSION, identity.model_version],
-        device_serial_number=identity.device_serial_number[:64],
-        content_date=identity.created.date(),
-        content_time=identity.created.time(),
-        series_date=identity.created.date(),
-        series_time=identity.created.time(),
+        **equipment(identity),
     )

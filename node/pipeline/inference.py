@@ -30,6 +30,7 @@ from ai.protocol import (
     Finding,
     Model,
     ModelCannotRun,
+    ModelFailed,
     Prediction,
     PredictionMismatch,
     check_prediction,
@@ -161,7 +162,11 @@ class InferenceRunner:
                     f"{', '.join(sorted(available)) or 'none'}); fix the route or install the model")
             config = settings.models.get(name)
             try:
-                model = available[name].create(config.options if config else None)
+                options = dict(config.options) if config else {}
+                if available[name].kind == "container":
+                    # a container's input, output and logs are kept under the data folder
+                    options.setdefault("work_dir", str(settings.data_dir / "containers"))
+                model = available[name].create(options or None)
                 if model.device_needs.gpu == "required" and torch_device.type != "cuda":
                     raise ModelUnavailable("it needs a GPU and this worker has none")
                 model.load(str(torch_device))
@@ -265,14 +270,14 @@ class InferenceRunner:
         except PredictionMismatch as exc:
             raise PermanentJobError(f"model {model.name} {model.version} returned {exc} on {label}") from None
         relative = None
-        # A model that only detects still gets a (blank) label map file: it is the
-        # series' grid the key images mark its lesions on.
+        # A model that only detects or explains still gets a (blank) label map file: it
+        # is the series' grid the key images mark its lesions on, and its maps lie on.
         labelmap = prediction.labelmap if prediction.labelmap is not None else \
-            (np.zeros(volume.shape, dtype=np.uint8) if prediction.detections else None)
+            (np.zeros(volume.shape, dtype=np.uint8) if prediction.detections or prediction.maps else None)
         if labelmap is not None:
             relative = self._store.result_path(
                 work.study_instance_uid, f"{model.name}-v{version}-{job.id}-{series_uid[-24:]}.npz")
-            self._store.write(relative, [LabelMap.of_volume(labelmap, volume).to_npz()])
+            self._store.write(relative, [LabelMap.of_volume(labelmap, volume, prediction.maps).to_npz()])
         units = {m.name: m.unit.value for m in model.outputs.measurements}
         findings = [*prediction.findings, *detection_findings(model.outputs, prediction)]
         row = dict(
@@ -336,6 +341,8 @@ class InferenceRunner:
                     gpu_memory_bound(self.device, loaded.memory_bound_mb), \
                     cpu_threads(loaded.cpu_threads):
                 return model.predict(volume)
+        except ModelFailed as exc:
+            raise PermanentJobError(f"model {model.name} {model.version} failed on {label}: {exc}") from None
         except torch.cuda.OutOfMemoryError:
             raise PermanentJobError(
                 f"model {model.name} needed more than its {loaded.memory_bound_mb} MiB of GPU memory "

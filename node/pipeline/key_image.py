@@ -1,6 +1,7 @@
 """A key image for the study page: the label map's outlines over the source slice, in
 the model's display window, with the values and their reliability (as the SC key
-images draw them), as PNG. Made on request from what the node keeps; nothing stored."""
+images draw them), or one of the model's explanation maps over the slice where it
+weighs most, as PNG. Made on request from what the node keeps; nothing stored."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ from PIL import Image
 from pydicom import dcmread
 from sqlalchemy import Engine, select
 
-from ai.encoders.sc import draw_key_image, key_slices, lesion_marks, result_lines, window_of
+from ai.encoders.sc import (
+    draw_explanation,
+    draw_key_image,
+    explanation_lines,
+    explanation_slice,
+    key_slices,
+    lesion_marks,
+    result_lines,
+    window_of,
+)
 from ai.encoders.sr import reported_detections
 from ai.labelmap import LabelMap
-from ai.protocol import Detection, Finding, Measurement, outputs_from_dict
+from ai.protocol import Detection, Finding, MapKind, Measurement, outputs_from_dict
 from node.pipeline.encoding import slice_reader
 from storage.files import FileStore
 from storage.models import Instance, PredictionRecord, Study
@@ -36,9 +46,10 @@ def best_slice(labels: np.ndarray, wanted: list[int]) -> int:
 
 
 def key_image_png(engine: Engine, store: FileStore, study_instance_uid: str, prediction_id: int,
-                  slice_index: int | None = None) -> bytes | None:
-    """The PNG, or ``None`` when the prediction (of that study) has no label map or
-    its source images are gone."""
+                  slice_index: int | None = None, explanation: str | None = None) -> bytes | None:
+    """The PNG (of the explanation map named ``explanation``, if given), or ``None``
+    when the prediction (of that study) has no label map or no such map, or its
+    source images are gone."""
     with engine.connect() as conn:
         record = conn.execute(
             select(PredictionRecord.outputs, PredictionRecord.measurements, PredictionRecord.findings,
@@ -52,10 +63,17 @@ def key_image_png(engine: Engine, store: FileStore, study_instance_uid: str, pre
     labelmap = LabelMap.from_npz(store.absolute(record.labelmap_path))
     outputs = outputs_from_dict(record.outputs)
     labels = labelmap.array
+    spec = None
+    if explanation is not None:
+        spec = next((m for m in outputs.maps if m.name == explanation and m.kind is MapKind.EXPLANATION), None)
+        if spec is None or spec.name not in labelmap.maps:
+            return None
     lesions = [d for d, _ in reported_detections(outputs, [Detection.from_json(d) for d in record.detections or ()])]
     marks = lesion_marks(labelmap, lesions)
     if slice_index is not None:
         index = max(0, min(labels.shape[0] - 1, slice_index))
+    elif spec is not None:
+        index = explanation_slice(labelmap.maps[spec.name])
     elif not labels.any() and marks:  # a detector's result: the most certain lesion's slice
         index = min(marks, key=lambda k: min(m.number for m in marks[k]))
     else:
@@ -77,9 +95,19 @@ def key_image_png(engine: Engine, store: FileStore, study_instance_uid: str, pre
     if factor > 1:
         values = values.repeat(factor, 0).repeat(factor, 1)
         plane = plane.repeat(factor, 0).repeat(factor, 1)
+    if spec is not None:
+        fractions = labelmap.fraction(spec.name)[index]
+        if factor > 1:
+            fractions = fractions.repeat(factor, 0).repeat(factor, 1)
+        rgb = draw_explanation(values, fractions, window, caption, explanation_lines(spec, findings))
+        return _png(rgb)
     scaled = [dataclasses.replace(m, box=tuple(v * factor for v in m.box)) for m in marks.get(index, ())]
     rgb = draw_key_image(values, plane, outputs, window, caption,
                          result_lines(outputs, measurements, findings, shown), scaled)
+    return _png(rgb)
+
+
+def _png(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return buffer.getvalue()

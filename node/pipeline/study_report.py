@@ -61,8 +61,16 @@ class DetectionLine(BaseModel):
     text: str
 
 
+class MapLine(BaseModel):
+    name: str
+    kind: str = Field(description="probability (of a segment) or explanation (of a finding)")
+    of: str = Field(description="the segment or finding it is about")
+    method: str
+    text: str
+
+
 class ResultObjectLine(BaseModel):
-    kind: str = Field(description="seg, sr or sc")
+    kind: str = Field(description="seg, sr, sc or pm")
     sop_class_uid: str
     sop_instance_uid: str
     series_instance_uid: str
@@ -80,6 +88,7 @@ class ModelResultLine(BaseModel):
     findings: list[FindingLine]
     detections: list[DetectionLine] = Field(default_factory=list,
                                             description="the lesions reported, most certain first")
+    maps: list[MapLine] = Field(default_factory=list, description="the voxel maps the model gives")
     objects: list[ResultObjectLine]
     has_labelmap: bool
 
@@ -150,6 +159,19 @@ def detection_lines(outputs: dict[str, object], detections: Sequence[dict[str, o
                           diameters_mm=list(d.diameters_mm) if d.diameters_mm else None) for d, _ in kept]
 
 
+def map_lines(outputs: dict[str, object]) -> list[MapLine]:
+    """The maps a model declares, in words: an explanation says it is not a finding."""
+    from ai.protocol import MapKind, outputs_from_dict
+
+    lines = []
+    for m in outputs_from_dict(dict(outputs)).maps:
+        how = m.method or "supplied by the model"
+        text = (f"explanation of {m.of} ({how}): where the model looked, not a finding"
+                if m.kind is MapKind.EXPLANATION else f"probability of {m.of} ({how})")
+        lines.append(MapLine(name=m.name, kind=str(m.kind), of=m.of, method=m.method, text=text))
+    return lines
+
+
 def study_results(conn: Connection, study_instance_uid: str, routes: Sequence[Route]) -> StudyResults | None:
     """The study's current results, or ``None`` when the node has no such study."""
     from sqlalchemy.orm import Session
@@ -175,6 +197,7 @@ def study_results(conn: Connection, study_instance_uid: str, routes: Sequence[Ro
             measurements=[measurement_line(m) for m in p.measurements],
             findings=[finding_line(f) for f in p.findings],
             detections=detection_lines(p.outputs, p.detections or []),
+            maps=map_lines(p.outputs) if p.labelmap_path is not None else [],
             objects=objects.get((p.model, p.series_instance_uid), []),
             has_labelmap=p.labelmap_path is not None,
         )

@@ -380,6 +380,8 @@ def results(
             say(f"  {f.text}")
         for number, d in enumerate(r.detections, start=1):
             say(f"  lesion {number}: {d.text}")
+        for described in r.maps:
+            say(f"  {described.text}")
         for o in r.objects:
             say(f"  {o.kind.upper()} {o.sop_instance_uid}")
     for reason in report.declined:
@@ -536,6 +538,7 @@ def models(
             "measurements": [x.name for x in m.outputs.measurements],
             "findings": [f.name for f in m.outputs.findings],
             "detections": [d.name for d in m.outputs.detections],
+            "maps": [{"name": x.name, "kind": str(x.kind), "of": x.of} for x in m.outputs.maps],
         })
     if as_json:
         out.print_json(json.dumps(rows))
@@ -550,7 +553,8 @@ def models(
         _row(table, r["name"], r["version"], f"{'/'.join(r['modalities'])}, >= {r['min_slices']} slices",
                       r["gpu"], f"{len(r['segments'])} segments, {len(r['measurements'])} measurements, "
                       f"{len(r['findings'])} finding(s)"
-                      + (f", lesions: {', '.join(r['detections'])}" if r["detections"] else ""), r["source"])
+                      + (f", lesions: {', '.join(r['detections'])}" if r["detections"] else "")
+                      + (f", {len(r['maps'])} map(s)" if r["maps"] else ""), r["source"])
     out.print(table)
 
 

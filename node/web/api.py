@@ -322,12 +322,14 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
                    response_class=Response,
                    responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such image"}})
     def key_image(study_instance_uid: str, prediction_id: int,
-                  slice: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> Response:
-        """The outlines of a prediction over its source slice, with the values (PNG)."""
-        png = key_image_png(engine, store, study_instance_uid, prediction_id, slice) \
+                  slice: Annotated[int | None, Query(ge=0, le=100_000)] = None,
+                  explanation: Annotated[str | None, Query(max_length=200)] = None) -> Response:
+        """The outlines of a prediction over its source slice, with the values; or,
+        with ``explanation`` (a map's name), that explanation map over its slice (PNG)."""
+        png = key_image_png(engine, store, study_instance_uid, prediction_id, slice, explanation) \
             if 1 <= prediction_id <= MAX_ID else None
         if png is None:
-            raise HTTPException(404, "no key image: no label map, or its source images are gone")
+            raise HTTPException(404, "no key image: no label map or no such map, or its source images are gone")
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @protected.get("/api/studies/{study_instance_uid}/objects/{sop_instance_uid}", tags=["worklist"],

@@ -3,10 +3,13 @@ on the defaults, plugin and folder models, a worker crash, and `ainode worker`."
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -325,3 +328,71 @@ timeout_s = 3
     assert states["dense-onnx"][0] == "succeeded"
     assert "inference-cpu-1 exited unexpectedly (status 75)" in node.log()
     assert node.run("echo", node.address).returncode == 0
+
+
+def test_a_classifier_bundle_raises_the_study_and_its_explanation_reaches_the_archive(
+        node_factory, orthanc, tmp_path: Path) -> None:
+    """A classification bundle with Grad-CAM explanations: its finding raises the study
+    by a triage rule, and the archive receives the SR, the explanation as a Parametric
+    Map and its overlay key image, each on the received series."""
+    from tests.integration.test_map_conformance import _sphere_series
+    from tests.model_files import monai_classifier_bundle
+
+    monai_classifier_bundle(tmp_path / "models" / "nodule_ct")
+    config = f"""\
+quiet_period_s = 1
+completion_sweep_s = 0.5
+model_folders = ["{tmp_path / 'models'}"]
+
+[[destinations]]
+name = "pacs"
+ae_title = "{orthanc.ae_title}"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+objects = ["sr", "pm", "sc"]
+
+[[triage]]
+finding = "nodule"
+min_score = 0.5
+level = "urgent"
+
+[[routes]]
+name = "nodules"
+model = "nodule_ct"
+destinations = ["pacs"]
+[routes.match]
+modality = ["CT"]
+min_instances = 5
+"""
+    node: Node = node_factory(config, inference=True).start()
+    paths, _dense = _sphere_series(tmp_path / "study" / "s01")
+    send_study(node, tmp_path / "study")
+    [prediction] = wait_until(lambda: _predictions(node), 90, "the classifier's prediction")
+    assert [(f["name"], f["assessment"]) for f in prediction["findings"]] == [("nodule", "present")]
+    kinds = {"1.2.840.10008.5.1.4.1.1.88.34": "sr", "1.2.840.10008.5.1.4.1.1.30": "pm",
+             "1.2.840.10008.5.1.4.1.1.7": "sc"}
+
+    def archived() -> dict[str, str] | None:
+        found = {kinds.get(i["Tags"]["SOPClassUID"], "?"): i["Tags"]["SOPInstanceUID"]
+                 for i in orthanc.instances() if i["Tags"]["SOPClassUID"] in kinds}
+        return found if len(found) == 3 else None
+    found = wait_until(archived, 90, "SR, Parametric Map and key image in the archive")
+    assert set(found) == {"sr", "pm", "sc"}
+    [study] = [s for s in json.loads(urllib.request.urlopen(node.api_url + "/api/studies", timeout=10).read())]
+    assert study["priority"] == "urgent"
+    results = node.run("results", study["study_instance_uid"]).stdout
+    assert "nodule: present" in results
+    assert "explanation of nodule (Grad-CAM (MONAI) on the last convolution): where the model looked, " \
+        "not a finding" in results
+    # The study page's explanation image: the heat scale over the sphere; no such map, no image.
+    from PIL import Image
+    base = f"{node.api_url}/api/studies/{study['study_instance_uid']}/key-images/{prediction['id']}.png"
+    with urllib.request.urlopen(base + "?explanation=" + urllib.parse.quote("nodule explanation"),
+                                timeout=30) as response:
+        image = np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB")).astype(int)
+    warm = (image[..., 0] - image[..., 2]) > 60
+    scale = image.shape[0] / 128  # enlarged for the text
+    assert warm[int(56 * scale):int(64 * scale), int(76 * scale):int(84 * scale)].mean() > 0.5
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(base + "?explanation=nothing", timeout=30)
+    assert missing.value.code == 404

@@ -15,7 +15,7 @@ from ai.label_codes import LEFT, default_coding
 from ai.model_check import check_model_folder
 from ai.registry import installed_models
 from ai.volume import Volume
-from tests.model_files import monai_bundle
+from tests.model_files import monai_bundle, monai_classifier_bundle
 
 
 def _off_centre_phantom(direction: np.ndarray) -> tuple[Volume, np.ndarray]:
@@ -111,9 +111,9 @@ def test_broken_bundles_are_refused_with_the_reason(tmp_path: Path) -> None:
         BundleModel(folder).load("cpu")
     folder = monai_bundle(tmp_path / "d")
     meta = json.loads((folder / "configs" / "metadata.json").read_text())
-    meta["network_data_format"]["outputs"]["pred"]["format"] = "classification"
+    meta["network_data_format"]["outputs"]["pred"]["format"] = "regression"
     (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="runs segmentation bundles"):
+    with pytest.raises(BundleError, match="runs segmentation and classification bundles"):
         BundleModel(folder)
 
 
@@ -154,3 +154,64 @@ def test_a_bundle_with_a_yaml_config_runs_the_same(tmp_path: Path) -> None:
     config.unlink()
     _, prediction = _predict(folder, volume)
     assert prediction.labelmap is not None and np.array_equal(prediction.labelmap == 1, dense)
+
+
+def test_a_segmentation_bundle_gives_its_probabilities_on_the_source_grid(tmp_path: Path) -> None:
+    volume, dense = _off_centre_phantom(SWAPPED)
+    folder = monai_bundle(tmp_path / "spleen_ct", pixdim=(0.8, 0.9, 2.5))
+    model = BundleModel(folder, probabilities=True)
+    [spec] = model.outputs.maps
+    assert (spec.name, spec.kind, spec.of) == ("spleen probability", "probability", "spleen")
+    model.load("cpu")
+    with torch.inference_mode():
+        prediction = model.predict(volume)
+    [probability] = prediction.maps
+    # softmax(0, x - 0.5) with x the intensity scaled to 0..1: sigmoid(0.25) in the
+    # 500 HU tissue, sigmoid(-0.5) in air, voxel for voxel on the series' grid.
+    inside, outside = 1 / (1 + np.exp(-0.25)), 1 / (1 + np.exp(0.5))
+    assert np.allclose(probability.values[dense], inside, atol=1e-4)
+    assert np.allclose(probability.values[~dense], outside, atol=1e-4)
+    assert np.array_equal(prediction.labelmap == 1, dense)
+
+
+@pytest.mark.parametrize("direction", [AXIAL, SWAPPED], ids=["axial", "swapped"])
+def test_a_classification_bundle_scores_and_explains_where_it_looked(direction: np.ndarray, tmp_path: Path) -> None:
+    volume, dense = _off_centre_phantom(direction)
+    model, prediction = _predict(monai_classifier_bundle(tmp_path / "nodule_ct"), volume)
+    [spec] = model.outputs.findings
+    assert (spec.name, spec.concept.value, spec.concept.meaning) == ("nodule", "27925004", "Nodule")
+    [finding] = prediction.findings
+    assert finding.present and finding.score == pytest.approx(1 / (1 + np.exp(-5.0)), abs=1e-3)
+    assert prediction.labelmap is None
+    [explanation] = prediction.maps
+    assert explanation.name == "nodule explanation" and explanation.values.shape == volume.shape
+    assert model.outputs.maps[0].method == "Grad-CAM (MONAI) on the last convolution"
+    assert prediction.provenance["explanation_layer"] == "0"
+    # Grad-CAM on the convolution marks the dense tissue, resized by the bundle to
+    # 24 x 20 x 12 and back: high inside it, nothing more than 4 mm away from it.
+    from scipy import ndimage
+    far = ndimage.distance_transform_edt(~dense, sampling=volume.spacing) > 4.0
+    assert np.median(explanation.values[dense]) > 0.5
+    assert explanation.values[far].max() < 0.05
+    k, j, i = np.unravel_index(int(explanation.values.argmax()), volume.shape)
+    assert dense[k, j, i] or ndimage.distance_transform_edt(~dense, sampling=volume.spacing)[k, j, i] < 3.0
+
+    # Nothing dense: the finding is absent and the map holds nothing to point at.
+    empty = Volume(np.full(volume.shape, -1000.0, dtype=np.float32), volume.spacing, volume.origin,
+                   volume.direction, "CT", volume.series_instance_uid, volume.frame_of_reference_uid,
+                   volume.sop_instance_uids, volume.frame_numbers)
+    with torch.inference_mode():
+        nothing = model.predict(empty)
+    assert not nothing.findings[0].present and nothing.findings[0].score < 0.01
+    assert nothing.maps[0].values.max() < 0.05
+
+
+def test_explanations_need_the_network_modules_and_a_layer_that_exists(tmp_path: Path) -> None:
+    scripted = BundleModel(monai_classifier_bundle(tmp_path / "scripted", ts=True))
+    assert scripted.outputs.maps == ()  # TorchScript hides the layers: scores only
+    assert BundleModel(monai_classifier_bundle(tmp_path / "off"), explanations=False).outputs.maps == ()
+    wrong = BundleModel(monai_classifier_bundle(tmp_path / "wrong"), explanation_layer="features.9")
+    with pytest.raises(BundleError, match="explanation_layer 'features.9' is not a layer of its network"):
+        wrong.load("cpu")
+    found = installed_models([tmp_path / "off"])["off"].create({"explanations": False})
+    assert isinstance(found, BundleModel) and found.outputs.maps == ()
