@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ai.bundle import BundleError, BundleModel, is_bundle
+from ai.container import CONTAINER_MANIFEST, ContainerError, ContainerModel, read_container_manifest
 from ai.manifest import MANIFEST_NAME, ManifestError, ManifestModel, read_manifest
 from ai.protocol import Model, PredictionMismatch, check_prediction
 from ai.volume import Volume
@@ -19,7 +20,7 @@ from ai.volume import Volume
 @dataclass
 class ModelCheck:
     path: str
-    kind: str  # "manifest folder", "MONAI bundle" or "unknown"
+    kind: str  # "manifest folder", "MONAI bundle", "container" or "unknown"
     name: str | None = None
     version: str | None = None
     accepts: str | None = None
@@ -76,13 +77,17 @@ def check_model_folder(path: Path, run: bool = True) -> ModelCheck:
         elif is_bundle(path):
             report.kind = "MONAI bundle"
             model = BundleModel(path)
+        elif (path / CONTAINER_MANIFEST).is_file():
+            report.kind = "container"
+            model = ContainerModel(read_container_manifest(path), path)
         else:
-            inner = sorted(p.name for p in path.iterdir() if (p / MANIFEST_NAME).is_file() or is_bundle(p))
+            inner = sorted(p.name for p in path.iterdir() if (p / MANIFEST_NAME).is_file() or is_bundle(p)
+                           or (p / CONTAINER_MANIFEST).is_file())
             report.problems.append(
-                f"neither an {MANIFEST_NAME} nor a MONAI bundle's configs/metadata.json is in this folder"
-                + (f"; it holds model folders ({', '.join(inner)}): check each" if inner else ""))
+                f"neither an {MANIFEST_NAME}, a MONAI bundle's configs/metadata.json nor an {CONTAINER_MANIFEST} "
+                "is in this folder" + (f"; it holds model folders ({', '.join(inner)}): check each" if inner else ""))
             return report
-    except (ManifestError, BundleError) as exc:
+    except (ManifestError, BundleError, ContainerError) as exc:
         report.problems.append(str(exc))
         return report
     _describe(model, report)
@@ -92,6 +97,12 @@ def check_model_folder(path: Path, run: bool = True) -> ModelCheck:
         model.load("cpu")
     except Exception as exc:  # the model's own code: any error is the answer
         report.problems.append(f"does not load: {type(exc).__name__}: {exc}")
+        return report
+    if isinstance(model, ContainerModel):
+        m = model.manifest
+        report.trial = (f"image {m.image} is on this machine ({m.runtime}, {m.convention} paths, {m.memory_mb} MB, "
+                        f"{m.cpus:g} CPUs, timeout {m.timeout_s:g} s); a container reads DICOM files, so it is not "
+                        "tried on a synthetic volume: try it on a stored study with `ainode models try`")
         return report
     volume = _trial_volume(model.accepts.modalities[0])
     try:
