@@ -13,6 +13,7 @@ import numpy as np
 from ai.bundle import BundleError, BundleModel, is_bundle
 from ai.container import CONTAINER_MANIFEST, ContainerError, ContainerModel, read_container_manifest
 from ai.manifest import MANIFEST_NAME, ManifestError, ManifestModel, read_manifest
+from ai.nnunet import NnUNetError, NnUNetModel, is_nnunet_folder
 from ai.protocol import Model, PredictionMismatch, check_prediction
 from ai.volume import Volume
 
@@ -20,7 +21,7 @@ from ai.volume import Volume
 @dataclass
 class ModelCheck:
     path: str
-    kind: str  # "manifest folder", "MONAI bundle", "container" or "unknown"
+    kind: str  # "manifest folder", "MONAI bundle", "nnU-Net folder", "container" or "unknown"
     name: str | None = None
     version: str | None = None
     accepts: str | None = None
@@ -77,17 +78,21 @@ def check_model_folder(path: Path, run: bool = True) -> ModelCheck:
         elif is_bundle(path):
             report.kind = "MONAI bundle"
             model = BundleModel(path)
+        elif is_nnunet_folder(path):
+            report.kind = "nnU-Net folder"
+            model = NnUNetModel(path)
         elif (path / CONTAINER_MANIFEST).is_file():
             report.kind = "container"
             model = ContainerModel(read_container_manifest(path), path)
         else:
             inner = sorted(p.name for p in path.iterdir() if (p / MANIFEST_NAME).is_file() or is_bundle(p)
-                           or (p / CONTAINER_MANIFEST).is_file())
+                           or (p / CONTAINER_MANIFEST).is_file() or is_nnunet_folder(p))
             report.problems.append(
-                f"neither an {MANIFEST_NAME}, a MONAI bundle's configs/metadata.json nor an {CONTAINER_MANIFEST} "
-                "is in this folder" + (f"; it holds model folders ({', '.join(inner)}): check each" if inner else ""))
+                f"neither an {MANIFEST_NAME}, a MONAI bundle's configs/metadata.json, an nnU-Net folder's "
+                f"dataset.json, plans.json and fold_* nor an {CONTAINER_MANIFEST} is in this folder"
+                + (f"; it holds model folders ({', '.join(inner)}): check each" if inner else ""))
             return report
-    except (ManifestError, BundleError, ContainerError) as exc:
+    except (ManifestError, BundleError, ContainerError, NnUNetError) as exc:
         report.problems.append(str(exc))
         return report
     _describe(model, report)

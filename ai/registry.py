@@ -1,7 +1,7 @@
 """Finding the installed models: the entry-point group ``ainode.models``, and model
 folders named in the settings: TorchScript or ONNX with an ``ainode-model.toml``,
-MONAI bundles (``configs/metadata.json``), or container images described by an
-``ainode-container.toml``.
+MONAI bundles (``configs/metadata.json``), nnU-Net v2 result folders (``dataset.json``,
+``plans.json``, ``fold_*``), or container images described by an ``ainode-container.toml``.
 
 Built-in models register through the entry point too (in this project's
 ``pyproject.toml``), so a model from another package is installed the same way:
@@ -19,6 +19,7 @@ from typing import Any
 from ai.bundle import BundleError, BundleModel, bundle_name, is_bundle
 from ai.container import CONTAINER_MANIFEST, ContainerError, ContainerModel, read_container_manifest
 from ai.manifest import MANIFEST_NAME, ManifestError, ManifestModel, read_manifest
+from ai.nnunet import NnUNetError, NnUNetModel, is_nnunet_folder, nnunet_name
 from ai.protocol import Model
 
 GROUP = "ainode.models"
@@ -34,7 +35,7 @@ class InstalledModel:
     #: Where it comes from, for people: "entry point pkg.module:Class" or "folder /path".
     source: str
     _factory: Callable[..., Any]
-    #: "plugin" (entry point), "folder" (manifest), "bundle" or "container".
+    #: "plugin" (entry point), "folder" (manifest), "bundle", "nnunet" or "container".
     kind: str = "plugin"
 
     def create(self, options: Mapping[str, Any] | None = None) -> Model:
@@ -62,7 +63,8 @@ def _entry_point_models() -> dict[str, InstalledModel]:
 
 
 def _is_model(folder: Path) -> bool:
-    return (folder / MANIFEST_NAME).is_file() or (folder / CONTAINER_MANIFEST).is_file() or is_bundle(folder)
+    return (folder / MANIFEST_NAME).is_file() or (folder / CONTAINER_MANIFEST).is_file() or is_bundle(folder) \
+        or is_nnunet_folder(folder)
 
 
 def _model_folders(folder: Path) -> list[Path]:
@@ -88,6 +90,13 @@ def _container_factory(folder: Path) -> Callable[..., Model]:
     def make(**options: Any) -> Model:
         """Options: work_dir (input, output and logs), runtime_args (e.g. ["--runtime", "runc"])."""
         return ContainerModel(read_container_manifest(folder), folder, **options)
+    return make
+
+
+def _nnunet_factory(folder: Path) -> Callable[..., Model]:
+    def make(**options: Any) -> Model:
+        """Options: folds, checkpoint, mirroring, tile_step_size."""
+        return NnUNetModel(folder, **options)
     return make
 
 
@@ -119,6 +128,16 @@ def installed_models(folders: Sequence[Path] = ()) -> dict[str, InstalledModel]:
                                         f"{models[container.name].source}; rename it in its {CONTAINER_MANIFEST}")
                 models[container.name] = InstalledModel(container.name, f"container {container.image} ({model_dir})",
                                                         _container_factory(model_dir), "container")
+                continue
+            if is_nnunet_folder(model_dir) and not (model_dir / MANIFEST_NAME).is_file():
+                try:
+                    name = nnunet_name(model_dir)
+                except NnUNetError as exc:
+                    raise RegistryError(str(exc)) from None
+                if name in models:
+                    raise RegistryError(f"nnU-Net folder {model_dir} has the name of {models[name].source}; "
+                                        "rename its folder")
+                models[name] = InstalledModel(name, f"nnU-Net folder {model_dir}", _nnunet_factory(model_dir), "nnunet")
                 continue
             if not (model_dir / MANIFEST_NAME).is_file():
                 try:

@@ -115,6 +115,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                                 "install the test extras (pytest < 9)")
 
 
+@pytest.fixture(scope="session")
+def nnunet_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An nnU-Net v2 result folder planned by nnunetv2 (tests/model_files.py), made
+    once per session (about 20 s)."""
+    from tests.model_files import nnunet_folder
+
+    root = tmp_path_factory.mktemp("nnunet")
+    return nnunet_folder(root / "Dataset990_DenseTissue" / "nnUNetTrainer__nnUNetPlans__3d_fullres", root / "work")
+
+
 def peer_env() -> dict[str, str]:
     env = dict(os.environ)
     env["TCP_NODELAY"] = "1"  # dcmtk leaves Nagle's algorithm on otherwise

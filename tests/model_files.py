@@ -251,3 +251,95 @@ def monai_classifier_bundle(folder: Path, spatial_size: tuple[int, int, int] = (
     else:
         torch.save(network.state_dict(), folder / "models" / "model.pt")
     return folder
+
+
+#: Planning an nnU-Net dataset with nnunetv2's own code, in a process of its own (nnunetv2
+#: reads its folders from the environment when it is imported).
+_NNUNET_PLAN = r"""
+import json, sys
+from pathlib import Path
+import numpy as np, nibabel as nib
+raw = Path(sys.argv[1]) / "Dataset990_DenseTissue"
+(raw / "imagesTr").mkdir(parents=True, exist_ok=True)
+(raw / "labelsTr").mkdir(exist_ok=True)
+rng = np.random.default_rng(0)
+for case in range(4):
+    shape = (40, 40, 24)  # x, y, z
+    i, j, k = np.indices(shape)
+    centre = rng.uniform((12, 12, 8), (28, 28, 16))
+    dense = ((i - centre[0]) * 0.8) ** 2 + ((j - centre[1]) * 0.8) ** 2 + ((k - centre[2]) * 1.5) ** 2 <= 36
+    affine = np.diag([-0.8, -0.8, 1.5, 1.0])
+    # Dense tissue of varied density, so that nnU-Net's CT normalisation (clipped to the
+    # foreground's 0.5-99.5 percentiles) keeps air and tissue apart.
+    image = np.where(dense, rng.uniform(100.0, 900.0, shape), -1000.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, affine), str(raw / "imagesTr" / f"dense_{case:03d}_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(dense.astype(np.uint8), affine), str(raw / "labelsTr" / f"dense_{case:03d}.nii.gz"))
+(raw / "dataset.json").write_text(json.dumps({
+    "channel_names": {"0": "CT"}, "labels": {"background": 0, "spleen": 1},
+    "numTraining": 4, "file_ending": ".nii.gz"}))
+from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
+extract_fingerprints([990], num_processes=1, check_dataset_integrity=True, verbose=False)
+plan_experiments([990])
+"""
+
+
+def nnunet_folder(folder: Path, work: Path, mirroring: bool = True) -> Path:
+    """An nnU-Net v2 result folder (``dataset.json``, ``plans.json``,
+    ``fold_0/checkpoint_final.pth``) for a small synthetic CT data set, planned by
+    nnunetv2's own fingerprint extraction and experiment planner; its 3d_fullres U-Net
+    (built from the plans by nnunetv2) gets weights set by hand instead of training:
+    every convolution passes channel 0 of the full-resolution path straight through
+    (the upsampling path is cut), so that after nnU-Net's normalisations a voxel is
+    "spleen" exactly where it is denser than the rest of its patch: the dense voxels
+    of a two-valued phantom."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
+               nnUNet_results=str(work / "results"))
+    subprocess.run([sys.executable, "-c", _NNUNET_PLAN, str(work / "raw")], env=env, check=True,
+                   capture_output=True, timeout=600)
+    planned = work / "preprocessed" / "Dataset990_DenseTissue"
+    folder.mkdir(parents=True, exist_ok=True)
+    plans = json.loads((planned / "nnUNetPlans.json").read_text())
+    dataset = json.loads((planned / "dataset.json").read_text())
+    (folder / "plans.json").write_text(json.dumps(plans, indent=1))
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    (folder / "dataset_fingerprint.json").write_text((planned / "dataset_fingerprint.json").read_text())
+
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    configuration = PlansManager(plans).get_configuration("3d_fullres")
+    network = get_network_from_plans(configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+                                     configuration.network_arch_init_kwargs_req_import, 1, 2, allow_init=True,
+                                     deep_supervision=False)
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
+                module.weight.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
+        centre = lambda conv: tuple(k // 2 for k in conv.kernel_size)  # noqa: E731
+        for stage in network.encoder.stages:
+            for conv in (m for m in stage.modules() if isinstance(m, torch.nn.Conv3d)):
+                conv.weight[(0, 0, *centre(conv))] = 1.0
+        decoder = network.decoder
+        for s, stage in enumerate(decoder.stages):
+            convs = [m for m in stage.modules() if isinstance(m, torch.nn.Conv3d)]
+            # The first takes (upsampled, skip): channel 0 of the skip only.
+            convs[0].weight[(0, decoder.transpconvs[s].out_channels, *centre(convs[0]))] = 1.0
+            for conv in convs[1:]:
+                conv.weight[(0, 0, *centre(conv))] = 1.0
+        decoder.seg_layers[-1].weight[1, 0] = 10.0
+    fold = folder / "fold_0"
+    fold.mkdir(exist_ok=True)
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
+                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset},
+                "inference_allowed_mirroring_axes": (0, 1, 2) if mirroring else None},
+               fold / "checkpoint_final.pth")
+    return folder

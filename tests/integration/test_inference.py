@@ -396,3 +396,49 @@ min_instances = 5
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(base + "?explanation=nothing", timeout=30)
     assert missing.value.code == 404
+
+
+def test_an_nnunet_folder_segments_a_received_series_on_its_grid(
+        node_factory, nnunet_model_folder: Path, tmp_path: Path) -> None:
+    """An nnU-Net v2 result folder among the model folders, run by nnunetv2's predictor
+    in the node: the SEG marks exactly the dense voxels, each on its source image."""
+    import shutil
+
+    import highdicom as hd
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    from tests.synthetic import TEST_UID_ROOT, ct_slice
+
+    models = tmp_path / "models" / "Dataset990_DenseTissue"
+    shutil.copytree(nnunet_model_folder, models / nnunet_model_folder.name)
+    study, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
+    k, j, i = np.indices((20, 48, 48))
+    dense = ((k - 10) * 1.5) ** 2 + ((j - 20) * 0.8) ** 2 + ((i - 28) * 0.8) ** 2 <= 49
+    folder = tmp_path / "study" / "s01"
+    folder.mkdir(parents=True)
+    for index in range(20):  # the plans' spacing: 1.5 mm slices of 0.8 mm pixels
+        ds = ct_slice(study, series, index, size=48)
+        ds.PixelSpacing, ds.SliceThickness = [0.8, 0.8], 1.5
+        ds.ImagePositionPatient = [0.0, 0.0, 1.5 * index]
+        ds.PixelData = np.where(dense[index], 500, -1000).astype(np.int16).tobytes()
+        ds.save_as(folder / f"{index:03d}.dcm", enforce_file_format=True)
+    config = f"""\
+quiet_period_s = 1
+completion_sweep_s = 0.5
+model_folders = ["{models}"]
+""" + _ct_route("dense", "Dataset990_DenseTissue-3d_fullres")
+    node: Node = node_factory(config, inference=True).start()
+    send_study(node, tmp_path / "study")
+    [prediction] = wait_until(lambda: _predictions(node), 120, "the nnU-Net prediction")
+    assert prediction["provenance"]["runtime"] == "nnunetv2" and prediction["provenance"]["mirroring"]
+
+    def seg_file() -> Path | None:
+        return next((p for p in (node.data_dir / "results").rglob("*.dcm")
+                     if dcmread(p, stop_before_pixels=True).Modality == "SEG"), None)
+    seg = hd.seg.segread(wait_until(seg_file, 60, "the SEG"))
+    images = sorted((dcmread(p) for p in folder.glob("*.dcm")), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    marked = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[ds.SOPInstanceUID for ds in images], segment_numbers=[1],
+        combine_segments=True, ignore_spatial_locations=False)
+    assert np.array_equal(marked > 0, dense)
