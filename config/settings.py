@@ -236,6 +236,15 @@ class ModelSettings(BaseModel):
         description="the longest the model may run on one series; beyond it its job ends dead with "
                     "that reason and its worker is restarted (a stuck model cannot be stopped otherwise)",
     )
+    device: Literal["auto", "cpu"] = Field(
+        default="auto",
+        description='where it runs: "auto" (its worker\'s device, a GPU where there is one) or "cpu" '
+                    "(always the CPU, e.g. a light model that should leave the GPU to others)",
+    )
+    memory_mb: int | None = Field(
+        default=None, ge=0,
+        description="the memory it keeps loaded, for inference_memory_budget_mb; unset: measured at load",
+    )
 
 
 Level = Literal["routine", "urgent", "critical"]
@@ -428,6 +437,13 @@ class Settings(BaseSettings):
         default=1, ge=0, le=16,
         description="Inference processes per device; 0: none here (another machine runs "
                     "`ainode worker`).",
+    )
+    inference_memory_budget_mb: int = Field(
+        default=0, ge=0,
+        description="Memory the models of one inference worker may keep loaded (MiB: GPU memory "
+                    "on a GPU worker, resident memory on a CPU one); models are then loaded on "
+                    "first use and the least recently used unloaded when the next would not fit. "
+                    "0: every model loaded at start and kept.",
     )
     destinations: list[Destination] = Field(default_factory=list)
     models: dict[str, ModelSettings] = Field(

@@ -40,6 +40,13 @@ def cache_folder(config: pytest.Config) -> Path:
     return folder
 
 
+def cache_folder_path() -> Path:
+    """The cache folder outside a test session (benchmarks): pytest's, in the repository."""
+    folder = REPO / ".pytest_cache" / "d" / "container-rootfs-v1"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _rootfs(folder: Path) -> Path:
     """The root file system as a tar file in ``folder``, made once."""
     tar = folder / "rootfs.tar"

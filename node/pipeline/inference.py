@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,6 @@ from sqlalchemy import Engine, select
 from ai.labelmap import LabelMap
 from ai.protocol import (
     Finding,
-    Model,
     ModelCannotRun,
     ModelFailed,
     Prediction,
@@ -44,6 +43,7 @@ from node.jobs.context import JobContext, PermanentJobError, current_study
 from node.jobs.kinds import EncodePayload, InferPayload, StudyWork, read_payload, study_job
 from node.pipeline.lifecycle import queue_for
 from node.pipeline.triage import after_findings, job_priority
+from node.pipeline.warm_models import ModelUnavailable, WarmModel, WarmModels
 from storage.db import dialect_insert, writing
 from storage.files import FileStore
 from storage.inventory import series_files
@@ -58,10 +58,6 @@ _MB = 2**20
 
 #: Exit status of an inference worker that ended a model run past its timeout_s.
 MODEL_TIMEOUT_EXIT = 75
-
-
-class ModelUnavailable(RuntimeError):
-    """A model this worker cannot run (the message says why)."""
 
 
 class InferenceStartupError(RuntimeError):
@@ -85,17 +81,6 @@ def _torch_device(device: str, configured: bool) -> torch.device:
     log.warning("%s was detected but torch cannot use it (a CPU-only torch build?); "
                 "running inference on the CPU", device)
     return torch.device("cpu")
-
-
-@dataclass
-class LoadedModel:
-    model: Model
-    #: The most GPU memory one run may take beyond what is already held (MiB); 0: no bound.
-    memory_bound_mb: int
-    #: PyTorch CPU threads while it runs ([models.<name>] cpu_threads); None: the worker's.
-    cpu_threads: int | None = None
-    #: The longest one run may take ([models.<name>] timeout_s); None: no limit.
-    timeout_s: float | None = None
 
 
 @contextlib.contextmanager
@@ -132,21 +117,19 @@ def gpu_memory_bound(device: torch.device, bound_mb: int) -> Iterator[None]:
 class InferenceRunner:
     """The ``infer`` job handler of one worker process, with its models loaded."""
 
-    def __init__(self, settings: Settings, engine: Engine, device: torch.device,
-                 models: dict[str, LoadedModel], unavailable: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, engine: Engine, device: torch.device, models: WarmModels) -> None:
         self._settings = settings
         self._engine = engine
         self._store = FileStore(settings.data_dir)
         self.device = device
+        #: The worker's models: loaded at start, or on use within the memory budget.
         self.models = models
-        #: Models a route uses that could not be loaded, with the reason: their jobs end
-        #: dead with it, the rest of the node works on.
-        self.unavailable = dict(unavailable or {})
         self._queue = queue_for(settings, engine)
 
     @classmethod
     def start(cls, settings: Settings, engine: Engine, device: str, configured: bool) -> InferenceRunner:
-        """Resolve the device and load every model an enabled route uses, once."""
+        """Resolve the device and the models enabled routes use; load them all now, or,
+        with ``inference_memory_budget_mb``, each on first use."""
         torch_device = _torch_device(device, configured)
         if torch_device.type == "cpu" and settings.inference_workers_per_device > 1:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.inference_workers_per_device))
@@ -154,35 +137,35 @@ class InferenceRunner:
             available = installed_models(settings.model_folders)
         except RegistryError as exc:
             raise InferenceStartupError(str(exc)) from None
-        models, unavailable = {}, {}
+        models = {}
         for name in sorted({r.model for r in settings.routes if r.enabled}):
             if name not in available:
                 raise InferenceStartupError(
                     f"a route uses model {name!r}, which is not installed (installed: "
                     f"{', '.join(sorted(available)) or 'none'}); fix the route or install the model")
             config = settings.models.get(name)
-            try:
-                options = dict(config.options) if config else {}
-                if available[name].kind == "container":
-                    # a container's input, output and logs are kept under the data folder
-                    options.setdefault("work_dir", str(settings.data_dir / "containers"))
-                model = available[name].create(options or None)
-                if model.device_needs.gpu == "required" and torch_device.type != "cuda":
-                    raise ModelUnavailable("it needs a GPU and this worker has none")
-                model.load(str(torch_device))
-            except Exception as exc:  # the model's own code, or its files: this model only
-                reason = str(exc) if isinstance(exc, ModelUnavailable) else f"{type(exc).__name__}: {exc}"
-                log.error("model %s cannot be loaded on %s; its jobs fail until it is fixed: %s",
-                          name, torch_device, reason)
-                unavailable[name] = reason
-                continue
-            bound = config.gpu_memory_mb if config and config.gpu_memory_mb is not None \
-                else model.device_needs.gpu_memory_mb
-            models[name] = LoadedModel(model, bound, config.cpu_threads if config else None,
-                                       config.timeout_s if config else None)
-        log.info("inference worker on %s with %s", torch_device,
-                 ", ".join(f"{n} {m.model.version}" for n, m in models.items()) or "no models")
-        return cls(settings, engine, torch_device, models, unavailable)
+            options = dict(config.options) if config else {}
+            if available[name].kind == "container":
+                # a container's input, output and logs are kept under the data folder
+                options.setdefault("work_dir", str(settings.data_dir / "containers"))
+            models[name] = WarmModel(
+                name, functools.partial(available[name].create, options or None),
+                torch.device("cpu") if config and config.device == "cpu" else torch_device,
+                memory_bound_mb=config.gpu_memory_mb if config and config.gpu_memory_mb is not None else -1,
+                cpu_threads=config.cpu_threads if config else None,
+                timeout_s=config.timeout_s if config else None,
+                declared_mb=config.memory_mb if config else None)
+        warm = WarmModels(models, settings.inference_memory_budget_mb)
+        if settings.inference_memory_budget_mb == 0:
+            warm.load_all()
+            for model in models.values():  # unset gpu_memory_mb: what the model declares
+                if model.memory_bound_mb < 0 and model.model is not None:
+                    model.memory_bound_mb = model.model.device_needs.gpu_memory_mb
+        log.info("inference worker on %s with %s%s", torch_device,
+                 ", ".join(f"{n} {m.model.version}" for n, m in models.items() if m.model) or "no models loaded",
+                 f" (loaded on use within {settings.inference_memory_budget_mb} MiB: {', '.join(models)})"
+                 if settings.inference_memory_budget_mb else "")
+        return cls(settings, engine, torch_device, warm)
 
     def report_status(self, worker: str) -> None:
         """Record the GPU memory this worker holds (for /metrics); CPU workers record none."""
@@ -195,11 +178,14 @@ class InferenceRunner:
 
     def __call__(self, job: ClaimedJob, ctx: JobContext) -> None:
         payload = read_payload(InferPayload, job)
-        loaded = self.models.get(payload.model)
-        if payload.model in self.unavailable:
-            raise PermanentJobError(f"model {payload.model} cannot be loaded: {self.unavailable[payload.model]}")
-        if loaded is None:
+        if payload.model not in self.models.models:
             raise PermanentJobError(f"model {payload.model!r} is not used by any enabled route of this worker")
+        try:
+            loaded = self.models.get(payload.model)
+        except ModelUnavailable as exc:
+            raise PermanentJobError(f"model {payload.model} cannot be loaded: {exc}") from None
+        if loaded.memory_bound_mb < 0:  # unset gpu_memory_mb: what the model declares
+            loaded.memory_bound_mb = loaded.model.device_needs.gpu_memory_mb if loaded.model else 0
         work = current_study(self._engine, job)
         for series_uid in payload.series:
             if ctx.cancelled.is_set():
@@ -237,8 +223,9 @@ class InferenceRunner:
         return number, [self._store.absolute(p) for p in series_files(self._engine, series_uid)]
 
     def _run_series(self, job: ClaimedJob, payload: InferPayload, work: StudyWork, series_uid: str,
-                    loaded: LoadedModel) -> None:
+                    loaded: WarmModel) -> None:
         model = loaded.model
+        assert model is not None
         version = work.results_version
         if self._already_done(work, model.name, series_uid):
             return
@@ -283,7 +270,7 @@ class InferenceRunner:
         row = dict(
             study_id=work.study_id, results_version=version, model=model.name,
             model_version=model.version, route=payload.route[:64],
-            series_instance_uid=series_uid, job_id=job.id, device=str(self.device),
+            series_instance_uid=series_uid, job_id=job.id, device=str(loaded.device),
             outputs=dataclasses.asdict(declared_outputs(model.outputs)),
             measurements=[m.to_json(units.get(m.name)) for m in prediction.measurements],
             findings=[f.to_json() for f in findings],
@@ -297,22 +284,22 @@ class InferenceRunner:
                                     .on_conflict_do_nothing()).rowcount
             if inserted:
                 record(conn, work.study_id, INFERRED, f"{model.name} {model.version} on {label}: "
-                       f"{loaded_at - started:.1f} s load + {finished - loaded_at:.1f} s on {self.device}",
+                       f"{loaded_at - started:.1f} s load + {finished - loaded_at:.1f} s on {loaded.device}",
                        version)
         present = [f.name for f in findings if f.present]
         log.info("study %s v%d: %s on %s (%d slices) in %.1f s load + %.1f s on %s; findings: %s",
                  work.study_instance_uid, version, model.name, label, volume.shape[0],
-                 loaded_at - started, finished - loaded_at, self.device, ", ".join(present) or "none")
+                 loaded_at - started, finished - loaded_at, loaded.device, ", ".join(present) or "none")
 
     @contextlib.contextmanager
-    def _watchdog(self, job: ClaimedJob, loaded: LoadedModel, label: str) -> Iterator[None]:
+    def _watchdog(self, job: ClaimedJob, loaded: WarmModel, label: str) -> Iterator[None]:
         """Past the model's timeout_s, end its job dead with the reason and restart
         this worker: a thread stuck in a model's code cannot be stopped any other way
         (the supervisor starts a new worker; the GPU memory goes with the process)."""
         if loaded.timeout_s is None:
             yield
             return
-        name, limit = loaded.model.name, loaded.timeout_s
+        name, limit = loaded.name, loaded.timeout_s
 
         def expired() -> None:
             reason = (f"model {name} ran longer than its timeout_s ({limit:g} s) on {label}; "
@@ -331,14 +318,16 @@ class InferenceRunner:
         finally:
             timer.cancel()
 
-    def _predict(self, loaded: LoadedModel, volume: Volume, label: str) -> Prediction:
+    def _predict(self, loaded: WarmModel, volume: Volume, label: str) -> Prediction:
         """Run the model; :class:`ModelCannotRun` passes through (the model declines)."""
         model = loaded.model
-        autocast = self.device.type == "cuda" and model.device_needs.mixed_precision
+        assert model is not None
+        device = loaded.device
+        autocast = device.type == "cuda" and model.device_needs.mixed_precision
         try:
             with torch.inference_mode(), \
-                    torch.autocast(self.device.type, enabled=autocast), \
-                    gpu_memory_bound(self.device, loaded.memory_bound_mb), \
+                    torch.autocast(device.type, enabled=autocast), \
+                    gpu_memory_bound(device, loaded.memory_bound_mb), \
                     cpu_threads(loaded.cpu_threads):
                 return model.predict(volume)
         except ModelFailed as exc:

@@ -442,3 +442,34 @@ model_folders = ["{models}"]
         source_sop_instance_uids=[ds.SOPInstanceUID for ds in images], segment_numbers=[1],
         combine_segments=True, ignore_spatial_locations=False)
     assert np.array_equal(marked > 0, dense)
+
+
+def test_within_a_memory_budget_models_load_on_use_and_the_least_recently_used_goes(
+        node_factory, tmp_path: Path) -> None:
+    """Two models that together exceed inference_memory_budget_mb: both run on the
+    study, one after the other, the first unloaded to make room for the second."""
+    onnx_segmenter(tmp_path / "models" / "first", name="first-onnx")
+    onnx_segmenter(tmp_path / "models" / "second", name="second-onnx")
+    config = f"""\
+quiet_period_s = 1
+completion_sweep_s = 0.5
+inference_memory_budget_mb = 1000
+model_folders = ["{tmp_path / 'models'}"]
+
+[models.first-onnx]
+memory_mb = 600
+device = "cpu"
+
+[models.second-onnx]
+memory_mb = 600
+""" + _ct_route("first", "first-onnx") + _ct_route("second", "second-onnx")
+    node: Node = node_factory(config, inference=True).start()
+    assert "loaded on use within 1000 MiB" in node.log()
+    write_ct_study(tmp_path / "study", series=1, slices=8)
+    send_study(node, tmp_path / "study")
+    predictions = wait_until(lambda: len(p := _predictions(node)) == 2 and p, 120, "both models' predictions")
+    assert sorted(p["model"] for p in predictions) == ["first-onnx", "second-onnx"]
+    assert all(p["device"] == "cpu" for p in predictions)
+    log = node.log()
+    assert "model first-onnx loaded on cpu (600 MiB)" in log and "model second-onnx loaded on cpu (600 MiB)" in log
+    assert "unloaded (least recently used, to keep within inference_memory_budget_mb (1200 of 1000 MiB))" in log
