@@ -144,6 +144,11 @@ class Route(BaseModel):
         description="complete the study early once a series matches each of these",
     )
     enabled: bool = True
+    shadow: bool = Field(
+        default=False,
+        description="results computed and recorded, shown marked as shadow, sent only to research "
+                    "destinations; they never change a study's level or notify anyone",
+    )
 
 
 class ListenerTls(BaseModel):
@@ -194,6 +199,11 @@ class Destination(BaseModel):
     url: str | None = Field(default=None, description="STOW-RS base URL, e.g. http://pacs:8042/dicom-web")
     timeout_s: float = Field(default=30.0, gt=0)
     tls: DestinationTls | None = Field(default=None, description="send over DICOM TLS (dicom)")
+    purpose: Literal["clinical", "research"] = Field(
+        default="clinical",
+        description='"clinical" (the archive radiologists read from) or "research": shadow routes '
+                    "send only to research destinations",
+    )
     objects: list[Literal["seg", "sr", "sc", "pm"]] = Field(
         default=["seg", "sr"], min_length=1,
         description='which results it receives: "seg" (Segmentation, and the probabilities of models '
@@ -533,11 +543,16 @@ class Settings(BaseSettings):
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):
             raise ValueError("two [[destinations]] have the same name")
+        purposes = {d.name: d.purpose for d in self.destinations}
         for route in self.routes:
             for name in route.destinations:
                 if name not in names:
                     raise ValueError(f"route {route.name!r} sends to {name!r}, which is not in "
                                      f"[[destinations]] ({', '.join(names) or 'none configured'})")
+                if route.shadow and purposes[name] != "research":
+                    raise ValueError(f"route {route.name!r} is a shadow route and sends to {name!r}, a clinical "
+                                     f"destination; give that destination purpose = \"research\" or take it "
+                                     "out of the route's destinations")
         return self
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Double,
     ForeignKey,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     select,
 )
@@ -189,6 +191,8 @@ class PredictionRecord(Base):
     #: [{name, centre (LPS mm), score, diameters_mm}]; None in rows recorded before detections.
     detections: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     provenance: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: Made for shadow routes only: shown marked as shadow, never triaged or sent clinically.
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: The label map and its geometry (``.npz``), relative to the data folder.
     labelmap_path: Mapped[str | None] = mapped_column(String(400))
     load_seconds: Mapped[float] = mapped_column(Double)
@@ -242,3 +246,16 @@ class WorkerStatus(Base):
     device: Mapped[str] = mapped_column(String(16))
     gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[float] = mapped_column(Double)
+
+
+class RouteChange(Base):
+    """A route entering or leaving shadow mode, as the node found it at a start."""
+
+    __tablename__ = "route_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    route: Mapped[str] = mapped_column(String(64), index=True)
+    model: Mapped[str] = mapped_column(String(64))
+    shadow: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[str] = mapped_column(String(200))
+    at: Mapped[float] = mapped_column(Double)

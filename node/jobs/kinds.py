@@ -58,6 +58,8 @@ class InferPayload:
     route: str
     series: tuple[str, ...]
     destinations: tuple[str, ...] = ()
+    #: Every route of the job is a shadow route: no triage, no notification.
+    shadow: bool = False
 
     def dedupe_key(self, work: StudyWork) -> str:
         return f"infer:{work.study_instance_uid}:{self.model}{series_key(self.series)}:v{work.results_version}"

@@ -47,8 +47,9 @@ from node.pipeline.warm_models import ModelUnavailable, WarmModel, WarmModels
 from storage.db import dialect_insert, writing
 from storage.files import FileStore
 from storage.inventory import series_files
-from storage.models import PredictionRecord, Series, WorkerStatus
+from storage.models import PredictionRecord, Series, Study, WorkerStatus
 from storage.queue import ClaimedJob
+from storage.states import StudyLevel
 from storage.timeline import DECLINED, INFERRED, record, record_now
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,11 @@ class InferenceRunner:
                 PredictionRecord.results_version == work.results_version,
                 PredictionRecord.series_instance_uid.in_(payload.series))).scalars().all()
             findings = [Finding.from_json(f) for row in rows for f in row]
-            level = after_findings(conn, self._settings, self._queue, work, payload.model, findings)
+            if payload.shadow:  # shadow results raise no study and notify no one
+                level = StudyLevel.of(conn.execute(select(Study.priority).where(
+                    Study.id == work.study_id)).scalar())
+            else:
+                level = after_findings(conn, self._settings, self._queue, work, payload.model, findings)
             if rows:
                 # A study raised by its findings has its results delivered sooner too.
                 encode = EncodePayload(payload.model, payload.route, payload.destinations, payload.series)
@@ -275,7 +280,7 @@ class InferenceRunner:
             measurements=[m.to_json(units.get(m.name)) for m in prediction.measurements],
             findings=[f.to_json() for f in findings],
             detections=[d.to_json() for d in prediction.detections],
-            provenance=prediction.provenance, labelmap_path=relative,
+            provenance=prediction.provenance, labelmap_path=relative, shadow=payload.shadow,
             load_seconds=loaded_at - started, inference_seconds=finished - loaded_at,
             created_at=time.time(),
         )

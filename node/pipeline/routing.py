@@ -152,7 +152,8 @@ def infer_jobs(decisions: Iterable[RouteDecision]) -> list[tuple[InferPayload, i
     One job per model and set of chosen series: routes that send different series to
     one model get a job each; routes that choose the same series for the same model
     share one (the model runs once; ``route`` names every route, ``destinations`` is
-    their union, the priority their highest).
+    their union, the priority their highest). The job is a shadow one only when every
+    route of it is: a model whose results a clinical route uses is clinical.
     """
     grouped: dict[tuple[str, tuple[str, ...]], list[Route]] = {}
     for decision in decisions:
@@ -162,6 +163,7 @@ def infer_jobs(decisions: Iterable[RouteDecision]) -> list[tuple[InferPayload, i
     jobs = []
     for (model, series), routes in grouped.items():
         destinations = tuple(dict.fromkeys(d for r in routes for d in r.destinations))
-        jobs.append((InferPayload(model, ", ".join(r.name for r in routes), series, destinations),
+        jobs.append((InferPayload(model, ", ".join(r.name for r in routes), series, destinations,
+                                  shadow=all(r.shadow for r in routes)),
                      max(r.priority for r in routes)))
     return jobs

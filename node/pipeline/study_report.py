@@ -89,6 +89,8 @@ class ModelResultLine(BaseModel):
     detections: list[DetectionLine] = Field(default_factory=list,
                                             description="the lesions reported, most certain first")
     maps: list[MapLine] = Field(default_factory=list, description="the voxel maps the model gives")
+    shadow: bool = Field(default=False, description="made for shadow routes: not for clinical reading, never "
+                                                    "triaged or sent to clinical destinations")
     objects: list[ResultObjectLine]
     has_labelmap: bool
 
@@ -198,6 +200,7 @@ def study_results(conn: Connection, study_instance_uid: str, routes: Sequence[Ro
             findings=[finding_line(f) for f in p.findings],
             detections=detection_lines(p.outputs, p.detections or []),
             maps=map_lines(p.outputs) if p.labelmap_path is not None else [],
+            shadow=bool(p.shadow),
             objects=objects.get((p.model, p.series_instance_uid), []),
             has_labelmap=p.labelmap_path is not None,
         )

@@ -373,7 +373,8 @@ def results(
         say(f"  {line}")
     for r in report.results:
         used = f"series {r.series.series_number} ({r.series.description})" if r.series else "a series"
-        say(f"{r.model} {r.model_version} on {used}, route {r.route}, {r.seconds:.1f} s on {r.device}:")
+        shadow = " [SHADOW: not for clinical reading]" if r.shadow else ""
+        say(f"{r.model} {r.model_version} on {used}, route {r.route}, {r.seconds:.1f} s on {r.device}{shadow}:")
         for m in r.measurements:
             say(f"  {m.text}")
         for f in r.findings:
@@ -497,6 +498,29 @@ def route_test(
             _fail(f"{target} is neither a file or folder nor a stored Study Instance UID", 1)
     for study in studies:
         out.print(explain(settings.routes, study), highlight=False, markup=False, soft_wrap=True)
+
+
+@route_app.command("history")
+def route_history_command(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """When each route entered or left shadow mode (recorded at each start of the node)."""
+    from node.pipeline.route_history import route_history
+    from storage.db import open_database
+
+    settings = _settings(config, data_dir)
+    engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
+    rows = route_history(engine)
+    if as_json:
+        out.print_json(json.dumps([{"route": r.route, "model": r.model, "shadow": r.shadow, "detail": r.detail,
+                                    "at": r.at} for r in rows]))
+        return
+    for r in rows:
+        out.print(f"{_when(r.at)}  {r.detail}", highlight=False, markup=False, soft_wrap=True)
+    if not rows:
+        out.print("no route recorded yet (routes are recorded when `ainode serve` starts)", highlight=False)
 
 
 models_app = typer.Typer(help="The installed models; check a model folder before installing it.",

@@ -34,6 +34,7 @@ from node.network.listener import PEER_BUCKETS
 from node.network.tls import TlsConfigError, server_context
 from node.pipeline.completion import CompletionPolicy, CompletionSweep
 from node.pipeline.lifecycle import queue_for
+from node.pipeline.route_history import record_route_changes
 from node.runner.child import PROCESS_LOCK
 from node.runner.devices import inference_devices
 from node.runner.supervisor import (
@@ -289,6 +290,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     try:
         refuse_if_processes_remain(settings.data_dir)
         engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
+        record_route_changes(engine, settings.routes)
         if unclean:
             log.warning("the previous run did not stop cleanly; reconciling files and database")
             reconcile(store, engine)

@@ -74,6 +74,9 @@ class StudySummary(BaseModel):
     headline: list[str] = Field(default_factory=list,
                                 description="the current version's main numbers, e.g. 'right lung volume 3177 mL'; "
                                             "* marks a value that is not reliable")
+    shadow_results: int = Field(
+        default=0, description="predictions of shadow routes (left out of findings and headline: not for "
+                               "clinical reading; the study page shows them marked)")
     delivery: Delivery = Field(
         description="of the current results version's results: none (no destination or not yet made), "
                     "pending (queued or running), delivered, failed (a delivery is dead)")
@@ -158,11 +161,14 @@ def _summary_rows(engine: Engine, studies: list[Any]) -> list[StudySummary]:
         findings: dict[int, list[FindingView]] = {}
         numbers: dict[int, list[str]] = {}
         versions = {s.id: s.results_version for s in studies}
+        shadow: dict[int, int] = {}
         for p in conn.execute(select(PredictionRecord.study_id, PredictionRecord.results_version,
                                      PredictionRecord.model, PredictionRecord.findings,
-                                     PredictionRecord.measurements)
+                                     PredictionRecord.measurements, PredictionRecord.shadow)
                               .where(PredictionRecord.study_id.in_(ids)).order_by(PredictionRecord.id)):
-            if p.results_version == versions[p.study_id]:
+            if p.results_version == versions[p.study_id] and p.shadow:
+                shadow[p.study_id] = shadow.get(p.study_id, 0) + 1
+            elif p.results_version == versions[p.study_id]:
                 numbers.setdefault(p.study_id, []).extend(headline(p.measurements))
                 findings.setdefault(p.study_id, []).extend(
                     FindingView(model=p.model, name=f.name, score=f.score, present=f.present,
@@ -190,7 +196,7 @@ def _summary_rows(engine: Engine, studies: list[Any]) -> list[StudySummary]:
         priority_reason=s.priority_reason, requested_priority=s.requested_priority,
         first_received_at=epoch(s.first_received_at), last_received_at=epoch(s.last_received_at),
         age_s=max(0.0, now - epoch(s.last_received_at)), findings=findings.get(s.id, []),
-        headline=numbers.get(s.id, [])[:6], delivery=delivery(s.id),
+        headline=numbers.get(s.id, [])[:6], shadow_results=shadow.get(s.id, 0), delivery=delivery(s.id),
     ) for s in studies]
 
 

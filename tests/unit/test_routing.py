@@ -126,3 +126,30 @@ def test_two_routes_to_one_model_on_different_series_make_two_jobs() -> None:
         ("thin, again", ("thin",), ("pacs", "viewer"), 5),  # the same series: the model runs once
         ("thick", ("thick",), ("research",), 0),
     ]
+
+
+def test_a_job_is_shadow_only_when_every_route_of_it_is() -> None:
+    study = StudyView("1.2.3", "Chest", (_series("thin", thickness=1.0, n=300), _series("thick", thickness=5.0)))
+    trial = Route(name="trial", model="ct-chest", match=SeriesMatch(slice_thickness_min=4.0), shadow=True,
+                  destinations=["research"])
+    clinical = Route(name="clinical", model="ct-chest", match=SeriesMatch(slice_thickness_max=2.0),
+                     destinations=["pacs"])
+    also_trial = Route(name="also", model="ct-chest", match=SeriesMatch(slice_thickness_max=2.0), shadow=True)
+    jobs = infer_jobs(route_study([trial, clinical, also_trial], study))
+    # The thin series' results are used clinically: that job is clinical.
+    assert [(p.route, p.shadow) for p, _ in jobs] == [("trial", True), ("clinical, also", False)]
+
+
+def test_a_shadow_route_cannot_send_to_a_clinical_destination() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from config.settings import Settings
+
+    destinations = [{"name": "pacs", "ae_title": "PACS", "host": "10.0.0.5", "port": 104},
+                    {"name": "lab", "ae_title": "LAB", "host": "10.0.0.6", "port": 104, "purpose": "research"}]
+    route = {"name": "trial", "model": "ct-chest", "shadow": True}
+    with pytest.raises(ValidationError, match="shadow route and sends to 'pacs', a clinical destination"):
+        Settings(destinations=destinations, routes=[{**route, "destinations": ["pacs"]}])
+    ok = Settings(destinations=destinations, routes=[{**route, "destinations": ["lab"]}])
+    assert ok.routes[0].shadow
