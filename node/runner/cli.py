@@ -6,7 +6,7 @@ import json
 import sys
 from datetime import UTC
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import tomli_w
 import typer
@@ -17,6 +17,9 @@ from rich.table import Table
 from config.settings import ConfigError, Settings, load_settings
 from node.runner.logs import setup_logging
 from storage.states import JobState, StudyState
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 app = typer.Typer(
     name="ainode",
@@ -41,6 +44,7 @@ ConfigOpt = Annotated[
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Where images and the database are kept.")
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _row(table: Table, *cells: str) -> None:
@@ -125,11 +129,18 @@ def worker(
     raise typer.Exit(code)
 
 
+def _database(settings: Settings) -> Engine:
+    """The node's database, migrated."""
+    from storage.db import open_database
+
+    return open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
+
+
 @app.command()
 def status(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """What the node holds: studies (by state), series, instances, and its jobs."""
     from storage.db import open_database
@@ -262,7 +273,7 @@ def jobs(
     state: Annotated[list[str] | None, typer.Option(help="queued, running, succeeded or dead.")] = None,
     kind: Annotated[list[str] | None, typer.Option(help="infer, send, ...")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 200,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first, with their last error."""
     from storage.db import open_database
@@ -294,7 +305,7 @@ def predictions(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """What the models found: the recorded predictions, newest first."""
     from sqlalchemy import select
@@ -342,7 +353,7 @@ def results(
     study: Annotated[str, typer.Argument(help="The Study Instance UID.")],
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """One study's results: the series each model used and why, every measurement
     with its unit and reliability, each finding, the result objects and the timeline."""
@@ -504,15 +515,12 @@ def route_test(
 def route_history_command(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """When each route entered or left shadow mode (recorded at each start of the node)."""
     from node.pipeline.route_history import route_history
-    from storage.db import open_database
 
-    settings = _settings(config, data_dir)
-    engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
-    rows = route_history(engine)
+    rows = route_history(_database(_settings(config, data_dir)))
     if as_json:
         out.print_json(json.dumps([{"route": r.route, "model": r.model, "shadow": r.shadow, "detail": r.detail,
                                     "at": r.at} for r in rows]))
@@ -533,7 +541,7 @@ def models(
     ctx: typer.Context,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """The installed models (entry-point group ainode.models, and model_folders) and
     what they declare."""
@@ -586,7 +594,7 @@ def models(
 def models_check(
     path: Annotated[Path, typer.Argument(help="A model folder: an ainode-model.toml folder or a MONAI bundle.")],
     no_run: Annotated[bool, typer.Option("--no-run", help="Only read the folder; do not load or run it.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """What a model folder is, what it accepts and produces (with the codes its results
     carry) and what is missing; it is loaded on the CPU and run once on a small
@@ -620,7 +628,7 @@ def models_try(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run a model on a stored study and print what it finds; nothing is recorded or
     sent. It runs on the series its routes would choose, or on each series it accepts
