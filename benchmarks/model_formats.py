@@ -20,7 +20,9 @@ which costs the same as trained ones. The volume is a synthetic 96 x 256 x 256 C
 nnunet: the nnU-Net v2 folder the tests plan with nnunetv2 (tests/model_files.py; a
 small 3d_fullres U-Net, patch 24 x 40 x 40 at 1.5 x 0.8 x 0.8 mm), own way
 ``nnUNetPredictor.predict_from_files`` (NIfTI read by SimpleITK, NIfTI written), AINode
-``NnUNetModel.predict`` on the volume in memory. Both ensemble fold 0 with mirroring.
+``NnUNetModel.predict`` on the volume in memory. Both run fold 0 without mirroring (its
+small patch makes the 96-slice volume some 2,000 windows; mirroring would multiply
+them by 8 in both alike); use ``--slices 24`` on a CPU.
 
 container: the tests' image (tests/containers.py, podman), own way ``podman run`` on a
 folder of the series' DICOM files, AINode ``ContainerModel.predict`` (links the files
@@ -135,7 +137,7 @@ def child(fmt: str, stage: str, model: Path, data: Path, slices: int, device: st
     elif fmt == "nnunet" and stage == "ainode":
         from ai.nnunet import NnUNetModel
 
-        nnunet_model = NnUNetModel(model, folds=[0])
+        nnunet_model = NnUNetModel(model, folds=[0], mirroring=False)
         nnunet_model.load(device)
         started = time.perf_counter()
         with torch.inference_mode():
@@ -149,7 +151,7 @@ def child(fmt: str, stage: str, model: Path, data: Path, slices: int, device: st
         with contextlib.redirect_stdout(io.StringIO()):
             from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-            predictor = nnUNetPredictor(use_mirroring=True, perform_everything_on_device=device != "cpu",
+            predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=device != "cpu",
                                         device=torch.device(device), allow_tqdm=False)
             predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
             out = data.parent / f"out-{time.monotonic_ns()}"
@@ -218,7 +220,7 @@ LABELS = {
     "bundle": ("bundle's own way (NIfTI in and out)", "AINode BundleModel (in memory)",
                "spleen-bundle UNet, 96^3 sliding window"),
     "nnunet": ("nnUNetPredictor.predict_from_files (NIfTI in and out)", "AINode NnUNetModel (in memory)",
-               "the tests' planned nnU-Net 3d_fullres, fold 0, mirroring"),
+               "the tests' planned nnU-Net 3d_fullres (patch 24 x 40 x 40), fold 0, no mirroring"),
     "container": ("podman run on the series folder", "AINode ContainerModel (stage, run, read back)",
                   "the tests' container image (numpy threshold, NIfTI and results.json out)"),
 }

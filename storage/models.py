@@ -259,3 +259,17 @@ class RouteChange(Base):
     shadow: Mapped[bool] = mapped_column(Boolean)
     detail: Mapped[str] = mapped_column(String(200))
     at: Mapped[float] = mapped_column(Double)
+
+
+class ApiUser(Base):
+    """A named user of the API and the web pages: a role and the SHA-256 of a token
+    (the token itself is shown once, when the user is added, and kept nowhere)."""
+
+    __tablename__ = "api_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Double)
+    revoked_at: Mapped[float | None] = mapped_column(Double)

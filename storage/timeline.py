@@ -15,6 +15,7 @@ from storage.states import JobState
 
 COMPLETED, PRIORITIZED, INFERRED, DECLINED, ENCODED = "completed", "prioritized", "inferred", "declined", "encoded"
 DELIVERED, DELIVERY_FAILED, NOTIFIED, NOTIFY_FAILED = "delivered", "delivery_failed", "notified", "notify_failed"
+RETRIED = "retried"  # an operator ran a job again (the detail names who)
 #: A results version left behind; its unfinished jobs end in the job state of that name.
 SUPERSEDED = JobState.SUPERSEDED.value
 

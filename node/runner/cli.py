@@ -434,6 +434,58 @@ def retry(
     out.print(f"requeued {n} job(s)")
 
 
+users_app = typer.Typer(help="Named users of the API and web pages, each with a role and a token.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="Who: e.g. a login name.")],
+    role: Annotated[str, typer.Option("--role", help="viewer, radiologist, operator or admin.")] = "viewer",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Add a user; prints their token once (only its SHA-256 is kept). Once any user
+    exists, the API asks every caller for a token, on loopback too."""
+    from storage.users import Role, UserError, add_user
+
+    try:
+        token = add_user(_database(_settings(config, data_dir)), name, Role.named(role))
+    except (UserError, ValueError) as exc:
+        _fail(str(exc), 1)
+    err.print(f"user {name} added as {role}; the token (shown once, give it to them):", highlight=False)
+    out.print(token, highlight=False, markup=False)
+
+
+@users_app.command("list")
+def users_list(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """The users, their roles, and when they were added and revoked."""
+    from storage.users import list_users
+
+    rows = list_users(_database(_settings(config, data_dir)))
+    if as_json:
+        out.print_json(json.dumps([{"name": n, "role": str(r), "created_at": c, "revoked_at": v}
+                                   for n, r, c, v in rows]))
+        return
+    for n, r, c, v in rows:
+        out.print(f"{n}  {r}  added {_when(c)}" + (f"  revoked {_when(v)}" if v else ""), highlight=False,
+                  markup=False)
+
+
+@users_app.command("revoke")
+def users_revoke(name: Annotated[str, typer.Argument(help="The user.")], config: ConfigOpt = None,
+                 data_dir: DataDirOpt = None) -> None:
+    """Revoke a user's token at once (add them again for a new one)."""
+    from storage.users import UserError, revoke_user
+
+    try:
+        revoke_user(_database(_settings(config, data_dir)), name)
+    except UserError as exc:
+        _fail(str(exc), 1)
+    out.print(f"user {name} revoked", highlight=False)
+
+
 selftest_app = typer.Typer(help="Check that the node's parts work.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(selftest_app, name="selftest")
 

@@ -10,6 +10,7 @@ but ``/api/health`` and the worklist page itself asks for ``Authorization: Beare
 from __future__ import annotations
 
 import hmac
+import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,10 @@ from node.web.metrics import metrics_text
 from storage.files import FileStore
 from storage.models import Job, PredictionRecord, ResultObject, Series, Study
 from storage.states import LIVE_JOB_STATES, JobState, StudyLevel, StudyState
-from storage.timeline import epoch, timeline
+from storage.timeline import RETRIED, epoch, record_now, timeline
+from storage.users import Role, User, user_for_token, users_exist
+
+log = logging.getLogger(__name__)
 
 # --- response models (the OpenAPI schema is generated from these) ---------------------
 
@@ -112,6 +116,7 @@ class StudyDetail(StudySummary):
 
 class RetryResult(BaseModel):
     requeued: int
+    by: str = Field(default="", description="the user who asked")
 
 
 class ModelView(BaseModel):
@@ -230,16 +235,39 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     store = FileStore(settings.data_dir)
     guard = BrowserGuard.from_settings(settings)
 
-    def has_token(request: Request) -> bool:
+    def caller(request: Request) -> User | None:
+        """Who sent the request: the holder of api_token (an admin), a named user by
+        their token, or None (no token, or not a valid one)."""
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
-        return (token is not None and scheme.lower() == "bearer"
-                and hmac.compare_digest(value.strip().encode(), token.encode()))
+        if scheme.lower() != "bearer" or not value.strip():
+            return None
+        if token is not None and hmac.compare_digest(value.strip().encode(), token.encode()):
+            return User("api_token", Role.ADMIN)
+        return user_for_token(engine, value.strip())
 
-    def authorized(request: Request) -> None:
-        if token is not None and not has_token(request):
-            raise HTTPException(401, "a valid bearer token is required (api_token)",
-                                headers={"WWW-Authenticate": "Bearer"})
+    def has_token(request: Request) -> bool:
+        return caller(request) is not None
+
+    def authorized(request: Request) -> User:
+        """The caller; anonymous (as an admin on loopback) only while neither api_token
+        nor any named user is set up."""
+        user = caller(request)
+        if user is not None:
+            return user
+        if token is None and not users_exist(engine):
+            return User("local", Role.ADMIN)
+        raise HTTPException(401, "a valid bearer token is required (api_token, or a user's: ainode users add)",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+    # Dependencies as defaults, not in Annotated: these annotations are strings (PEP 563)
+    # that FastAPI resolves in the module, where these local functions are not.
+    def role(least: Role) -> Callable[[User], User]:
+        def check(user: User = Depends(authorized)) -> User:
+            if user.role < least:
+                raise HTTPException(403, f"{user.name} is a {user.role}; this needs a {least} or above")
+            return user
+        return check
 
     @app.middleware("http")
     async def browser_guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -371,14 +399,24 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         """Jobs that failed for good (or too often), waiting for a person."""
         return _jobs(engine, Job.state == JobState.DEAD, limit)
 
+    operator = role(Role.OPERATOR)
+
     @protected.post("/api/jobs/{job_id}/retry", response_model=RetryResult, tags=["jobs"],
-              responses={404: {"description": "no such job, or it is running"}})
-    def retry(job_id: int) -> RetryResult:
-        """Run a dead, waiting or succeeded job again, attempts reset."""
+              responses={404: {"description": "no such job, or it is running"},
+                         403: {"description": "not an operator"}})
+    def retry(job_id: int, user: User = Depends(operator)) -> RetryResult:
+        """Run a dead, waiting or succeeded job again, attempts reset (operators and admins);
+        the study's timeline records who."""
         n = queue.retry(job_id=job_id) if 1 <= job_id <= MAX_ID else 0
         if n == 0:
             raise HTTPException(404, f"job {job_id} does not exist or is running")
-        return RetryResult(requeued=n)
+        with engine.connect() as conn:
+            job = conn.execute(select(Job.study_id, Job.kind, Job.results_version).where(Job.id == job_id)).first()
+        if job is not None and job.study_id is not None:
+            record_now(engine, job.study_id, RETRIED, f"{job.kind} job {job_id} retried by {user.name} ({user.role})",
+                       job.results_version)
+        log.info("job %d retried by %s (%s)", job_id, user.name, user.role)
+        return RetryResult(requeued=n, by=user.name)
 
     @protected.get("/api/models", response_model=list[ModelView], tags=["configuration"])
     def models() -> list[ModelView]:
@@ -403,7 +441,8 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
                 for d in settings.destinations]
 
     @protected.post("/api/destinations/{name}/echo", response_model=EchoResult, tags=["configuration"],
-              responses={404: {"description": "no such destination"}})
+              responses={404: {"description": "no such destination"}, 403: {"description": "not an operator"}},
+              dependencies=[Depends(operator)])
     def echo(name: str) -> EchoResult:
         """Check a destination now: C-ECHO for DICOM, an HTTP request for DICOMweb."""
         from node.network.scu import destination_peer

@@ -14,7 +14,8 @@ from urllib.error import HTTPError
 import pytest
 from openapi_spec_validator import validate
 
-from tests.conftest import Node, free_port, missing_peer, peer_env, wait_until
+from tests.conftest import Node, free_port, missing_peer, peer_env, send_study, wait_until
+from tests.synthetic import write_ct_study
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,8 @@ port = {free_port()}
         node.run("selftest", "queue", "--jobs", "1", "--fail")
         [dead] = wait_until(lambda: _call(node.api_url + "/api/dead-letters")[1], 30, "a dead letter")
         assert dead["kind"] == "noop" and "told to fail" in dead["last_error"]
-        assert _call(node.api_url + f"/api/jobs/{dead['id']}/retry", "POST") == (200, {"requeued": 1})
+        # Without api_token and users, loopback callers are the local operator.
+        assert _call(node.api_url + f"/api/jobs/{dead['id']}/retry", "POST") == (200, {"requeued": 1, "by": "local"})
         wait_until(lambda: _call(node.api_url + "/api/jobs?kind=noop")[1][0]["attempts"] == 1
                    and _call(node.api_url + "/api/dead-letters")[1], 30, "the retried job to fail again")
         assert _call(node.api_url + "/api/jobs/999999/retry", "POST")[0] == 404
@@ -112,3 +114,39 @@ def test_beyond_loopback_the_api_asks_for_its_token(node_factory) -> None:
     assert _call(node.api_url + "/api/jobs/1/retry", "POST")[0] == 401
     assert _call(node.api_url + "/api/health")[0] == 200  # for load balancers; says nothing private
     assert _call(node.api_url + "/docs", token=TOKEN)[0] == 404  # no page that loads a CDN's scripts
+
+
+def test_named_users_have_roles_and_their_retries_are_recorded_by_name(node_factory, tmp_path: Path) -> None:
+    """Users added with `ainode users add`: once one exists every caller needs a token,
+    on loopback too; a viewer reads but cannot retry, an operator's retry is recorded
+    with their name; a revoked token is refused; no token is in the database."""
+    config = ('quiet_period_s = 1\ncompletion_sweep_s = 0.5\n[[routes]]\nname = "ct"\nmodel = "ct-chest"\n'
+              '[routes.match]\nmodality = ["CT"]\n')
+    node: Node = node_factory(config).start()
+    alice = node.run("users", "add", "alice", "--role", "viewer").stdout.strip()
+    bob = node.run("users", "add", "bob", "--role", "operator").stdout.strip()
+    assert len(alice) >= 40 and alice != bob
+    assert "exists" in node.run("users", "add", "alice", check=False).stderr
+    write_ct_study(tmp_path / "study", series=1, slices=6)
+    send_study(node, tmp_path / "study")
+    # No inference worker runs here: the infer job waits, queued, and can be retried.
+    [job] = wait_until(lambda: _call(node.api_url + "/api/jobs?kind=infer", token=alice)[1], 60, "the infer job")
+
+    assert _call(node.api_url + "/api/studies")[0] == 401  # users exist: a token is needed
+    assert _call(node.api_url + "/api/studies", token=alice)[0] == 200
+    status, body = _call(node.api_url + f"/api/jobs/{job['id']}/retry", "POST", token=alice)
+    assert status == 403 and "alice is a viewer" in body["detail"]
+    retried = _call(node.api_url + f"/api/jobs/{job['id']}/retry", "POST", token=bob)
+    assert retried == (200, {"requeued": 1, "by": "bob"})
+    [study] = _call(node.api_url + "/api/studies", token=bob)[1]
+    steps = _call(node.api_url + f"/api/studies/{study['study_instance_uid']}", token=bob)[1]["timeline"]
+    assert any(s["step"] == "retried" and s["detail"] == f"infer job {job['id']} retried by bob (operator)"
+               for s in steps), steps
+
+    node.run("users", "revoke", "bob")
+    assert _call(node.api_url + "/api/studies", token=bob)[0] == 401
+    listed = json.loads(node.run("users", "list", "--json").stdout)
+    assert [(u["name"], u["role"], u["revoked_at"] is not None) for u in listed] == [
+        ("alice", "viewer", False), ("bob", "operator", True)]
+    stored = b"".join(p.read_bytes() for p in node.data_dir.glob("ainode.db*"))
+    assert alice.encode() not in stored and bob.encode() not in stored  # only their SHA-256
