@@ -273,3 +273,20 @@ class ApiUser(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[float] = mapped_column(Double)
     revoked_at: Mapped[float | None] = mapped_column(Double)
+
+
+class Feedback(Base):
+    """A radiologist's word on one result of a prediction: a finding, a segment or a
+    lesion agreed with, disagreed with, or corrected, with a reason, who and when."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
+    target_kind: Mapped[str] = mapped_column(String(16))  # finding | segment | lesion
+    target: Mapped[str] = mapped_column(String(64))  # its name (a lesion: "<kind> <number>")
+    verdict: Mapped[str] = mapped_column(String(16))  # agree | disagree | corrected
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    user: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    at: Mapped[float] = mapped_column(Double)

@@ -18,6 +18,7 @@ from ai.protocol import Finding, Measurement, unit_symbol
 from config.settings import Route
 from node.pipeline.body_region import body_region
 from node.pipeline.completion import load_study_view
+from node.pipeline.feedback import FeedbackLine, feedback_for
 from node.pipeline.route_explain import decision_lines
 from storage.models import Job, PredictionRecord, ResultObject, Series, Study
 from storage.timeline import timeline
@@ -91,6 +92,7 @@ class ModelResultLine(BaseModel):
     maps: list[MapLine] = Field(default_factory=list, description="the voxel maps the model gives")
     shadow: bool = Field(default=False, description="made for shadow routes: not for clinical reading, never "
                                                     "triaged or sent to clinical destinations")
+    feedback: list[FeedbackLine] = Field(default_factory=list, description="radiologists' word on its results")
     objects: list[ResultObjectLine]
     has_labelmap: bool
 
@@ -208,6 +210,9 @@ def study_results(conn: Connection, study_instance_uid: str, routes: Sequence[Ro
             PredictionRecord.study_id == study.id, PredictionRecord.results_version == version)
             .order_by(PredictionRecord.id))
     ]
+    given = feedback_for(conn, [r.prediction_id for r in results])
+    for line in results:
+        line.feedback = given.get(line.prediction_id, [])
     steps = timeline(conn, study.id)
     jobs = [JobLine(id=j.id, kind=j.kind, state=j.state, attempts=j.attempts, last_error=j.last_error,
                     results_version=j.results_version)

@@ -27,6 +27,7 @@ from config.settings import Settings
 from config.version import VERSION
 from node.jobs.kinds import JobKind
 from node.network.httpclient import Unreachable, http_request
+from node.pipeline.feedback import FeedbackError, FeedbackIn, FeedbackLine, give_feedback
 from node.pipeline.key_image import key_image_png
 from node.pipeline.lifecycle import STUDY_STEPS, queue_for
 from node.pipeline.study_report import StudyResults, headline, study_results
@@ -351,6 +352,23 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         if report is None:
             raise HTTPException(404, "no such study")
         return report
+
+    radiologist = role(Role.RADIOLOGIST)
+
+    @protected.post("/api/predictions/{prediction_id}/feedback", response_model=FeedbackLine, tags=["feedback"],
+                    responses={404: {"description": "no such prediction"}, 403: {"description": "not a radiologist"},
+                               422: {"description": "no such finding, segment or lesion"}})
+    def feedback(prediction_id: int, given: FeedbackIn, user: User = Depends(radiologist)) -> FeedbackLine:
+        """Agree, disagree or correct one finding, segment or lesion of a prediction, with a
+        reason (radiologists and above); recorded with the user's name."""
+        try:
+            if not 1 <= prediction_id <= MAX_ID:
+                raise KeyError(prediction_id)
+            return give_feedback(engine, prediction_id, given, user)
+        except KeyError:
+            raise HTTPException(404, f"no prediction {prediction_id}") from None
+        except FeedbackError as exc:
+            raise HTTPException(422, str(exc)) from None
 
     @protected.get("/api/studies/{study_instance_uid}/key-images/{prediction_id}.png", tags=["worklist"],
                    response_class=Response,

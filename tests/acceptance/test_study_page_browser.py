@@ -122,5 +122,12 @@ def test_the_study_page_shows_each_state_numbers_and_the_overlay(node_factory, t
                 if other != assessment:
                     assert _share(badge_pixels, colour, 6) < 0.05
             shutil.copy(path, Path(node.data_dir).parent / f"study-page-{accession}.png")
+            if accession == "EMPH1":  # a radiologist agrees with the finding from the page
+                browser.find_element(By.CSS_SELECTOR, "button.feedback-agree").click()
+                wait_until(lambda: "local: agree" in browser.find_element(By.TAG_NAME, "main").text, 30,
+                           "the feedback on the page")
+                [given] = json.loads(node.run("results", uid, "--json").stdout)["results"][0]["feedback"]
+                assert (given["target_kind"], given["target"], given["verdict"], given["user"]) == (
+                    "finding", "emphysema suspected", "agree", "local")
     finally:
         browser.quit()

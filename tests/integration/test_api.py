@@ -150,3 +150,47 @@ def test_named_users_have_roles_and_their_retries_are_recorded_by_name(node_fact
         ("alice", "viewer", False), ("bob", "operator", True)]
     stored = b"".join(p.read_bytes() for p in node.data_dir.glob("ainode.db*"))
     assert alice.encode() not in stored and bob.encode() not in stored  # only their SHA-256
+
+
+def test_feedback_needs_a_radiologist_names_its_target_and_is_recorded_by_name(node_factory, tmp_path: Path) -> None:
+    """A radiologist's agree / disagree / corrected on a finding, a segment or a lesion
+    of a prediction, through the API: a viewer may not, an unknown target is refused
+    with the ones that exist, and each word is kept with its user and in the timeline."""
+    from tests.integration.test_map_conformance import _sphere_series
+    from tests.model_files import monai_classifier_bundle
+
+    monai_classifier_bundle(tmp_path / "models" / "nodule_ct")
+    config = (f'quiet_period_s = 1\ncompletion_sweep_s = 0.5\nmodel_folders = ["{tmp_path / "models"}"]\n'
+              '[[routes]]\nname = "nodules"\nmodel = "nodule_ct"\n[routes.match]\nmodality = ["CT"]\n')
+    node: Node = node_factory(config, inference=True).start(timeout=90)
+    viewer = node.run("users", "add", "vera", "--role", "viewer").stdout.strip()
+    doctor = node.run("users", "add", "rad.one", "--role", "radiologist").stdout.strip()
+    _sphere_series(tmp_path / "study" / "s01")
+    send_study(node, tmp_path / "study")
+    [prediction] = wait_until(lambda: json.loads(node.run("predictions", "--json").stdout), 90, "the prediction")
+    url = f"{node.api_url}/api/predictions/{prediction['id']}/feedback"
+
+    def post(body: dict, token: str) -> tuple[int, Any]:
+        request = urllib.request.Request(url, method="POST", data=json.dumps(body).encode(), headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    finding = prediction["findings"][0]["name"]
+    assert post({"target_kind": "finding", "target": finding, "verdict": "agree"}, viewer)[0] == 403
+    status, given = post({"target_kind": "finding", "target": finding, "verdict": "disagree",
+                          "reason": "an artefact, not a lesion"}, doctor)
+    assert status == 200 and (given["user"], given["role"], given["verdict"]) == ("rad.one", "radiologist",
+                                                                                   "disagree")
+    status, refused = post({"target_kind": "segment", "target": "liver", "verdict": "agree"}, doctor)
+    assert status == 422 and "has no segment 'liver'" in refused["detail"]
+    assert post({"target_kind": "finding", "target": finding, "verdict": "maybe"}, doctor)[0] == 422
+    [study] = _call(node.api_url + "/api/studies", token=doctor)[1]
+    results = _call(f"{node.api_url}/api/studies/{study['study_instance_uid']}/results", token=doctor)[1]
+    [kept] = results["results"][0]["feedback"]
+    assert (kept["target"], kept["reason"], kept["user"]) == (finding, "an artefact, not a lesion", "rad.one")
+    assert any(s["step"] == "feedback" and s["detail"].startswith("rad.one (radiologist): disagree")
+               for s in results["timeline"])
