@@ -20,8 +20,9 @@ from node.jobs.context import JobContext
 from node.jobs.kinds import JobKind
 from node.jobs.worker import Worker
 from node.pipeline.completion import CompletionPolicy, CompletionSweep
-from node.pipeline.inference import InferenceRunner, LoadedModel
+from node.pipeline.inference import InferenceRunner
 from node.pipeline.lifecycle import queue_for
+from node.pipeline.warm_models import WarmModel, WarmModels
 from storage.db import open_database
 from storage.files import FileStore
 from storage.header import header_from_dataset
@@ -187,7 +188,9 @@ def test_a_prediction_that_breaks_its_models_declaration_is_refused_with_the_rea
     store.prepare()
     engine = open_database(settings.effective_database_url)
     queue = queue_for(settings, engine)
-    runner = InferenceRunner(settings, engine, torch.device("cpu"), {"liar": LoadedModel(_UndeclaredLabel(), 0)})
+    liar = WarmModels({"liar": WarmModel("liar", _UndeclaredLabel, torch.device("cpu"))})
+    liar.load_all()
+    runner = InferenceRunner(settings, engine, torch.device("cpu"), liar)
     worker = Worker("test-worker", settings, engine, queue, {JobKind.INFER: runner})
     study, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
     _receive(engine, store, study, series, [float(z) for z in range(6)], T0)
