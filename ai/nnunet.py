@@ -100,6 +100,12 @@ class NnUNetModel:
         if missing:
             raise NnUNetError(f"nnU-Net folder {folder}: fold(s) {', '.join(missing)} have no {checkpoint} "
                               f"(present: {', '.join(available)})")
+        parts = _FOLDER_PARTS.match(folder.resolve().name)
+        configuration = (self.plans.get("configurations") or {}).get(parts["configuration"]) if parts else None
+        if isinstance(configuration, dict) and configuration.get("previous_stage"):
+            raise NnUNetError(f"nnU-Net folder {folder} is a cascade stage (it needs the output of "
+                              f"{configuration['previous_stage']!r}); AINode runs single-stage folders such as "
+                              "3d_fullres or 3d_lowres")
         self.folds = tuple(int(f) if f.isdigit() else f for f in chosen)
         self.checkpoint = checkpoint
         self.mirroring = mirroring

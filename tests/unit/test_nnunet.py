@@ -98,3 +98,13 @@ def test_folders_are_found_checked_and_refused_with_the_reason(nnunet_model_fold
     (unlabelled / "dataset.json").write_text(json.dumps(dataset))
     with pytest.raises(NnUNetError, match=r"label 'hepatic vessel' has no standard code.*ainode-labels.toml"):
         NnUNetModel(unlabelled)
+
+
+def test_a_cascade_stage_is_refused_with_the_reason(nnunet_model_folder: Path, tmp_path: Path) -> None:
+    cascade = shutil.copytree(nnunet_model_folder, tmp_path / "Dataset990_DenseTissue"
+                              / "nnUNetTrainer__nnUNetPlans__3d_cascade_fullres")
+    plans = json.loads((cascade / "plans.json").read_text())
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    (cascade / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(NnUNetError, match="is a cascade stage .* '3d_lowres'"):
+        NnUNetModel(cascade)
