@@ -25,7 +25,6 @@ Options go in ``[models.<bundle>.options]``.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from ai.label_codes import LabelCodingError, coding_for, read_label_mapping
-from ai.manifest import ML, VOLUME
+from ai.manifest import ML, VOLUME, folder_model_name, read_json_object
 from ai.protocol import (
     Accepts,
     Assessment,
@@ -104,22 +103,12 @@ def _weights(folder: Path) -> Path:
 
 
 def read_metadata(folder: Path) -> dict[str, Any]:
-    path = folder / METADATA
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path}: cannot be read as JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise BundleError(f"{path}: not a JSON object")
-    return data
+    return read_json_object(folder / METADATA, BundleError)
 
 
 def bundle_name(folder: Path) -> str:
     """The model's name: the bundle folder's name, as the Model Zoo names them."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-.")[:64]
-    if not name:
-        raise BundleError(f"bundle folder {folder} has no usable name; rename the folder")
-    return name
+    return folder_model_name(folder.resolve().name, folder, BundleError)
 
 
 def _format(metadata: dict[str, Any], side: str) -> tuple[str, dict[str, Any]]:
@@ -166,9 +155,8 @@ class BundleModel:
         named = []
         try:
             for value, label in sorted(((int(k), str(v)) for k, v in channels.items()), key=lambda kv: kv[0]):
-                negative = value == 0 and self.task == "segmentation" or label.lower() in (
-                    "background", "other", "everything else") or (self.task == "classification"
-                                                                  and _NEGATIVE.match(label.strip()))
+                negative = label.lower() in ("background", "other", "everything else") or (
+                    value == 0 if self.task == "segmentation" else bool(_NEGATIVE.match(label.strip())))
                 if not negative:
                     named.append((value, label, coding_for(label, mapping, folder)))
         except (ValueError, LabelCodingError) as exc:

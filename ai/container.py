@@ -266,18 +266,19 @@ class ContainerModel:
         with log_path.open("w", encoding="utf-8", errors="replace") as log:
             proc = subprocess.Popen(self.run_arguments(name, input_dir, output_dir), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            timer = threading.Timer(self.manifest.timeout_s, self._stop, (name,))
+            stopped = threading.Event()
+            timer = threading.Timer(self.manifest.timeout_s, self._stop, (name, stopped))
             timer.daemon = True
             timer.start()
             try:
                 status = proc.wait()
             finally:
                 timer.cancel()
-            timed_out = time.monotonic() - started >= self.manifest.timeout_s
         text = log_path.read_text(encoding="utf-8", errors="replace")
-        return ContainerRun(None if timed_out else status, time.monotonic() - started, text)
+        return ContainerRun(None if stopped.is_set() else status, time.monotonic() - started, text)
 
-    def _stop(self, name: str) -> None:
+    def _stop(self, name: str, stopped: threading.Event) -> None:
+        stopped.set()
         subprocess.run([self._runtime(), "rm", "-f", "-t", "0", name], capture_output=True, timeout=60)
 
     # --- one prediction ------------------------------------------------------------

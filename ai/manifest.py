@@ -34,11 +34,13 @@ Example manifest::
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import re
 import tomllib
 import warnings
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -176,6 +178,26 @@ def read_toml_model(path: Path, schema: type[M], error: type[ValueError]) -> M:
             f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors())
         raise error(f"{path}: {problems}") from None
+
+
+def read_json_object(path: Path, error: type[ValueError]) -> dict[str, Any]:
+    """``path`` parsed as a JSON object; ``error`` (with the file) when it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: cannot be read as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: not a JSON object")
+    return data
+
+
+def folder_model_name(raw: str, folder: Path, error: type[ValueError]) -> str:
+    """A model name made from a folder's name (``raw``): other characters than letters,
+    digits and ``._-`` become ``-``, at most 64; ``error`` when nothing is left."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.")[:64]
+    if not name:
+        raise error(f"model folder {folder} has no usable name; rename the folder")
+    return name
 
 
 def read_manifest(folder: Path) -> Manifest:

@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from ai.bundle import BundleError, BundleModel, is_bundle
-from ai.container import CONTAINER_MANIFEST, ContainerError, ContainerModel, read_container_manifest
-from ai.manifest import MANIFEST_NAME, ManifestError, ManifestModel, read_manifest
-from ai.nnunet import NnUNetError, NnUNetModel, is_nnunet_folder
+from ai.bundle import BundleError
+from ai.container import CONTAINER_MANIFEST, ContainerError, ContainerModel
+from ai.manifest import MANIFEST_NAME, ManifestError
+from ai.nnunet import NnUNetError
 from ai.protocol import Model, PredictionMismatch, check_prediction
+from ai.registry import FOLDER_KINDS, RegistryError, folder_kind, folder_model
 from ai.volume import Volume
 
 
@@ -70,29 +71,18 @@ def check_model_folder(path: Path, run: bool = True) -> ModelCheck:
     import torch
 
     report = ModelCheck(str(path), "unknown")
-    model: Model
+    kind = folder_kind(path)
+    if kind is None:
+        inner = sorted(p.name for p in path.iterdir() if folder_kind(p)) if path.is_dir() else []
+        report.problems.append(
+            f"neither an {MANIFEST_NAME}, a MONAI bundle's configs/metadata.json, an nnU-Net folder's "
+            f"dataset.json, plans.json and fold_* nor an {CONTAINER_MANIFEST} is in this folder"
+            + (f"; it holds model folders ({', '.join(inner)}): check each" if inner else ""))
+        return report
+    report.kind = FOLDER_KINDS[kind]
     try:
-        if (path / MANIFEST_NAME).is_file():
-            report.kind = "manifest folder"
-            model = ManifestModel(read_manifest(path), path)
-        elif is_bundle(path):
-            report.kind = "MONAI bundle"
-            model = BundleModel(path)
-        elif is_nnunet_folder(path):
-            report.kind = "nnU-Net folder"
-            model = NnUNetModel(path)
-        elif (path / CONTAINER_MANIFEST).is_file():
-            report.kind = "container"
-            model = ContainerModel(read_container_manifest(path), path)
-        else:
-            inner = sorted(p.name for p in path.iterdir() if (p / MANIFEST_NAME).is_file() or is_bundle(p)
-                           or (p / CONTAINER_MANIFEST).is_file() or is_nnunet_folder(p))
-            report.problems.append(
-                f"neither an {MANIFEST_NAME}, a MONAI bundle's configs/metadata.json, an nnU-Net folder's "
-                f"dataset.json, plans.json and fold_* nor an {CONTAINER_MANIFEST} is in this folder"
-                + (f"; it holds model folders ({', '.join(inner)}): check each" if inner else ""))
-            return report
-    except (ManifestError, BundleError, ContainerError, NnUNetError) as exc:
+        model = folder_model(path)[0].create()
+    except (RegistryError, ManifestError, BundleError, ContainerError, NnUNetError) as exc:
         report.problems.append(str(exc))
         return report
     _describe(model, report)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from ai.label_codes import LabelCodingError, coding_for, read_label_mapping
-from ai.manifest import ML, VOLUME
+from ai.manifest import ML, VOLUME, folder_model_name, read_json_object
 from ai.protocol import (
     Accepts,
     DeviceNeeds,
@@ -59,16 +58,6 @@ def is_nnunet_folder(folder: Path) -> bool:
         any(folder.glob("fold_*"))
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise NnUNetError(f"{path}: cannot be read as JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise NnUNetError(f"{path}: not a JSON object")
-    return data
-
-
 def nnunet_name(folder: Path) -> str:
     """The model's name: ``<dataset folder>-<configuration>`` for nnU-Net's own layout
     (``Dataset291_TotalSegmentator_part1_organs/nnUNetTrainer__nnUNetPlans__3d_fullres``),
@@ -76,10 +65,7 @@ def nnunet_name(folder: Path) -> str:
     resolved = folder.resolve()
     parts = _FOLDER_PARTS.match(resolved.name)
     raw = f"{resolved.parent.name}-{parts['configuration']}" if parts else resolved.name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.")[:64]
-    if not name:
-        raise NnUNetError(f"nnU-Net folder {folder} has no usable name; rename the folder")
-    return name
+    return folder_model_name(raw, folder, NnUNetError)
 
 
 class NnUNetModel:
@@ -88,8 +74,8 @@ class NnUNetModel:
     def __init__(self, folder: Path, folds: list[int | str] | None = None, checkpoint: str = CHECKPOINT,
                  mirroring: bool = True, tile_step_size: float = 0.5) -> None:
         self.folder = folder
-        self.dataset = _json(folder / "dataset.json")
-        self.plans = _json(folder / "plans.json")
+        self.dataset = read_json_object(folder / "dataset.json", NnUNetError)
+        self.plans = read_json_object(folder / "plans.json", NnUNetError)
         self.name = nnunet_name(folder)
         self.version = str(self.plans.get("plans_name") or "nnUNetPlans")
         available = sorted(p.name.removeprefix("fold_") for p in folder.glob("fold_*") if (p / checkpoint).is_file())

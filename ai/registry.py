@@ -10,6 +10,7 @@ Built-in models register through the entry point too (in this project's
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -62,50 +63,71 @@ def _entry_point_models() -> dict[str, InstalledModel]:
     return found
 
 
-def _is_model(folder: Path) -> bool:
-    return (folder / MANIFEST_NAME).is_file() or (folder / CONTAINER_MANIFEST).is_file() or is_bundle(folder) \
-        or is_nnunet_folder(folder)
+#: What a model folder holds, for people (``ainode models check``), by kind.
+FOLDER_KINDS = {"container": "container", "folder": "manifest folder", "nnunet": "nnU-Net folder",
+                "bundle": "MONAI bundle"}
+
+
+def folder_kind(folder: Path) -> str | None:
+    """Which kind of model folder ``folder`` is ("container", "folder" (a manifest),
+    "nnunet", "bundle"), or None; in that order when a folder has several markers."""
+    if (folder / CONTAINER_MANIFEST).is_file():
+        return "container"
+    if (folder / MANIFEST_NAME).is_file():
+        return "folder"
+    if is_nnunet_folder(folder):
+        return "nnunet"
+    return "bundle" if is_bundle(folder) else None
 
 
 def _model_folders(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise RegistryError(f"model folder {folder} does not exist; fix model_folders")
-    if _is_model(folder):
+    if folder_kind(folder):
         return [folder]
-    inner = sorted(p for p in folder.iterdir() if _is_model(p))
+    inner = sorted(p for p in folder.iterdir() if folder_kind(p))
     if not inner:
         raise RegistryError(f"model folder {folder} holds no {MANIFEST_NAME} and no MONAI bundle "
                             "(configs/metadata.json); fix model_folders")
     return inner
 
 
-def _bundle_factory(folder: Path) -> Callable[..., Model]:
-    def make(**options: Any) -> Model:
-        """Options: probabilities, explanations, explanation_layer, activation."""
-        return BundleModel(folder, **options)
-    return make
+def _manifest_model(folder: Path, **options: Any) -> Model:
+    if options:
+        raise TypeError(f"a model folder takes no options (got {', '.join(sorted(options))})")
+    return ManifestModel(read_manifest(folder), folder)
 
 
-def _container_factory(folder: Path) -> Callable[..., Model]:
-    def make(**options: Any) -> Model:
-        """Options: work_dir (input, output and logs), runtime_args (e.g. ["--runtime", "runc"])."""
-        return ContainerModel(read_container_manifest(folder), folder, **options)
-    return make
+def folder_model(folder: Path) -> tuple[InstalledModel, str]:
+    """The model in one model folder, and how to rename it when its name is taken.
+    Only what naming it needs is read here; the model checks the rest when made.
+    Options: bundles take probabilities, explanations, explanation_layer, activation;
+    nnU-Net folders folds, checkpoint, mirroring, tile_step_size; containers work_dir
+    and runtime_args; manifest folders none.
 
-
-def _nnunet_factory(folder: Path) -> Callable[..., Model]:
-    def make(**options: Any) -> Model:
-        """Options: folds, checkpoint, mirroring, tile_step_size."""
-        return NnUNetModel(folder, **options)
-    return make
-
-
-def _folder_factory(folder: Path) -> Callable[..., Model]:
-    def make(**options: Any) -> Model:
-        if options:
-            raise TypeError(f"a model folder takes no options (got {', '.join(sorted(options))})")
-        return ManifestModel(read_manifest(folder), folder)
-    return make
+    Raises:
+        RegistryError: not a model folder, or its manifest or name is unusable.
+    """
+    kind = folder_kind(folder)
+    try:
+        if kind == "container":
+            container = read_container_manifest(folder)
+            return (InstalledModel(container.name, f"container {container.image} ({folder})",
+                                   functools.partial(ContainerModel, container, folder), kind),
+                    f"rename it in its {CONTAINER_MANIFEST}")
+        if kind == "folder":
+            manifest = read_manifest(folder)
+            return (InstalledModel(manifest.name, f"folder {folder}", functools.partial(_manifest_model, folder),
+                                   kind), f"rename it in its {MANIFEST_NAME}")
+        if kind == "nnunet":
+            return (InstalledModel(nnunet_name(folder), f"nnU-Net folder {folder}",
+                                   functools.partial(NnUNetModel, folder), kind), "rename its folder")
+        if kind == "bundle":
+            return (InstalledModel(bundle_name(folder), f"MONAI bundle {folder}",
+                                   functools.partial(BundleModel, folder), kind), "rename the bundle's folder")
+    except (ContainerError, ManifestError, NnUNetError, BundleError) as exc:
+        raise RegistryError(str(exc)) from None
+    raise RegistryError(f"{folder} is not a model folder")
 
 
 def installed_models(folders: Sequence[Path] = ()) -> dict[str, InstalledModel]:
@@ -118,46 +140,10 @@ def installed_models(folders: Sequence[Path] = ()) -> dict[str, InstalledModel]:
     models = _entry_point_models()
     for folder in folders:
         for model_dir in _model_folders(Path(folder)):
-            if (model_dir / CONTAINER_MANIFEST).is_file():
-                try:
-                    container = read_container_manifest(model_dir)
-                except ContainerError as exc:
-                    raise RegistryError(str(exc)) from None
-                if container.name in models:
-                    raise RegistryError(f"container model {container.name!r} in {model_dir} has the name of "
-                                        f"{models[container.name].source}; rename it in its {CONTAINER_MANIFEST}")
-                models[container.name] = InstalledModel(container.name, f"container {container.image} ({model_dir})",
-                                                        _container_factory(model_dir), "container")
-                continue
-            if is_nnunet_folder(model_dir) and not (model_dir / MANIFEST_NAME).is_file():
-                try:
-                    name = nnunet_name(model_dir)
-                except NnUNetError as exc:
-                    raise RegistryError(str(exc)) from None
-                if name in models:
-                    raise RegistryError(f"nnU-Net folder {model_dir} has the name of {models[name].source}; "
-                                        "rename its folder")
-                models[name] = InstalledModel(name, f"nnU-Net folder {model_dir}", _nnunet_factory(model_dir), "nnunet")
-                continue
-            if not (model_dir / MANIFEST_NAME).is_file():
-                try:
-                    name = bundle_name(model_dir)
-                except BundleError as exc:
-                    raise RegistryError(str(exc)) from None
-                if name in models:
-                    raise RegistryError(f"MONAI bundle {model_dir} has the name of {models[name].source}; "
-                                        "rename the bundle's folder")
-                models[name] = InstalledModel(name, f"MONAI bundle {model_dir}", _bundle_factory(model_dir), "bundle")
-                continue
-            try:
-                manifest = read_manifest(model_dir)
-            except ManifestError as exc:
-                raise RegistryError(str(exc)) from None
-            if manifest.name in models:
-                raise RegistryError(
-                    f"model {manifest.name!r} in {model_dir} has the name of "
-                    f"{models[manifest.name].source}; rename it in its {MANIFEST_NAME}")
-            models[manifest.name] = InstalledModel(
-                manifest.name, f"folder {model_dir}", _folder_factory(model_dir), "folder")
+            found, rename = folder_model(model_dir)
+            if found.name in models:
+                raise RegistryError(f"model {found.name!r} in {model_dir} has the name of "
+                                    f"{models[found.name].source}; {rename}")
+            models[found.name] = found
     return models
 

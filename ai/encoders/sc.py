@@ -16,6 +16,7 @@ from pydicom.multival import MultiValue
 from scipy import ndimage
 
 from ai.encoders.identity import MANUFACTURER, SOFTWARE_VERSION, ResultIdentity
+from ai.encoders.maps import maps_of
 from ai.encoders.seg import PALETTE
 from ai.labelmap import LabelMap
 from ai.protocol import Detection, Finding, MapKind, MapSpec, Measurement, Outputs
@@ -320,8 +321,7 @@ def encode_explanation_images(
     """One overlay key image per explanation map, on the slice where it weighs most."""
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     images = []
-    specs = [m for m in outputs.maps if m.kind is MapKind.EXPLANATION and m.name in labelmap.maps]
-    for number, spec in enumerate(specs, start=first_number):
+    for number, spec in enumerate(maps_of(outputs, labelmap, MapKind.EXPLANATION), start=first_number):
         index = explanation_slice(labelmap.maps[spec.name])
         source = by_uid[labelmap.sop_instance_uids[index]]
         values = slice_values(index)

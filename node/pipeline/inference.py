@@ -152,16 +152,13 @@ class InferenceRunner:
             models[name] = WarmModel(
                 name, functools.partial(available[name].create, options or None),
                 torch.device("cpu") if config and config.device == "cpu" else torch_device,
-                memory_bound_mb=config.gpu_memory_mb if config and config.gpu_memory_mb is not None else -1,
+                memory_bound_mb=config.gpu_memory_mb if config else None,
                 cpu_threads=config.cpu_threads if config else None,
                 timeout_s=config.timeout_s if config else None,
                 declared_mb=config.memory_mb if config else None)
         warm = WarmModels(models, settings.inference_memory_budget_mb)
         if settings.inference_memory_budget_mb == 0:
             warm.load_all()
-            for model in models.values():  # unset gpu_memory_mb: what the model declares
-                if model.memory_bound_mb < 0 and model.model is not None:
-                    model.memory_bound_mb = model.model.device_needs.gpu_memory_mb
         log.info("inference worker on %s with %s%s", torch_device,
                  ", ".join(f"{n} {m.model.version}" for n, m in models.items() if m.model) or "no models loaded",
                  f" (loaded on use within {settings.inference_memory_budget_mb} MiB: {', '.join(models)})"
@@ -185,8 +182,6 @@ class InferenceRunner:
             loaded = self.models.get(payload.model)
         except ModelUnavailable as exc:
             raise PermanentJobError(f"model {payload.model} cannot be loaded: {exc}") from None
-        if loaded.memory_bound_mb < 0:  # unset gpu_memory_mb: what the model declares
-            loaded.memory_bound_mb = loaded.model.device_needs.gpu_memory_mb if loaded.model else 0
         work = current_study(self._engine, job)
         for series_uid in payload.series:
             if ctx.cancelled.is_set():
@@ -332,7 +327,7 @@ class InferenceRunner:
         try:
             with torch.inference_mode(), \
                     torch.autocast(device.type, enabled=autocast), \
-                    gpu_memory_bound(device, loaded.memory_bound_mb), \
+                    gpu_memory_bound(device, loaded.memory_bound_mb or 0), \
                     cpu_threads(loaded.cpu_threads):
                 return model.predict(volume)
         except ModelFailed as exc:

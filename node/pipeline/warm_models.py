@@ -50,8 +50,9 @@ class WarmModel:
     name: str
     make: Callable[[], Model]
     device: torch.device
-    #: The most GPU memory one run may take beyond what is already held (MiB); 0: no bound.
-    memory_bound_mb: int = 0
+    #: The most GPU memory one run may take beyond what is already held (MiB); 0: no
+    #: bound; None: what the model declares, once it is made.
+    memory_bound_mb: int | None = None
     #: PyTorch CPU threads while it runs ([models.<name>] cpu_threads); None: the worker's.
     cpu_threads: int | None = None
     #: The longest one run may take ([models.<name>] timeout_s); None: no limit.
@@ -94,6 +95,8 @@ class WarmModels:
             self.unavailable[warm.name] = reason
             raise ModelUnavailable(reason) from None
         warm.model = model
+        if warm.memory_bound_mb is None:
+            warm.memory_bound_mb = model.device_needs.gpu_memory_mb
         warm.footprint_mb = float(warm.declared_mb) if warm.declared_mb is not None else \
             max(0.0, _used_mb(warm.device) - before)
         warm.last_used = time.monotonic()

@@ -238,14 +238,21 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
     def caller(request: Request) -> User | None:
         """Who sent the request: the holder of api_token (an admin), a named user by
-        their token, or None (no token, or not a valid one)."""
+        their token, or None (no token, or not a valid one). Looked up once per request
+        (the browser guard and the endpoint's dependency both ask)."""
+        if hasattr(request.state, "caller"):
+            known: User | None = request.state.caller
+            return known
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            return None
-        if token is not None and hmac.compare_digest(value.strip().encode(), token.encode()):
-            return User("api_token", Role.ADMIN)
-        return user_for_token(engine, value.strip())
+        user = None
+        if scheme.lower() == "bearer" and value.strip():
+            if token is not None and hmac.compare_digest(value.strip().encode(), token.encode()):
+                user = User("api_token", Role.ADMIN)
+            else:
+                user = user_for_token(engine, value.strip())
+        request.state.caller = user
+        return user
 
     def has_token(request: Request) -> bool:
         return caller(request) is not None
