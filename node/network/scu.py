@@ -19,7 +19,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from config.settings import Destination, validate_ae_title
-from node.network.pynetdicom_internals import recover_rejection
+from node.network.pynetdicom_internals import checked_requestor
 from node.network.tls import client_context
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _wake_waiters(event: evt.Event) -> None:
 
 
 def _associate(ae: AE, peer: PeerAddress) -> Association:
-    return recover_rejection(ae.associate(
+    return checked_requestor(ae.associate(
         peer.host, peer.port, ae_title=peer.ae_title,
         tls_args=(peer.tls, peer.host) if peer.tls else None,
         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_ABORTED, _wake_waiters),

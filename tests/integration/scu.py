@@ -16,7 +16,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node.network.pynetdicom_internals import recover_rejection
+from node.network.pynetdicom_internals import checked_requestor
 
 
 def associate(
@@ -32,9 +32,9 @@ def associate(
     ae.add_requested_context(Verification)
     for sop_class, ts in contexts:
         ae.add_requested_context(sop_class, ts)
-    # recover_rejection: a rejection the node sends at once would otherwise now and
-    # then read as an abort (a pynetdicom race, see its docstring).
-    return recover_rejection(ae.associate(
+    # checked_requestor: a rejection the node sends at once would otherwise now and
+    # then read as an abort, and a store's response be dropped (pynetdicom races).
+    return checked_requestor(ae.associate(
         "127.0.0.1", port, ae_title=called_ae, bind_address=(source, 0),
         tls_args=(tls, "127.0.0.1") if tls else None,
         evt_handlers=[(evt.EVT_ABORTED, _no_response), (evt.EVT_CONN_CLOSE, _no_response)]))
