@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -286,13 +287,51 @@ class Notification(BaseModel):
     receiving_application: str = Field(default="RIS", max_length=20, description="MSH-5 (hl7)")
     receiving_facility: str = Field(default="HOSPITAL", max_length=20, description="MSH-6 (hl7)")
     timeout_s: float = Field(default=10.0, gt=0)
+    drift_alerts: bool = Field(
+        default=False,
+        description="webhook: also POST an alert when a model's drift signal crosses its threshold",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Notification:
+        if self.drift_alerts and self.type != "webhook":
+            raise ValueError(f"notification {self.name!r}: drift_alerts go to webhooks only (type = \"webhook\")")
         if self.type == "hl7" and not (self.host and self.port):
             raise ValueError(f"notification {self.name!r} (hl7) needs host and port")
         if self.type == "webhook" and not (self.url and self.url.startswith(("http://", "https://"))):
             raise ValueError(f"notification {self.name!r} (webhook) needs url = \"http(s)://...\"")
+        return self
+
+
+class QualitySettings(BaseModel):
+    """How models' quality reports and drift signals are computed (``[quality]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(
+        default=3600.0, ge=0,
+        description="Every model's metrics, subgroups and drift are recomputed this often; 0: on demand only.",
+    )
+    drift_window_days: float = Field(default=7.0, gt=0, description="The current window of drift signals.")
+    drift_reference_days: float = Field(
+        default=28.0, gt=0, description="The reference window: this many days before the current window.",
+    )
+    drift_reference_from: date | None = Field(
+        default=None, description="Pin the reference window instead (e.g. the go-live month), with ..._to.",
+    )
+    drift_reference_to: date | None = Field(default=None, description="Last day of the pinned reference window.")
+    drift_min_cases: int = Field(default=30, ge=2, description="Fewer cases in a window: no drift is judged.")
+    drift_threshold: float = Field(
+        default=0.25, gt=0, description="Population stability index from which a signal has shifted.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> QualitySettings:
+        if (self.drift_reference_from is None) != (self.drift_reference_to is None):
+            raise ValueError("quality.drift_reference_from and drift_reference_to go together: set both or neither")
+        if self.drift_reference_from and self.drift_reference_to and \
+                self.drift_reference_to < self.drift_reference_from:
+            raise ValueError("quality.drift_reference_to is before drift_reference_from")
         return self
 
 
@@ -470,6 +509,7 @@ class Settings(BaseSettings):
                     "with a score of at least 0.5 raises it to urgent.",
     )
     notifications: list[Notification] = Field(default_factory=list)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     api_host: str = Field(
         default="127.0.0.1",
         description="Address of the REST API, web worklist and /metrics; beyond loopback api_token is required.",

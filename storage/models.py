@@ -171,6 +171,7 @@ class PredictionRecord(Base):
     __table_args__ = (
         UniqueConstraint("study_id", "model", "results_version", "series_instance_uid",
                          name="uq_predictions_run"),
+        Index("ix_predictions_model_created", "model", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -198,6 +199,10 @@ class PredictionRecord(Base):
     load_seconds: Mapped[float] = mapped_column(Double)
     inference_seconds: Mapped[float] = mapped_column(Double)
     created_at: Mapped[float] = mapped_column(Double)
+    #: The case the model saw, for subgroups and drift (see node.quality.profile):
+    #: scanner, protocol, patient group (sex, age band: no identifiers) and image
+    #: statistics. None in rows recorded before it was kept.
+    case_profile: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class ResultObject(Base):
@@ -290,3 +295,71 @@ class Feedback(Base):
     user: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16))
     at: Mapped[float] = mapped_column(Double)
+
+
+class ReferenceLabel(Base):
+    """A reference standard for one finding of one case, from a source other than the
+    model: a report-derived label (CSV, HL7 result) or one read from a reference SEG.
+    ``case_key`` is ``study:<Study Instance UID>`` or ``accession:<Accession Number>``.
+    The same source saying it again about the same case replaces its earlier word."""
+
+    __tablename__ = "reference_labels"
+    __table_args__ = (UniqueConstraint("source", "case_key", "finding", name="uq_reference_labels_case"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_key: Mapped[str] = mapped_column(String(80), index=True)
+    finding: Mapped[str] = mapped_column(String(64))
+    present: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(16))  # csv | hl7 | seg
+    detail: Mapped[str] = mapped_column(String(200), default="")
+    recorded_at: Mapped[float] = mapped_column(Double)
+
+
+class SegmentComparison(Base):
+    """One segment of a prediction against the same structure in a reference or
+    corrected SEG sent to the node (or read from a validation cohort)."""
+
+    __tablename__ = "segment_comparisons"
+    __table_args__ = (UniqueConstraint("prediction_id", "segment", "reference_sop_instance_uid",
+                                       name="uq_segment_comparisons_pair"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
+    segment: Mapped[str] = mapped_column(String(64))
+    reference_sop_instance_uid: Mapped[str] = mapped_column(UID)
+    reference_segment: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))  # seg (sent to the node) | cohort
+    dice: Mapped[float] = mapped_column(Double)
+    hd95_mm: Mapped[float | None] = mapped_column(Double)
+    predicted_ml: Mapped[float] = mapped_column(Double)
+    reference_ml: Mapped[float] = mapped_column(Double)
+    recorded_at: Mapped[float] = mapped_column(Double)
+
+
+class DriftAlert(Base):
+    """A drift signal of a model past its threshold, from when it crossed until it fell
+    back (``cleared_at``); each crossing is notified once."""
+
+    __tablename__ = "drift_alerts"
+    __table_args__ = (Index("ix_drift_alerts_open", "model", "signal", "cleared_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(64))
+    signal: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Double)
+    threshold: Mapped[float] = mapped_column(Double)
+    detail: Mapped[str] = mapped_column(String(300))
+    raised_at: Mapped[float] = mapped_column(Double)
+    cleared_at: Mapped[float | None] = mapped_column(Double)
+
+
+class QualityReport(Base):
+    """The last computed quality report of a model (metrics, subgroups, drift), so
+    that pages show it at once; recomputed on a schedule and on demand."""
+
+    __tablename__ = "quality_reports"
+
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    computed_at: Mapped[float] = mapped_column(Double)
+    seconds: Mapped[float] = mapped_column(Double)

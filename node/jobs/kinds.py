@@ -27,6 +27,8 @@ class JobKind(StrEnum):
     ENCODE = "encode"  # make the SEG, SR and key images of a model's predictions
     SEND = "send"  # deliver them to one destination
     NOTIFY = "notify"  # tell one receiver (RIS, webhook) about a study's level
+    QUALITY = "quality"  # recompute a model's quality report (metrics, subgroups, drift)
+    ALERT = "alert"  # tell one webhook that a model's drift signal crossed its threshold
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,37 @@ class NoopPayload:
         return f"noop:{self.batch}:{self.index}"
 
 
+@dataclass(frozen=True)
+class QualityPayload:
+    """Recompute ``model``'s quality report; ``slot`` (the schedule's tick) makes the
+    schedule's jobs one per tick however many processes enqueue them."""
+
+    kind: ClassVar[JobKind] = JobKind.QUALITY
+
+    model: str
+    slot: int
+
+    def dedupe_key(self) -> str:
+        return f"quality:{self.model}:{self.slot}"
+
+
+@dataclass(frozen=True)
+class AlertPayload:
+    """Drift alert ``alert_id`` to the webhook ``notification``."""
+
+    kind: ClassVar[JobKind] = JobKind.ALERT
+
+    notification: str
+    alert_id: int
+
+    def dedupe_key(self) -> str:
+        return f"alert:{self.alert_id}:{self.notification}"
+
+
 StudyPayload = InferPayload | EncodePayload | SendPayload | NotifyPayload
-Payload = StudyPayload | NoopPayload
-P = TypeVar("P", InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload)
+NodePayload = NoopPayload | QualityPayload | AlertPayload
+Payload = StudyPayload | NodePayload
+P = TypeVar("P", InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload, QualityPayload, AlertPayload)
 
 
 class BadPayload(ValueError):
@@ -135,7 +165,8 @@ class BadPayload(ValueError):
 
 
 _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {
-    cls: TypeAdapter(cls) for cls in (InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload)}
+    cls: TypeAdapter(cls) for cls in (InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload,
+                                      QualityPayload, AlertPayload)}
 
 
 def _adapter(cls: type[Any]) -> TypeAdapter[Any]:
@@ -166,6 +197,7 @@ def study_job(payload: StudyPayload, work: StudyWork, priority: int) -> NewJob:
                   priority=priority, study_id=work.study_id, results_version=work.results_version)
 
 
-def selftest_job(payload: NoopPayload, max_attempts: int | None = None) -> NewJob:
+def node_job(payload: NodePayload, max_attempts: int | None = None) -> NewJob:
+    """A job about the node as a whole, not one study (self-tests, quality, alerts)."""
     return NewJob(kind=payload.kind, dedupe_key=payload.dedupe_key(), payload=payload_json(payload),
                   max_attempts=max_attempts)

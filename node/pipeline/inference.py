@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ from node.jobs.kinds import EncodePayload, InferPayload, StudyWork, read_payload
 from node.pipeline.lifecycle import queue_for
 from node.pipeline.triage import after_findings, job_priority
 from node.pipeline.warm_models import ModelUnavailable, WarmModel, WarmModels
+from node.quality.profile import profile_of_files
 from storage.db import dialect_insert, writing
 from storage.files import FileStore
 from storage.inventory import series_files
@@ -266,6 +268,7 @@ class InferenceRunner:
                 work.study_instance_uid, f"{model.name}-v{version}-{job.id}-{series_uid[-24:]}.npz")
             self._store.write(relative, [LabelMap.of_volume(labelmap, volume, prediction.maps).to_npz()])
         units = {m.name: m.unit.value for m in model.outputs.measurements}
+        profile = self._profile(paths[0], volume, label)
         findings = [*prediction.findings, *detection_findings(model.outputs, prediction)]
         row = dict(
             study_id=work.study_id, results_version=version, model=model.name,
@@ -277,7 +280,7 @@ class InferenceRunner:
             detections=[d.to_json() for d in prediction.detections],
             provenance=prediction.provenance, labelmap_path=relative, shadow=payload.shadow,
             load_seconds=loaded_at - started, inference_seconds=finished - loaded_at,
-            created_at=time.time(),
+            created_at=time.time(), case_profile=profile,
         )
         with writing(self._engine) as conn:
             inserted = conn.execute(dialect_insert(conn, PredictionRecord.__table__).values(**row)
@@ -290,6 +293,15 @@ class InferenceRunner:
         log.info("study %s v%d: %s on %s (%d slices) in %.1f s load + %.1f s on %s; findings: %s",
                  work.study_instance_uid, version, model.name, label, volume.shape[0],
                  loaded_at - started, finished - loaded_at, loaded.device, ", ".join(present) or "none")
+
+    def _profile(self, first_file: Path, volume: Volume, label: str) -> dict[str, Any] | None:
+        """The case profile kept for subgroups and drift; a header it cannot read costs
+        the profile, never the prediction."""
+        try:
+            return profile_of_files(first_file, volume)
+        except Exception as exc:  # noqa: BLE001 - the results matter more than their profile
+            log.warning("%s: no case profile kept (%s)", label, type(exc).__name__)
+            return None
 
     @contextlib.contextmanager
     def _watchdog(self, job: ClaimedJob, loaded: WarmModel, label: str) -> Iterator[None]:

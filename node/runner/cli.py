@@ -503,7 +503,7 @@ def selftest_queue(
     import time as _time
     import uuid
 
-    from node.jobs.kinds import JobKind, NoopPayload, selftest_job
+    from node.jobs.kinds import JobKind, NoopPayload, node_job
     from storage.db import open_database
     from storage.queue import JobQueue
 
@@ -511,7 +511,7 @@ def selftest_queue(
     engine = open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
     queue = JobQueue(engine)
     batch = uuid.uuid4().hex[:8]
-    ids = [queue.enqueue(selftest_job(NoopPayload(batch, i, seconds, fail), settings.job_max_attempts))
+    ids = [queue.enqueue(node_job(NoopPayload(batch, i, seconds, fail), settings.job_max_attempts))
            for i in range(jobs_)]
     out.print(f"queued {len(ids)} no-op job(s), batch {batch}")
     finished = (JobState.SUCCEEDED, JobState.DEAD)

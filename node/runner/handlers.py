@@ -11,7 +11,9 @@ from node.jobs.kinds import JobKind
 from node.jobs.selftest import run_noop
 from node.pipeline.delivery import SendHandler
 from node.pipeline.encoding import EncodeHandler
+from node.pipeline.lifecycle import queue_for
 from node.pipeline.notification import NotificationHandler
+from node.quality.report import AlertHandler, QualityHandler
 
 
 def general_handlers(settings: Settings, engine: Engine) -> dict[JobKind, Handler]:
@@ -21,4 +23,6 @@ def general_handlers(settings: Settings, engine: Engine) -> dict[JobKind, Handle
         JobKind.ENCODE: EncodeHandler(settings, engine),
         JobKind.SEND: SendHandler(settings, engine),
         JobKind.NOTIFY: NotificationHandler(settings, engine),
+        JobKind.QUALITY: QualityHandler(settings, engine, queue_for(settings, engine)),
+        JobKind.ALERT: AlertHandler(settings, engine),
     }

@@ -35,6 +35,7 @@ from node.network.tls import TlsConfigError, server_context
 from node.pipeline.completion import CompletionPolicy, CompletionSweep
 from node.pipeline.lifecycle import queue_for
 from node.pipeline.route_history import record_route_changes
+from node.quality.report import schedule as quality_schedule
 from node.runner.child import PROCESS_LOCK
 from node.runner.devices import inference_devices
 from node.runner.supervisor import (
@@ -177,8 +178,8 @@ def _check_port_free(host: str, port: int, wait_s: float = 5.0, setting: str = "
 
 
 def _scheduler(settings: Settings, engine: Engine) -> BackgroundScheduler:
-    """The periodic tasks of the main process: completion sweep, retention cleanup
-    and lease reaper."""
+    """The periodic tasks of the main process: completion sweep, retention cleanup,
+    the quality reports' schedule and lease reaper."""
     queue = queue_for(settings, engine)
     sweep = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings, datetime.now(UTC)),
                             FileStore(settings.data_dir))
@@ -206,6 +207,11 @@ def _scheduler(settings: Settings, engine: Engine) -> BackgroundScheduler:
                           seconds=settings.retention_sweep_s, max_instances=1, coalesce=True,
                           id="retention", next_run_time=datetime.now(UTC),
                           misfire_grace_time=None)
+    if settings.quality.interval_s > 0:
+        interval = settings.quality.interval_s
+        scheduler.add_job(guarded(lambda: quality_schedule(engine, queue, interval), "quality schedule"),
+                          "interval", seconds=interval, max_instances=1, coalesce=True, id="quality",
+                          next_run_time=datetime.now(UTC) + timedelta(seconds=min(60.0, interval)))
     scheduler.add_job(guarded(queue.reap, "lease reaper"), "interval",
                       seconds=max(1.0, settings.job_lease_s / 4), max_instances=1, coalesce=True,
                       id="reaper")

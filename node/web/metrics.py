@@ -117,9 +117,31 @@ class DatabaseCollector:
         for name, device, used in gpus:
             gpu.add_metric([name, device], float(used or 0))
         yield gpu
+        yield from _drift_metrics(self._engine)
         if self._settings.data_dir.exists():
             yield GaugeMetricFamily("ainode_disk_free_bytes", "Free space where images are kept.",
                                     value=shutil.disk_usage(self._settings.data_dir).free)
+
+
+def _drift_metrics(engine: Engine) -> Iterator[Metric]:
+    """Each model's drift signals as its last quality report computed them."""
+    from node.quality.report import open_alerts, stored_all
+
+    psi = GaugeMetricFamily("ainode_model_drift_psi",
+                            "Population stability index of each drift signal, current window against the "
+                            "reference (last quality report; absent: not enough cases).", labels=["model", "signal"])
+    shifted = GaugeMetricFamily("ainode_model_drift_shifted",
+                                "1 while a model's drift signal is past its threshold (an open drift alert).",
+                                labels=["model", "signal"])
+    alerts = {(a["model"], a["signal"]) for a in open_alerts(engine)}
+    for report in stored_all(engine):
+        for signal in report.get("drift", []):
+            key = (report["model"], signal["signal"])
+            if signal.get("psi") is not None:
+                psi.add_metric(list(key), float(signal["psi"]))
+            shifted.add_metric(list(key), 1.0 if key in alerts else 0.0)
+    yield psi
+    yield shifted
 
 
 def metrics_text(settings: Settings, engine: Engine) -> tuple[bytes, str]:
