@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Table, bindparam, func, select
+from sqlalchemy import Connection, Engine, Table, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.db import writing
@@ -54,6 +55,12 @@ class _Statements:
             # results version.
             ("last_received_at", "state"),
         ).returning(_studies.c.id)
+        # An instance that is evidence about the study, not more of it (a reference SEG):
+        # recorded without reopening a study that completed.
+        self.study_kept = _upsert(
+            dialect, _studies, "study_instance_uid",
+            ("study_date", "study_description", "accession_number"), (),
+        ).returning(_studies.c.id)
         self.series = _upsert(
             dialect, _series, "series_instance_uid",
             ("modality", "series_number", "series_description", "body_part_examined",
@@ -76,19 +83,23 @@ def _statements(dialect_name: str) -> _Statements:
 
 
 def record_instance(
-    engine: Engine, header: InstanceHeader, stored: StoredFile, now: datetime | None = None
+    engine: Engine, header: InstanceHeader, stored: StoredFile, now: datetime | None = None,
+    reopens: bool = True, also: Callable[[Connection], None] | None = None,
 ) -> str | None:
     """Insert or replace the rows for one stored instance, in one transaction.
 
     A resent SOP Instance UID updates its row, so it counts once. Returns the path
     of the instance's previous file when that file lies elsewhere (the instance
     moved to another series) and should now be deleted; otherwise ``None``.
+    ``reopens`` False: the instance does not reopen its study or count as its latest
+    image (a reference SEG about it). ``also`` runs in the same transaction (to queue
+    the work the instance calls for, atomically with its row).
     """
     now = now or datetime.now(UTC)
     h = asdict(header)
     sql = _statements(engine.dialect.name)
     with writing(engine) as conn:
-        study_id = conn.execute(sql.study, {
+        study_id = conn.execute(sql.study if reopens else sql.study_kept, {
             "study_instance_uid": h["study_instance_uid"], "study_date": h["study_date"],
             "study_description": h["study_description"],
             "accession_number": h["accession_number"], "state": StudyState.RECEIVING,
@@ -113,4 +124,6 @@ def record_instance(
             "transfer_syntax_uid": stored.transfer_syntax_uid, "size_bytes": stored.size_bytes,
             "path": stored.path, "calling_ae_title": stored.calling_ae_title, "received_at": now,
         })
+        if also is not None:
+            also(conn)
     return old_path if old_path is not None and old_path != stored.path else None

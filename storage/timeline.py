@@ -16,6 +16,7 @@ from storage.states import JobState
 COMPLETED, PRIORITIZED, INFERRED, DECLINED, ENCODED = "completed", "prioritized", "inferred", "declined", "encoded"
 DELIVERED, DELIVERY_FAILED, NOTIFIED, NOTIFY_FAILED = "delivered", "delivery_failed", "notified", "notify_failed"
 RETRIED = "retried"  # an operator ran a job again (the detail names who)
+REFERENCE_COMPARED = "reference_compared"  # a reference or corrected SEG compared with the model's
 #: A results version left behind; its unfinished jobs end in the job state of that name.
 SUPERSEDED = JobState.SUPERSEDED.value
 

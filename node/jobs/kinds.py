@@ -29,6 +29,7 @@ class JobKind(StrEnum):
     NOTIFY = "notify"  # tell one receiver (RIS, webhook) about a study's level
     QUALITY = "quality"  # recompute a model's quality report (metrics, subgroups, drift)
     ALERT = "alert"  # tell one webhook that a model's drift signal crossed its threshold
+    REFERENCE = "reference"  # compare a reference or corrected SEG received with the model's segments
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,24 @@ class AlertPayload:
         return f"alert:{self.alert_id}:{self.notification}"
 
 
+@dataclass(frozen=True)
+class ReferencePayload:
+    """The SEG ``sop_instance_uid`` received: compare it with the predictions on the
+    series it was made on."""
+
+    kind: ClassVar[JobKind] = JobKind.REFERENCE
+
+    sop_instance_uid: str
+
+    def dedupe_key(self) -> str:
+        return f"reference:{self.sop_instance_uid}"
+
+
 StudyPayload = InferPayload | EncodePayload | SendPayload | NotifyPayload
-NodePayload = NoopPayload | QualityPayload | AlertPayload
+NodePayload = NoopPayload | QualityPayload | AlertPayload | ReferencePayload
 Payload = StudyPayload | NodePayload
-P = TypeVar("P", InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload, QualityPayload, AlertPayload)
+P = TypeVar("P", InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload, QualityPayload, AlertPayload,
+            ReferencePayload)
 
 
 class BadPayload(ValueError):
@@ -166,7 +181,7 @@ class BadPayload(ValueError):
 
 _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {
     cls: TypeAdapter(cls) for cls in (InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload,
-                                      QualityPayload, AlertPayload)}
+                                      QualityPayload, AlertPayload, ReferencePayload)}
 
 
 def _adapter(cls: type[Any]) -> TypeAdapter[Any]:

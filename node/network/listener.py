@@ -14,10 +14,12 @@ import ssl
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import SegmentationStorage
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -25,10 +27,11 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from config.settings import Settings
+from node.jobs.kinds import ReferencePayload, node_job
 from node.network.access import AccessPolicy
 from node.network.handshake import (
     HandshakeRefused,
@@ -49,6 +52,7 @@ from node.network.pynetdicom_internals import (
 )
 from node.network.throttled_log import ThrottledLog
 from node.network.tls import peer_identity, server_context
+from node.pipeline.lifecycle import queue_for
 from storage.files import FileStore, encode_file_meta
 from storage.header import InstanceHeader, InstanceTooLarge, InvalidInstance, read_header
 from storage.ingest import StoredFile, record_instance
@@ -198,6 +202,7 @@ class StorageListener:
         self._settings = settings
         self._engine = engine
         self._store = store
+        self._queue = queue_for(settings, engine)
         self.policy = AccessPolicy.from_settings(settings)
         self._slots = slots or AssociationSlots([0], 0, settings.max_associations,
                                                 per_peer=settings.max_associations_per_peer)
@@ -466,15 +471,26 @@ class StorageListener:
         and a sender should not be refused for that. Other errors are not retried."""
         deadline = time.monotonic() + self._settings.store_db_wait_s
         pause = 0.05
+        # A SEG sent to the node is a reference (or corrected) segmentation of a study it
+        # has: it is compared with the model's, and does not reopen the study.
+        reference = header.sop_class_uid == SegmentationStorage
+        also = self._queue_comparison(header.sop_instance_uid) if reference else None
         while True:
             try:
-                return record_instance(self._engine, header, stored)
+                return record_instance(self._engine, header, stored, reopens=not reference, also=also)
             except OperationalError:
                 if self._in_flight.closed or time.monotonic() + pause > deadline:
                     raise
                 self._db_waits("C-STORE waits for the database (locked or unreachable); retrying")
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
+
+    def _queue_comparison(self, sop_instance_uid: str) -> Callable[[Connection], None]:
+        def queue(conn: Connection) -> None:
+            # A reference may come before the study's models have run: its job waits for
+            # them, retrying with backoff (up to hours with the default policy).
+            self._queue.enqueue(node_job(ReferencePayload(sop_instance_uid), max_attempts=12), conn)
+        return queue
 
     def _receive(self, event: evt.Event) -> Dataset | int:
         started = time.perf_counter()

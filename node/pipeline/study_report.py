@@ -20,7 +20,7 @@ from node.pipeline.body_region import body_region
 from node.pipeline.completion import load_study_view
 from node.pipeline.feedback import FeedbackLine, feedback_for
 from node.pipeline.route_explain import decision_lines
-from storage.models import Job, PredictionRecord, ResultObject, Series, Study
+from storage.models import Job, PredictionRecord, ResultObject, SegmentComparison, Series, Study
 from storage.timeline import timeline
 
 
@@ -70,6 +70,18 @@ class MapLine(BaseModel):
     text: str
 
 
+class ReferenceLine(BaseModel):
+    segment: str = Field(description="the model's segment")
+    reference_segment: str = Field(description="the segment of the reference SEG it was matched to")
+    reference_sop_instance_uid: str
+    source: str = Field(description="seg: a reference or corrected SEG sent to the node")
+    dice: float
+    hd95_mm: float | None = Field(description="95% Hausdorff distance; none when a mask is empty")
+    predicted_ml: float
+    reference_ml: float
+    text: str
+
+
 class ResultObjectLine(BaseModel):
     kind: str = Field(description="seg, sr, sc or pm")
     sop_class_uid: str
@@ -93,6 +105,8 @@ class ModelResultLine(BaseModel):
     shadow: bool = Field(default=False, description="made for shadow routes: not for clinical reading, never "
                                                     "triaged or sent to clinical destinations")
     feedback: list[FeedbackLine] = Field(default_factory=list, description="radiologists' word on its results")
+    references: list[ReferenceLine] = Field(default_factory=list,
+                                            description="its segments against reference or corrected SEGs")
     objects: list[ResultObjectLine]
     has_labelmap: bool
 
@@ -176,6 +190,16 @@ def map_lines(outputs: dict[str, object]) -> list[MapLine]:
     return lines
 
 
+def reference_line(c: SegmentComparison) -> ReferenceLine:
+    hd95 = f", HD95 {c.hd95_mm:.1f} mm" if c.hd95_mm is not None else ""
+    return ReferenceLine(
+        segment=c.segment, reference_segment=c.reference_segment,
+        reference_sop_instance_uid=c.reference_sop_instance_uid, source=c.source, dice=c.dice, hd95_mm=c.hd95_mm,
+        predicted_ml=c.predicted_ml, reference_ml=c.reference_ml,
+        text=f"{c.segment} against the reference's {c.reference_segment}: Dice {c.dice:.3f}{hd95}, "
+             f"volume {c.predicted_ml:.0f} mL (model) vs {c.reference_ml:.0f} mL (reference)")
+
+
 def study_results(conn: Connection, study_instance_uid: str, routes: Sequence[Route]) -> StudyResults | None:
     """The study's current results, or ``None`` when the node has no such study."""
     from sqlalchemy.orm import Session
@@ -213,6 +237,9 @@ def study_results(conn: Connection, study_instance_uid: str, routes: Sequence[Ro
     given = feedback_for(conn, [r.prediction_id for r in results])
     for line in results:
         line.feedback = given.get(line.prediction_id, [])
+    for c in session.scalars(select(SegmentComparison).where(SegmentComparison.prediction_id.in_(
+            [r.prediction_id for r in results])).order_by(SegmentComparison.id)):
+        next(r for r in results if r.prediction_id == c.prediction_id).references.append(reference_line(c))
     steps = timeline(conn, study.id)
     jobs = [JobLine(id=j.id, kind=j.kind, state=j.state, attempts=j.attempts, last_error=j.last_error,
                     results_version=j.results_version)

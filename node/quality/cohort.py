@@ -96,9 +96,9 @@ def load_cases(conn: Connection, model: str, since: float | None = None,
                                      Feedback.user, Feedback.reason, Feedback.at)
                               .where(Feedback.prediction_id.in_(part)).order_by(Feedback.id)):
             feedback.setdefault(f.prediction_id, {})[(f.target_kind, f.target)] = (f.verdict, f.user, f.reason, f.at)
-        for s in conn.execute(select(SegmentComparison).where(SegmentComparison.prediction_id.in_(part))
-                              .order_by(SegmentComparison.id)):
-            row = s[0]
+        c = SegmentComparison
+        for row in conn.execute(select(c.prediction_id, c.segment, c.dice, c.hd95_mm, c.predicted_ml, c.reference_ml)
+                                .where(c.prediction_id.in_(part)).order_by(c.id)):
             segments.setdefault(row.prediction_id, []).append(
                 SegmentCase(row.segment, row.dice, row.hd95_mm, row.predicted_ml, row.reference_ml))
     labels = labels_by_case(conn)

@@ -394,6 +394,8 @@ def results(
             say(f"  lesion {number}: {d.text}")
         for described in r.maps:
             say(f"  {described.text}")
+        for ref in r.references:
+            say(f"  reference: {ref.text}")
         for o in r.objects:
             say(f"  {o.kind.upper()} {o.sop_instance_uid}")
     for reason in report.declined:
