@@ -41,7 +41,8 @@ def roc_svg(finding: dict[str, Any]) -> str:
     axes.set_ylabel("sensitivity")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.02)
-    axes.legend(loc="lower right", fontsize=8, frameon=False)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right", fontsize=8, frameon=False)
     return _svg(figure)
 
 
@@ -72,6 +73,7 @@ def over_time_svg(periods: Sequence[dict[str, Any]]) -> str:
         axes.plot(days, [p["agreement"] for p in periods], marker="s", lw=1.2, color="#2e7d32", label="agreement")
     axes.set_ylim(0, 1.02)
     axes.set_ylabel("share")
-    axes.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.autofmt_xdate()
     return _svg(figure)

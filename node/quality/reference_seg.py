@@ -79,7 +79,13 @@ class ReferenceHandler:
         return sorted(set(series))
 
     def __call__(self, job: ClaimedJob, ctx: JobContext) -> None:
-        payload = read_payload(ReferencePayload, job)
+        self.compare(read_payload(ReferencePayload, job).sop_instance_uid)
+
+    def compare(self, sop_instance_uid: str) -> None:
+        """Compare the stored SEG ``sop_instance_uid`` with the current predictions on
+        the series it references. Raises :class:`PredictionsPending` while the study's
+        models have yet to run."""
+        payload = ReferencePayload(sop_instance_uid)
         with self._engine.connect() as conn:
             row = conn.execute(select(Instance.path, Series.study_id).join(Series, Series.id == Instance.series_id)
                                .where(Instance.sop_instance_uid == payload.sop_instance_uid)).one_or_none()

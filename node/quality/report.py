@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+import math
 import time
 from collections import defaultdict
 from typing import Any
@@ -66,7 +67,20 @@ def report_of(model: str, cases: list[Case], windows: DriftWindows | None, now: 
         "disagreements": disagreements(cases),
     }
     report["seconds"] = round(time.perf_counter() - started, 3)
-    return report
+    cleaned: dict[str, Any] = finite(report)
+    return cleaned
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every infinite or NaN number as None: JSON has no such numbers
+    (the ROC curve starts at an infinite threshold; a statistic can be undefined)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def models_with_predictions(engine: Engine) -> list[str]:

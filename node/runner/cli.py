@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import tomli_w
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from config.settings import ConfigError, Settings, load_settings
+from node.runner.cli_common import ConfigOpt, DataDirOpt, JsonOpt, err, out
+from node.runner.cli_common import database as _database
+from node.runner.cli_common import fail as _fail
+from node.runner.cli_common import plain as _plain
+from node.runner.cli_common import settings_from as _settings
+from node.runner.cli_common import when as _when
 from node.runner.logs import setup_logging
+from node.runner.quality_cli import quality_commands, references_app
 from storage.states import JobState, StudyState
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
 
 app = typer.Typer(
     name="ainode",
@@ -33,39 +34,11 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(config_app, name="config")
 
-# Piped output is not cut to 80 columns: tables stay whole for grep and logs.
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-out = Console(width=None if sys.stdout.isatty() else 200)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML configuration file.", envvar="AINODE_CONFIG"),
-]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Where images and the database are kept.")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
 def _row(table: Table, *cells: str) -> None:
     """A table row of data as it is (a unit like [hnsf'U] is not rich markup)."""
     from rich.text import Text
 
     table.add_row(*(Text(cell) for cell in cells))
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"ainode: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _settings(config: Path | None, data_dir: Path | None, **flags: Any) -> Settings:
-    try:
-        return load_settings(config, data_dir=data_dir, **flags)
-    except ConfigError as exc:
-        for line in str(exc).splitlines():
-            err.print(f"ainode: config error: {line}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
 
 
 def _address(text: str) -> Any:
@@ -127,13 +100,6 @@ def worker(
     except StartupError as exc:
         _fail(str(exc), 1)
     raise typer.Exit(code)
-
-
-def _database(settings: Settings) -> Engine:
-    """The node's database, migrated."""
-    from storage.db import open_database
-
-    return open_database(settings.effective_database_url, settings.db_busy_timeout_ms)
 
 
 @app.command()
@@ -256,14 +222,6 @@ def _jobs_by_state_table(jobs: dict[str, dict[JobState, int]]) -> Table:
     for kind, by_state in sorted(jobs.items()):
         _row(table, kind, *(str(by_state[state]) for state in JobState))
     return table
-
-
-def _when(epoch: float | None) -> str:
-    from datetime import datetime
-
-    if epoch is None:
-        return ""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @app.command()
@@ -406,11 +364,6 @@ def results(
     for job in report.jobs:
         if job.state == JobState.DEAD:
             say(f"dead job {job.id} ({job.kind}, {job.attempts} attempts): {job.last_error}")
-
-
-def _plain(text: str) -> None:
-    """Data as it is: units like [hnsf'U] and names in brackets are not rich markup."""
-    out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -721,6 +674,11 @@ def config_show(
         out.print_json(json.dumps(data))
     else:
         sys.stdout.write(tomli_w.dumps(data))
+
+
+# The trust loop's commands (node.runner.quality_cli), after the node's own.
+app.add_typer(references_app, name="references")
+app.registered_commands += quality_commands.registered_commands
 
 
 def main() -> None:

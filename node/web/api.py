@@ -34,6 +34,7 @@ from node.pipeline.study_report import StudyResults, headline, study_results
 from node.pipeline.triage import LEVELS, rank
 from node.web.browser import SAME_ORIGIN_HEADER, SECURITY_HEADERS, BrowserGuard
 from node.web.metrics import metrics_text
+from node.web.quality_api import add_quality_routes
 from storage.files import FileStore
 from storage.models import Job, PredictionRecord, ResultObject, Series, Study
 from storage.states import LIVE_JOB_STATES, JobState, StudyLevel, StudyState
@@ -494,6 +495,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         body, content_type = metrics_text(settings, engine)
         return Response(body, media_type=content_type)
 
+    add_quality_routes(app, protected, settings, engine, queue, operator)
     app.include_router(protected)
     return app
 

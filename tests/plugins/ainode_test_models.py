@@ -15,6 +15,8 @@ from ai.protocol import (
     Detection,
     DetectionSpec,
     DeviceNeeds,
+    Finding,
+    FindingSpec,
     Measurement,
     MeasurementSpec,
     Outputs,
@@ -94,3 +96,28 @@ class HangingModel:
 
         while True:
             time.sleep(1)
+
+
+class LesionFinder:
+    """Segments a "lesion" as the voxels above 100 HU and reports it present when there
+    are any, with the score max HU / 300 (capped at 1): a model whose mistakes a test
+    can plan. A lesion imaged at 90 HU is missed; one with a fainter rim is undersized;
+    a single bright voxel is a false positive."""
+
+    name = "lesion-finder"
+    version = "1"
+    accepts = Accepts(modalities=("CT",), min_slices=3)
+    device_needs = DeviceNeeds(gpu="none")
+    outputs = Outputs(
+        segments=(SegmentSpec(1, "Lesion", Code("49755003", "SCT", "Morphologically Altered Structure"),
+                              Code("52988006", "SCT", "Lesion")),),
+        findings=(FindingSpec("lesion", Code("52988006", "SCT", "Lesion")),),
+    )
+
+    def load(self, device: str) -> None:
+        pass
+
+    def predict(self, volume):  # noqa: ANN001, ANN201
+        mask = volume.array > 100
+        score = float(min(1.0, max(0.0, float(volume.array.max()) / 300.0)))
+        return Prediction(labelmap=mask.astype(np.uint8), findings=[Finding("lesion", score, bool(mask.any()))])
