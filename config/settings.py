@@ -324,6 +324,10 @@ class QualitySettings(BaseModel):
     drift_threshold: float = Field(
         default=0.25, gt=0, description="Population stability index from which a signal has shifted.",
     )
+    drift_p_value: float = Field(
+        default=0.01, gt=0, le=1,
+        description="...and the two-sample test's p-value below which the shift is not chance.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> QualitySettings:

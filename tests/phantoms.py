@@ -163,6 +163,8 @@ def write_phantom_series(phantom: CtPhantom, folder: Path, kernel: str = "B30f",
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.PatientName, ds.PatientID = "Phantom^Chest", "PHANTOM-1"
+        # Type 2 attributes the result objects copy: present (dcentvfy compares them).
+        ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName, ds.StudyID = "19600101", "O", "", "1"
         ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20260101", "120000", "PH0001"
         ds.Modality, ds.StudyDescription, ds.SeriesDescription = "CT", description, f"{dz:g}mm {kernel}"
         ds.SeriesNumber, ds.InstanceNumber = 1, i + 1

@@ -29,7 +29,7 @@ class JobKind(StrEnum):
     NOTIFY = "notify"  # tell one receiver (RIS, webhook) about a study's level
     QUALITY = "quality"  # recompute a model's quality report (metrics, subgroups, drift)
     ALERT = "alert"  # tell one webhook that a model's drift signal crossed its threshold
-    REFERENCE = "reference"  # compare a reference or corrected SEG received with the model's segments
+    REFERENCE = "reference_seg"  # compare a reference or corrected SEG received with the model's segments
 
 
 @dataclass(frozen=True)
@@ -143,15 +143,16 @@ class QualityPayload:
 
 @dataclass(frozen=True)
 class AlertPayload:
-    """Drift alert ``alert_id`` to the webhook ``notification``."""
+    """The drift alerts one quality report raised (``alert_ids``, one model's) to the
+    webhook ``notification``: one message for what shifted together."""
 
     kind: ClassVar[JobKind] = JobKind.ALERT
 
     notification: str
-    alert_id: int
+    alert_ids: tuple[int, ...]
 
     def dedupe_key(self) -> str:
-        return f"alert:{self.alert_id}:{self.notification}"
+        return f"alert:{','.join(map(str, self.alert_ids))}:{self.notification}"[:200]
 
 
 @dataclass(frozen=True)

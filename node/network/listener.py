@@ -31,7 +31,6 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from config.settings import Settings
-from node.jobs.kinds import ReferencePayload, node_job
 from node.network.access import AccessPolicy
 from node.network.handshake import (
     HandshakeRefused,
@@ -52,7 +51,6 @@ from node.network.pynetdicom_internals import (
 )
 from node.network.throttled_log import ThrottledLog
 from node.network.tls import peer_identity, server_context
-from node.pipeline.lifecycle import queue_for
 from storage.files import FileStore, encode_file_meta
 from storage.header import InstanceHeader, InstanceTooLarge, InvalidInstance, read_header
 from storage.ingest import StoredFile, record_instance
@@ -198,11 +196,14 @@ class StorageListener:
         engine: Engine,
         store: FileStore,
         slots: AssociationSlots | None = None,
+        on_reference: Callable[[Connection, str], None] | None = None,
     ) -> None:
+        """``on_reference(conn, sop_instance_uid)``: called in the transaction that records
+        a SEG (a reference or corrected segmentation), to queue its comparison."""
         self._settings = settings
         self._engine = engine
         self._store = store
-        self._queue = queue_for(settings, engine)
+        self._on_reference = on_reference
         self.policy = AccessPolicy.from_settings(settings)
         self._slots = slots or AssociationSlots([0], 0, settings.max_associations,
                                                 per_peer=settings.max_associations_per_peer)
@@ -474,7 +475,12 @@ class StorageListener:
         # A SEG sent to the node is a reference (or corrected) segmentation of a study it
         # has: it is compared with the model's, and does not reopen the study.
         reference = header.sop_class_uid == SegmentationStorage
-        also = self._queue_comparison(header.sop_instance_uid) if reference else None
+        also = None
+        if reference and self._on_reference is not None:
+            on_reference, uid = self._on_reference, header.sop_instance_uid
+
+            def also(conn: Connection) -> None:
+                on_reference(conn, uid)
         while True:
             try:
                 return record_instance(self._engine, header, stored, reopens=not reference, also=also)
@@ -484,13 +490,6 @@ class StorageListener:
                 self._db_waits("C-STORE waits for the database (locked or unreachable); retrying")
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
-
-    def _queue_comparison(self, sop_instance_uid: str) -> Callable[[Connection], None]:
-        def queue(conn: Connection) -> None:
-            # A reference may come before the study's models have run: its job waits for
-            # them, retrying with backoff (up to hours with the default policy).
-            self._queue.enqueue(node_job(ReferencePayload(sop_instance_uid), max_attempts=12), conn)
-        return queue
 
     def _receive(self, event: evt.Event) -> Dataset | int:
         started = time.perf_counter()

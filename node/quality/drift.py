@@ -3,9 +3,11 @@ image intensities) or what it says (finding rates, scores, measurements) has shi
 between a reference window and the current one.
 
 Each signal's shift is its population stability index (categories as they are;
-continuous values in the reference window's deciles), with scipy's two-sample
-Kolmogorov-Smirnov test beside it for continuous signals. A signal past its threshold
-with enough cases in both windows is "shifted"; the report raises an alert for it once.
+continuous values in the reference window's deciles), with a two-sample test from
+scipy beside it (Kolmogorov-Smirnov for continuous signals, chi-square for categories).
+A signal whose index is past its threshold and whose test says the shift is not chance
+(p below ``drift_p_value``), with enough cases in both windows, is "shifted"; the
+report raises an alert for it once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from node.quality.cohort import Case
-from node.quality.statistics import binned, population_stability, two_sample
+from node.quality.statistics import binned, categories_differ, population_stability, two_sample
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class DriftWindows:
     reference_to: float | None = None
     min_cases: int = 30
     threshold: float = 0.25
+    #: The two-sample test's p-value under which a shift is not chance.
+    p_value: float = 0.01
 
     def bounds(self, now: float) -> tuple[tuple[float, float], tuple[float, float]]:
         current = (now - self.window_days * 86400, now)
@@ -143,8 +147,12 @@ def drift_signals(cases: Sequence[Case], windows: DriftWindows, now: float) -> l
                 entry["ks"], entry["p_value"] = two_sample(ref_arr, cur_arr)
             else:
                 psi = population_stability(ref_values, cur_values)
+                entry["p_value"] = categories_differ(ref_values, cur_values)
             entry["psi"] = round(psi, 4) if math.isfinite(psi) else None
-            entry["crossed"] = bool(math.isfinite(psi) and psi >= windows.threshold)
+            # Both the size of the shift and its significance: the population stability
+            # index of a few dozen values moves past 0.25 by chance alone.
+            entry["crossed"] = bool(math.isfinite(psi) and psi >= windows.threshold
+                                    and entry["p_value"] < windows.p_value)
             entry["status"] = "shifted" if entry["crossed"] else "stable"
         results.append(entry)
     return results

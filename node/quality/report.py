@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.orm import Session
 
 from config.settings import QualitySettings, Settings
 from node.jobs.context import JobContext, configured
@@ -37,7 +38,7 @@ def windows_of(quality: QualitySettings) -> DriftWindows:
 
     return DriftWindows(quality.drift_window_days, quality.drift_reference_days,
                         epoch(quality.drift_reference_from), epoch(quality.drift_reference_to, end=True),
-                        quality.drift_min_cases, quality.drift_threshold)
+                        quality.drift_min_cases, quality.drift_threshold, quality.drift_p_value)
 
 
 def report_of(model: str, cases: list[Case], windows: DriftWindows | None, now: float) -> dict[str, Any]:
@@ -135,13 +136,14 @@ def raise_alerts(engine: Engine, settings: Settings, queue: JobQueue, report: di
                 alert_id = conn.execute(insert(DriftAlert).values(
                     model=model, signal=name, value=float(signal["psi"]), threshold=float(signal["threshold"]),
                     detail=detail[:300], raised_at=now).returning(DriftAlert.id)).scalar_one()
-                for receiver in receivers:
-                    queue.enqueue(node_job(AlertPayload(receiver, alert_id)), conn)
                 raised.append(alert_id)
                 log.warning("drift alert: %s", detail)
             elif signal["status"] == "stable" and name in open_alerts:
                 conn.execute(update(DriftAlert).where(DriftAlert.id == open_alerts[name]).values(cleared_at=now))
                 log.info("drift alert cleared: %s %s is stable again", model, name)
+        if raised:  # one message per receiver for what shifted together
+            for receiver in receivers:
+                queue.enqueue(node_job(AlertPayload(receiver, tuple(raised))), conn)
     return raised
 
 
@@ -194,10 +196,14 @@ class AlertHandler:
         payload = read_payload(AlertPayload, job)
         notification = configured(self._settings.notifications, payload.notification, "notifications")
         with self._engine.connect() as conn:
-            alert = conn.execute(select(DriftAlert).where(DriftAlert.id == payload.alert_id)).scalar_one()
-        document = {"event": "model.drift", "model": alert.model, "signal": alert.signal,
-                    "population_stability_index": alert.value, "threshold": alert.threshold,
-                    "detail": alert.detail, "raised_at": alert.raised_at}
+            alerts = Session(bind=conn).scalars(select(DriftAlert).where(DriftAlert.id.in_(payload.alert_ids))
+                                                .order_by(DriftAlert.id)).all()
+        if not alerts:
+            log.info("drift alerts %s are no longer recorded; nothing to tell", payload.alert_ids)
+            return
+        document = {"event": "model.drift", "model": alerts[0].model, "raised_at": alerts[0].raised_at,
+                    "signals": [{"signal": a.signal, "population_stability_index": a.value,
+                                 "threshold": a.threshold, "detail": a.detail} for a in alerts]}
         status = post_json(notification.url or "", document, notification.timeout_s)
-        log.info("drift alert %d (%s %s) told to %s (HTTP %d)", alert.id, alert.model, alert.signal,
-                 notification.name, status)
+        log.info("drift alert of %s (%s) told to %s (HTTP %d)", alerts[0].model,
+                 ", ".join(a.signal for a in alerts), notification.name, status)

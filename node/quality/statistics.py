@@ -168,6 +168,17 @@ def two_sample(reference: np.ndarray, current: np.ndarray) -> tuple[float, float
     return float(result.statistic), float(result.pvalue)
 
 
+def categories_differ(reference: Sequence[str], current: Sequence[str]) -> float:
+    """The p-value of Pearson's chi-square test that two samples of categories come
+    from one distribution (scipy); 1.0 when there is a single category."""
+    names = sorted(set(reference) | set(current))
+    if len(names) < 2:
+        return 1.0
+    table = np.array([[list(sample).count(n) for n in names] for sample in (reference, current)])
+    table = table[:, table.sum(axis=0) > 0]
+    return float(stats.chi2_contingency(table).pvalue)
+
+
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Estimate:
     """A mean with its t interval (Dice, volume differences)."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)

@@ -26,6 +26,7 @@ from node.jobs.kinds import JobKind
 from node.jobs.worker import Worker
 from node.network.listener import AssociationSlots, StorageListener
 from node.pipeline.lifecycle import queue_for
+from node.quality.reference_seg import comparison_queuer
 from node.runner import child
 from node.runner.logs import setup_logging
 from storage.db import make_engine
@@ -67,7 +68,8 @@ def run_listener(settings: Settings, name: str, ready: Any, counters: Any, peers
         slots = AssociationSlots(counters, index, settings.max_associations, peers,
                                  settings.max_associations_per_peer)
         slots.reset()  # a restarted listener holds no associations
-        listener = StorageListener(settings, engine, FileStore(settings.data_dir), slots)
+        listener = StorageListener(settings, engine, FileStore(settings.data_dir), slots,
+                                   on_reference=comparison_queuer(queue_for(settings, engine)))
         listener.start()
     except Exception as exc:
         ready.put((name, f"{type(exc).__name__}: {exc}"))

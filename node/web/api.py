@@ -304,6 +304,12 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         """One study's results (its UID in the query: /study?uid=...); the data comes from the API."""
         return resources.files("node.web").joinpath("study.html").read_text(encoding="utf-8")
 
+    @app.get("/pages.js", include_in_schema=False)
+    def page_script() -> Response:
+        """What the pages share (the token, requests, DOM helpers)."""
+        return Response(resources.files("node.web").joinpath("pages.js").read_text(encoding="utf-8"),
+                        media_type="text/javascript")
+
     @app.get("/api/health", response_model=Health, tags=["node"])
     def health() -> Health:
         """Whether the node's database answers, its free disk space and its jobs (no token needed)."""

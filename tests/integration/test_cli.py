@@ -77,6 +77,7 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
         ListenerTls,
         ModelSettings,
         Notification,
+        QualitySettings,
         Route,
         SeriesMatch,
         Settings,
@@ -88,7 +89,7 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     text = example.read_text()
     for name in Settings.model_fields:
-        assert f"# {name} =" in text or f"# [[{name}]]" in text or f"# [{name}." in text, \
+        assert f"# {name} =" in text or f"# [[{name}]]" in text or f"# [{name}." in text or f"# [{name}]" in text, \
             f"{name} is not in the example"
     for name in Destination.model_fields:
         assert f"# {name} =" in text, f"destination {name} is not in the example"
@@ -103,6 +104,8 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
         assert f"# {name} =" in text, f"tls {name} is not in the example"
     for name in DestinationTls.model_fields:
         assert name in text, f"destination tls {name} is not in the example"
+    for name in QualitySettings.model_fields:
+        assert f"# {name} =" in text, f"quality {name} is not in the example"
     for name in SeriesMatch.model_fields:
         assert f"# {name} =" in text, f"match {name} is not in the example"
     # With every setting uncommented, the example is still a valid configuration.

@@ -137,4 +137,4 @@ def test_a_corrected_seg_is_matched_to_the_model_and_its_dice_recorded(node_fact
     assert "reference: Right lung against the reference's RL corrected: Dice" in node.run("results", uid).stdout
     jobs = json.loads(node.run("jobs", "--json").stdout)
     assert all(j["state"] == "succeeded" for j in jobs)
-    assert sum(j["kind"] == "reference" for j in jobs) == 2
+    assert sum(j["kind"] == "reference_seg" for j in jobs) == 2

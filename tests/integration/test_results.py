@@ -132,7 +132,9 @@ def test_key_images_for_a_viewer_without_seg_and_a_resend_replaces_not_duplicate
         path = orthanc.download(item["ID"], tmp_path / f"{item['ID']}.dcm")
         image = dcmread(path)
         assert image.BurnedInAnnotation == "YES" and "not for diagnostic use" in image.ImageComments
-        assert image.Rows == image.Columns == 512 and image.PhotometricInterpretation == "RGB"
+        source = dcmread(next(study.rglob("*.dcm")), stop_before_pixels=True)
+        assert (image.Rows, image.Columns) == (source.Rows, source.Columns)  # the source's grid
+        assert image.PhotometricInterpretation == "RGB"
         checked = subprocess.run([_tool("dciodvfy"), str(path)], capture_output=True, text=True)
         errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
         assert errors == [], errors

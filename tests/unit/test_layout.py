@@ -14,8 +14,9 @@ from storage.states import JobState, StudyState
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("config", "storage", "ai", "node")
 #: node's rooms, lowest first: a room imports only rooms below it (network and jobs
-#: are both at the bottom and import neither each other nor anything above).
-ROOMS = {"network": 0, "jobs": 0, "pipeline": 1, "web": 2, "runner": 3}
+#: are both at the bottom and import neither each other nor anything above). quality
+#: (metrics, references, drift) is read by the pipeline (case profiles, validation).
+ROOMS = {"network": 0, "jobs": 0, "quality": 1, "pipeline": 2, "web": 3, "runner": 4}
 #: Where the enums are defined, and so where their values are written out.
 ENUM_MODULES = {"storage.states", "node.jobs.kinds"}
 #: The same words in another sense.
@@ -23,6 +24,11 @@ OTHER_SENSES = {
     ("node/runner/cli.py", "send"): "the name of the `ainode send` command",
     ("node/web/api.py", "failed"): "a value of the API's delivery summary",
     ("node/runner/cli.py", "superseded"): "a field of `ainode predictions --json`",
+    ("node/runner/serve.py", "quality"): "the id of the scheduler's entry that queues quality jobs",
+    ("node/runner/quality_cli.py", "quality"): "the name of the `ainode quality` command",
+    ("node/web/quality_api.py", "quality"): "the API's tag for its quality endpoints",
+    ("node/runner/quality_cli.py", "failed"): "a study's outcome in a validation",
+    ("node/quality/html_report.py", "failed"): "a study's outcome in a validation",
 }
 
 
