@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, FromClause, create_engine, event
@@ -46,6 +48,16 @@ def writing(engine: Engine) -> Any:
     return engine.execution_options(ainode_write=True).begin()
 
 
+def _json_loads(text: str | bytes) -> Any:
+    """JSON columns as Python values: orjson (several times faster than the standard
+    library: a quality report reads 100,000 predictions' findings and profiles), the
+    standard library for what orjson refuses (NaN or Infinity written by json.dumps)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
     """Create the engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
     parsed = make_url(url)
@@ -57,11 +69,12 @@ def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
             connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
             pool_size=32,
             max_overflow=32,
+            json_deserializer=_json_loads,
         )
         event.listen(engine, "connect", _sqlite_on_connect(busy_timeout_ms))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True, json_deserializer=_json_loads)
 
 
 def migrate(engine: Engine) -> None:

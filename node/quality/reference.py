@@ -151,12 +151,17 @@ def import_labels(engine: Engine, text: str, kind: str, detail: str) -> ImportRe
 def labels_by_case(conn: Connection) -> dict[str, dict[str, tuple[bool, str]]]:
     """Every stored label: case key -> finding -> (present, source), the strongest
     source's (then latest) word on each."""
-    found: dict[str, dict[str, tuple[bool, str, float]]] = {}
     rank = {source: i for i, source in enumerate(PRECEDENCE)}
-    for row in conn.execute(select(ReferenceLabel.case_key, ReferenceLabel.finding, ReferenceLabel.present,
-                                   ReferenceLabel.source, ReferenceLabel.recorded_at)):
-        best = found.setdefault(row.case_key, {}).get(row.finding)
-        key = (rank.get(row.source, len(rank)), -row.recorded_at)
-        if best is None or key < (rank.get(best[1], len(rank)), -best[2]):
-            found[row.case_key][row.finding] = (bool(row.present), row.source, row.recorded_at)
-    return {case: {f: (v[0], v[1]) for f, v in findings.items()} for case, findings in found.items()}
+    best: dict[tuple[str, str], tuple[int, bool, str]] = {}
+    # Oldest first: a later word of the same rank replaces an earlier one.
+    for key, finding, present, source in conn.execute(
+            select(ReferenceLabel.case_key, ReferenceLabel.finding, ReferenceLabel.present, ReferenceLabel.source)
+            .order_by(ReferenceLabel.recorded_at, ReferenceLabel.id)):
+        order = rank.get(source, len(rank))
+        held = best.get((key, finding))
+        if held is None or order <= held[0]:
+            best[(key, finding)] = (order, bool(present), source)
+    found: dict[str, dict[str, tuple[bool, str]]] = {}
+    for (key, finding), (_, present, source) in best.items():
+        found.setdefault(key, {})[finding] = (present, source)
+    return found

@@ -9,6 +9,7 @@ index and, for continuous signals, scipy's two-sample Kolmogorov-Smirnov test.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -37,11 +38,18 @@ class Estimate:
         return self.n < SMALL_SAMPLE
 
 
+@functools.lru_cache(maxsize=8)
+def _z(confidence: float) -> float:
+    """The normal quantile of a two-sided ``confidence`` (scipy's ppf is slow to call
+    for every subgroup)."""
+    return float(stats.norm.ppf(1 - (1 - confidence) / 2))
+
+
 def wilson(successes: int, n: int, confidence: float = 0.95) -> Estimate:
     """The proportion ``successes / n`` with its Wilson score interval."""
     if n <= 0:
         return Estimate(None, None, None, 0, successes)
-    z = float(stats.norm.ppf(1 - (1 - confidence) / 2))
+    z = _z(confidence)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
