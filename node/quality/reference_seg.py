@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -24,12 +24,12 @@ from ai.labelmap import LabelMap
 from ai.protocol import SegmentSpec, outputs_from_dict
 from config.settings import Settings
 from node.jobs.context import JobContext
-from node.jobs.kinds import JobKind, ReferencePayload, node_job, read_payload
+from node.jobs.kinds import JobKind, ReferencePayload, read_payload
 from node.quality.segmentation import NotOnTheGrid, ReferenceSegment, compare_masks, reference_segments
 from storage.db import dialect_insert, writing
 from storage.files import FileStore
 from storage.models import Instance, Job, PredictionRecord, ResultObject, SegmentComparison, Series, Study
-from storage.queue import ClaimedJob, JobQueue
+from storage.queue import ClaimedJob
 from storage.states import JobState, StudyState
 from storage.timeline import REFERENCE_COMPARED, record
 
@@ -61,15 +61,6 @@ def match(spec: SegmentSpec, references: Sequence[ReferenceSegment]) -> Referenc
         if ref.type_code == (spec.type.scheme, spec.type.value) and ref.laterality == laterality:
             return ref
     return None
-
-
-def comparison_queuer(queue: JobQueue) -> Callable[[Connection, str], None]:
-    """What the listener calls in the transaction that records a SEG: queue its
-    comparison. It may come before the study's models have run: the job then waits for
-    them, retrying with backoff (up to hours with the default policy)."""
-    def queue_comparison(conn: Connection, sop_instance_uid: str) -> None:
-        queue.enqueue(node_job(ReferencePayload(sop_instance_uid), max_attempts=12), conn)
-    return queue_comparison
 
 
 class ReferenceHandler:

@@ -7,11 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import highdicom as hd
 import numpy as np
-import torch
-from monai.metrics.hausdorff_distance import compute_hausdorff_distance
-from monai.metrics.meandice import compute_dice
 from pydicom.dataset import Dataset
 
 from ai.labelmap import LabelMap
@@ -27,6 +23,12 @@ class Comparison:
 
 def compare_masks(predicted: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float]) -> Comparison:
     """Dice and HD95 of two boolean masks on the same grid (``spacing`` per axis, mm)."""
+    # Imported here: MONAI takes seconds to import, and every listener and worker
+    # process imports this module's callers at start.
+    import torch
+    from monai.metrics.hausdorff_distance import compute_hausdorff_distance
+    from monai.metrics.meandice import compute_dice
+
     if predicted.shape != reference.shape:
         raise ValueError(f"masks of shapes {predicted.shape} and {reference.shape} are not on one grid")
     p = torch.from_numpy(np.ascontiguousarray(predicted, dtype=bool))[None, None].float()
@@ -63,6 +65,8 @@ def reference_segments(dataset: Dataset, grid: LabelMap) -> list[ReferenceSegmen
     """The segments of a SEG as boolean masks on ``grid``'s slices (its source images,
     in its order). Slices the SEG has no frame for are empty; fractional segments are
     read at 0.5."""
+    import highdicom as hd
+
     try:
         seg = hd.seg.Segmentation.from_dataset(dataset, copy=False)
     except Exception as exc:  # highdicom raises several kinds for a malformed SEG

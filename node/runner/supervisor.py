@@ -26,7 +26,7 @@ from node.jobs.kinds import JobKind
 from node.jobs.worker import Worker
 from node.network.listener import AssociationSlots, StorageListener
 from node.pipeline.lifecycle import queue_for
-from node.quality.reference_seg import comparison_queuer
+from node.quality.seg_jobs import comparison_queuer
 from node.runner import child
 from node.runner.logs import setup_logging
 from storage.db import make_engine
