@@ -17,7 +17,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from config.settings import Settings
-from node.quality import plots
 from node.quality.reference import import_labels
 from node.quality.report import compute, models_with_predictions, open_alerts, raise_alerts, stored, stored_all
 from storage.queue import JobQueue
@@ -109,6 +108,8 @@ def add_quality_routes(app: FastAPI, router: APIRouter, settings: Settings, engi
         """One of the report's plots, drawn on the server (matplotlib): a finding's ROC
         curve with the operating point, a segment's Bland-Altman plot of volumes, or
         each finding's rate and the agreement over time."""
+        from node.quality import plots  # matplotlib: imported when a figure is first asked for
+
         report = report_of(name)
         if figure == "over-time":
             svg = plots.over_time_svg(report["over_time"])
