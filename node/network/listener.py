@@ -8,7 +8,6 @@ failure status, and the association and the node go on serving.
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import ssl
 import threading
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import SegmentationStorage
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -27,8 +25,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import Connection, Engine, select
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy import Connection, Engine
 
 from config.settings import Settings
 from node.network.access import AccessPolicy
@@ -39,7 +36,19 @@ from node.network.handshake import (
     associate_rj,
     read_associate_request,
 )
+from node.network.intake import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    MB,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    InstanceIntake,
+    Refusal,
+)
+from node.network.mpps import ProcedureSteps
 from node.network.pynetdicom_internals import (
+    PERFORMED_PROCEDURE_STEP,
     AcceptingServer,
     Admission,
     TlsAcceptingServer,
@@ -51,20 +60,10 @@ from node.network.pynetdicom_internals import (
 )
 from node.network.throttled_log import ThrottledLog
 from node.network.tls import peer_identity, server_context
-from storage.files import FileStore, encode_file_meta
-from storage.header import InstanceHeader, InstanceTooLarge, InvalidInstance, read_header
-from storage.ingest import StoredFile, record_instance
-from storage.instance_lock import InstanceLocks
-from storage.models import Instance
+from storage.files import FileStore
 
 log = logging.getLogger(__name__)
 
-# C-STORE statuses (PS3.4 B.2.3, PS3.7 C)
-SUCCESS = 0x0000
-PROCESSING_FAILURE = 0x0110
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
 
 # Everything pynetdicom can negotiate, plus the retired JPEG processes some older
 # modalities still send: the node stores what it receives without decoding it.
@@ -146,7 +145,6 @@ class AssociationSlots:
         return None
 
 
-MB = 1024 * 1024
 
 
 @dataclass
@@ -197,30 +195,29 @@ class StorageListener:
         store: FileStore,
         slots: AssociationSlots | None = None,
         on_reference: Callable[[Connection, str], None] | None = None,
+        on_procedure_completed: Callable[[str], object] | None = None,
     ) -> None:
         """``on_reference(conn, sop_instance_uid)``: called in the transaction that records
-        a SEG (a reference or corrected segmentation), to queue its comparison."""
+        a SEG (a reference or corrected segmentation), to queue its comparison.
+        ``on_procedure_completed(study_instance_uid)``: called when a modality's MPPS N-SET
+        reports a procedure COMPLETED, to complete the study at once if its images are here."""
         self._settings = settings
-        self._engine = engine
-        self._store = store
-        self._on_reference = on_reference
+        self._in_flight = _InFlight()
+        self._intake = InstanceIntake(settings, engine, store, "C-STORE", on_reference,
+                                      closing=lambda: self._in_flight.closed)
+        self._procedure_steps = ProcedureSteps(engine, on_procedure_completed)
         self.policy = AccessPolicy.from_settings(settings)
         self._slots = slots or AssociationSlots([0], 0, settings.max_associations,
                                                 per_peer=settings.max_associations_per_peer)
-        self._in_flight = _InFlight()
         self._servers: list[ThreadedAssociationServer] = []
         self._traffic: dict[int, _Traffic] = {}
-        self._max_instance_bytes = int(settings.max_instance_mb * MB)
         self._pending = PendingHandshakes(settings.max_pending_handshakes,
                                           settings.max_pending_handshakes_per_peer)
-        self._pdu_limits = PduLimits.from_settings(settings.max_pdu_size, self._max_instance_bytes)
-        self._low_disk = ThrottledLog(log, 60.0)
-        self._db_waits = ThrottledLog(log, 10.0)
+        self._pdu_limits = PduLimits.from_settings(settings.max_pdu_size, self._intake.max_instance_bytes)
         # each kind of line its own throttle: a stream of stalled connections must
         # not hide a peer that sends malformed PDUs, nor the other way round
         self._no_handshake = ThrottledLog(log, 10.0, logging.INFO)
         self._bad_handshake = ThrottledLog(log, 10.0)
-        self._locks = InstanceLocks(settings.data_dir)
         check_internals()
         self._ae = self._build_ae()
         # Built now, so that a bad certificate or key is reported at start-up.
@@ -239,6 +236,7 @@ class StorageListener:
         ae.acse_timeout = s.acse_timeout_s
         ae.dimse_timeout = s.dimse_timeout_s
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(PERFORMED_PROCEDURE_STEP, ALL_TRANSFER_SYNTAXES)
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
@@ -263,6 +261,7 @@ class StorageListener:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_PDU_RECV, self._on_pdu),
+            *self._procedure_steps.handlers(),
         ]
         s = self._settings
         self._servers.append(
@@ -294,21 +293,8 @@ class StorageListener:
         for server in servers:
             for assoc in server.active_associations:
                 assoc.abort()
-        self._locks.close()
+        self._intake.close()
         return drained
-
-    def _forget_unrecorded(self, relative: str) -> None:
-        """After a failed commit, remove the file unless a row already points at it
-        (a resend whose earlier copy was recorded keeps its file)."""
-        try:
-            with self._engine.connect() as conn:
-                recorded = conn.execute(
-                    select(Instance.id).where(Instance.path == relative)
-                ).first()
-        except SQLAlchemyError:
-            return  # cannot tell: keep the (complete) file rather than risk an acknowledged one
-        if recorded is None:
-            self._store.remove(relative)
 
     # --- event handlers -------------------------------------------------------------
 
@@ -397,7 +383,7 @@ class StorageListener:
                 continue
             traffic.total += len(value) - 1
             traffic.message += len(value) - 1
-            if traffic.message > self._max_instance_bytes:
+            if traffic.message > self._intake.max_instance_bytes:
                 traffic.aborting = True
                 log.warning("association from %s aborted: an instance exceeds max_instance_mb (%.0f MB)",
                             traffic.host, self._settings.max_instance_mb)
@@ -427,69 +413,12 @@ class StorageListener:
         """0xA700 for an instance the limits or the disk reserve do not allow."""
         s = self._settings
         traffic = self._traffic.get(id(event.assoc))
-        if size > self._max_instance_bytes:
-            log.warning("C-STORE refused: %d bytes exceed max_instance_mb", size)
-            return _status(OUT_OF_RESOURCES, "instance larger than the node accepts")
         if s.max_association_mb and traffic and traffic.total > s.max_association_mb * MB:
             log.warning("C-STORE from %s refused: the association brought more than max_association_mb",
                         traffic.host)
             return _status(OUT_OF_RESOURCES, "association size limit; open a new association")
-        free = shutil.disk_usage(self._store.root).free
-        if free - size < s.min_free_disk_mb * MB:
-            self._low_disk("C-STORE refused: %.0f MB free on the data disk, min_free_disk_mb is %.0f",
-                                free / MB, s.min_free_disk_mb)
-            return _status(OUT_OF_RESOURCES, "low disk space on the receiving node")
-        return None
-
-    def _write_and_record(self, header: InstanceHeader, relative: str, meta: bytes, encoded: memoryview,
-                          transfer_syntax: str, calling_ae: str) -> Dataset | None:
-        """The file, then its row; a failure status when either cannot be done."""
-        try:
-            size = self._store.write(relative, [meta, encoded])
-        except OSError as exc:
-            log.error(
-                "C-STORE of instance %s failed: cannot write the file (%s)",
-                header.sop_instance_uid, exc.strerror or type(exc).__name__,
-            )
-            return _status(OUT_OF_RESOURCES, "cannot write to disk")
-        try:
-            old_path = self._record(header, StoredFile(relative, size, transfer_syntax, calling_ae or None))
-        except SQLAlchemyError as exc:
-            log.error(
-                "C-STORE of instance %s failed: cannot record it in the database (%s)",
-                header.sop_instance_uid, type(getattr(exc, "orig", None) or exc).__name__,
-            )
-            self._forget_unrecorded(relative)
-            return _status(OUT_OF_RESOURCES, "cannot record in the database")
-        if old_path is not None:
-            self._store.remove(old_path)
-        return None
-
-    def _record(self, header: InstanceHeader, stored: StoredFile) -> str | None:
-        """Record the instance, retrying a locked or unreachable database for up to
-        ``store_db_wait_s``: the node's own writers (the completion sweep, job claims)
-        may hold SQLite's write lock past the busy timeout when the machine is loaded,
-        and a sender should not be refused for that. Other errors are not retried."""
-        deadline = time.monotonic() + self._settings.store_db_wait_s
-        pause = 0.05
-        # A SEG sent to the node is a reference (or corrected) segmentation of a study it
-        # has: it is compared with the model's, and does not reopen the study.
-        reference = header.sop_class_uid == SegmentationStorage
-        also = None
-        if reference and self._on_reference is not None:
-            on_reference, uid = self._on_reference, header.sop_instance_uid
-
-            def also(conn: Connection) -> None:
-                on_reference(conn, uid)
-        while True:
-            try:
-                return record_instance(self._engine, header, stored, reopens=not reference, also=also)
-            except OperationalError:
-                if self._in_flight.closed or time.monotonic() + pause > deadline:
-                    raise
-                self._db_waits("C-STORE waits for the database (locked or unreachable); retrying")
-                time.sleep(pause)
-                pause = min(pause * 2, 1.0)
+        refusal = self._intake.size_refusal(size)
+        return _status(refusal.status, refusal.comment) if refusal else None
 
     def _receive(self, event: evt.Event) -> Dataset | int:
         started = time.perf_counter()
@@ -501,15 +430,9 @@ class StorageListener:
         refusal = self._over_limits(event, len(encoded))
         if refusal is not None:
             return refusal
-        try:
-            header = read_header(encoded, transfer_syntax, self._max_instance_bytes)
-        except InstanceTooLarge:
-            log.warning("C-STORE from %s refused: the deflated dataset inflates beyond max_instance_mb (%.0f MB)",
-                        calling_ae, self._settings.max_instance_mb)
-            return _status(OUT_OF_RESOURCES, "inflated instance larger than the node accepts")
-        except InvalidInstance as exc:
-            log.warning("C-STORE from %s refused: %s", calling_ae, exc)
-            return _status(CANNOT_UNDERSTAND, str(exc))
+        header = self._intake.header(encoded, transfer_syntax, calling_ae)
+        if isinstance(header, Refusal):
+            return _status(header.status, header.comment)
         if header.sop_instance_uid != str(request.AffectedSOPInstanceUID):
             log.warning(
                 "C-STORE from %s refused: SOP Instance UID %s in the dataset differs from the "
@@ -525,16 +448,9 @@ class StorageListener:
             )
             return _status(DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class differs from the context")
 
-        meta = encode_file_meta(
-            header.sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_ae or "UNKNOWN"
-        )
-        relative = self._store.relative_path(
-            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
-        )
-        with self._locks.hold(header.sop_instance_uid):  # this sender's file and row win together
-            refusal = self._write_and_record(header, relative, meta, encoded, transfer_syntax, calling_ae)
-        if refusal is not None:
-            return refusal
+        kept = self._intake.keep(header, encoded, transfer_syntax, calling_ae, calling_ae or "UNKNOWN")
+        if kept is not None:
+            return _status(kept.status, kept.comment)
         log.debug(
             "stored instance %s (%d bytes, %s) from %s in %.1f ms",
             header.sop_instance_uid, len(encoded), transfer_syntax, calling_ae,

@@ -1,8 +1,11 @@
 """Study completion: deciding when a study has arrived, and queueing its work.
 
-The decision (:func:`completion_reason`) is a pure function. The sweep applies it
-to studies still receiving; a study that completes is marked complete with a new
-results version, and its ``infer`` jobs are queued, in one transaction.
+A study is complete when the modality's procedure steps (MPPS) were reported completed
+and every instance they list is here; otherwise by the rules of
+:func:`completion_reason`, a pure function (expected series, quiet period, forced). The
+sweep applies them to studies still receiving; a study that completes is marked
+complete with a new results version, and its ``infer`` jobs are queued, in one
+transaction. A whole-study STOW-RS request completes its study at once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from storage.db import writing
 from storage.files import FileStore
 from storage.inventory import first_instance_path
 from storage.models import Series, Study
+from storage.mpps import StudySteps, study_steps
 from storage.queue import JobQueue
 from storage.states import StudyState
 from storage.timeline import COMPLETED, SUPERSEDED, record
@@ -69,6 +73,15 @@ def completion_reason(
     if (now - first_received).total_seconds() >= policy.force_complete_after_s:
         return "forced"
     return None
+
+
+def _steps_note(steps: StudySteps, reason: str) -> str:
+    """What the modality's procedure steps said, when the study completed otherwise."""
+    if not steps.steps or reason == "mpps":
+        return ""
+    if steps.completed < steps.steps:
+        return f"; {steps.steps - steps.completed} of its {steps.steps} procedure step(s) not reported completed"
+    return f"; its procedure steps listed {steps.missing} instance(s) that did not arrive" if steps.missing else ""
 
 
 def _utc(value: datetime) -> datetime:
@@ -124,7 +137,20 @@ class CompletionSweep:
                 completed.append(uid)
         return completed
 
-    def _try_complete(self, study_id: int, now: datetime) -> str | None:
+    def complete_now(self, study_instance_uid: str, reason: str | None = None, now: datetime | None = None) -> bool:
+        """Complete a study that is receiving now rather than at the next sweep, its
+        jobs queued as the sweep would: for ``reason`` (a whole-study STOW-RS request),
+        or, without one, if its procedure steps say it is complete (an MPPS N-SET whose
+        instances are all here). False when it did not complete."""
+        with self._engine.connect() as conn:
+            study_id = conn.execute(select(Study.id).where(
+                Study.study_instance_uid == study_instance_uid)).scalar_one_or_none()
+        if study_id is None:
+            return False
+        return self._try_complete(study_id, now or datetime.now(UTC), reason, by_steps_only=reason is None) is not None
+
+    def _try_complete(self, study_id: int, now: datetime, given_reason: str | None = None,
+                      by_steps_only: bool = False) -> str | None:
         # One write transaction per study: on SQLite BEGIN IMMEDIATE keeps new images
         # out until it commits; on PostgreSQL the row lock makes their upsert wait.
         # Either way a late image reopens the study after, never during, completion.
@@ -137,9 +163,10 @@ class CompletionSweep:
             if row is None or row.state != StudyState.RECEIVING:
                 return None
             view = load_study_view(conn, study_id)
-            reason = completion_reason(
+            steps = study_steps(conn, row.study_instance_uid)
+            reason = given_reason or ("mpps" if steps.complete else None if by_steps_only else completion_reason(
                 self._policy, view, _utc(row.first_received_at), _utc(row.last_received_at), now
-            )
+            ))
             if reason is None:
                 return None
             version = row.results_version + 1
@@ -157,8 +184,8 @@ class CompletionSweep:
                 record(conn, study_id, SUPERSEDED, f"by results version {version} (more images arrived); "
                        f"{left} queued job(s) of it ended", row.results_version)
             record(conn, study_id, COMPLETED, f"{reason}; " + (
-                ", ".join(f"{d.route.name} -> {d.route.model}" for d in decisions) or "no route matched"),
-                version)
+                ", ".join(f"{d.route.name} -> {d.route.model}" for d in decisions) or "no route matched")
+                + _steps_note(steps, reason), version)
             level = raise_level(conn, study_id, arrival, version)
             work = StudyWork(study_id, view.study_instance_uid, version)
             for payload, priority in infer_jobs(decisions):

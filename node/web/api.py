@@ -35,6 +35,7 @@ from node.pipeline.triage import LEVELS, rank
 from node.web.browser import SAME_ORIGIN_HEADER, SECURITY_HEADERS, BrowserGuard
 from node.web.metrics import metrics_text
 from node.web.quality_api import add_quality_routes
+from node.web.stow import add_stow_routes
 from storage.files import FileStore
 from storage.models import Job, PredictionRecord, ResultObject, Series, Study
 from storage.states import LIVE_JOB_STATES, JobState, StudyLevel, StudyState
@@ -502,6 +503,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         return Response(body, media_type=content_type)
 
     add_quality_routes(app, protected, settings, engine, queue, operator)
+    add_stow_routes(app, settings, engine, queue, operator)
     app.include_router(protected)
     return app
 
