@@ -303,6 +303,37 @@ class Notification(BaseModel):
         return self
 
 
+class PacsSettings(BaseModel):
+    """The archive the node asks for earlier studies (``[pacs]``): backfill (``ainode
+    fetch``) queries it with C-FIND and has it send the studies to the node with C-MOVE."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str = Field(min_length=1, max_length=16, description="the archive's AE title")
+    host: str = Field(min_length=1, description="its address")
+    port: int = Field(ge=1, le=65535, description="its DICOM port")
+    move_destination: str | None = Field(
+        default=None, max_length=16,
+        description="the AE title the archive sends C-MOVE results to: this node as the archive knows it "
+                    "(default: ae_title of this node)",
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="network and DIMSE timeout of each query or move")
+    retrieve_per_minute: float = Field(
+        default=6.0, gt=0, description="at most this many studies retrieved a minute (all workers together)",
+    )
+    retrieve_hours: str = Field(
+        default="", pattern=r"^$|^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
+        description='retrieve only within these local hours, e.g. "20:00-06:00" (off-peak); empty: any time',
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PacsSettings:
+        validate_ae_title(self.ae_title)
+        if self.move_destination:
+            validate_ae_title(self.move_destination)
+        return self
+
+
 class QualitySettings(BaseModel):
     """How models' quality reports and drift signals are computed (``[quality]``)."""
 
@@ -514,6 +545,7 @@ class Settings(BaseSettings):
     )
     notifications: list[Notification] = Field(default_factory=list)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    pacs: PacsSettings | None = Field(default=None, description="the archive earlier studies are retrieved from")
     api_host: str = Field(
         default="127.0.0.1",
         description="Address of the REST API, web worklist and /metrics; beyond loopback api_token is required.",

@@ -363,3 +363,31 @@ class QualityReport(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     computed_at: Mapped[float] = mapped_column(Double)
     seconds: Mapped[float] = mapped_column(Double)
+
+
+class PerformedProcedure(Base):
+    """A Modality Performed Procedure Step (PS3.4 F.7) a modality reported: IN PROGRESS
+    at N-CREATE, then COMPLETED or DISCONTINUED by N-SET, with the instances it made. A
+    study whose completed steps' instances have all arrived is complete at once."""
+
+    __tablename__ = "performed_procedures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    #: The SOP Instance UIDs of its Performed Series Sequence (images and other objects).
+    instance_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
+class Throttle(Base):
+    """A rate shared by every process (one row per throttled activity): when its next
+    turn comes. Backfill's retrievals take turns through it."""
+
+    __tablename__ = "throttles"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Double)

@@ -256,6 +256,18 @@ class JobQueue:
             self._observe(conn, rows, state)
         return state if rows else None
 
+    def defer(self, job: ClaimedJob, until: float, reason: str) -> bool:
+        """Put a running job back to wait until ``until`` without counting the attempt
+        (a throttle or an off-peak window said not yet); False when the lease was lost."""
+        now = self._clock()
+        with writing(self.engine) as conn:
+            rows = conn.execute(update(_jobs).where(self._owned(job)).values(
+                state=QUEUED, lease_owner=None, lease_expires_at=None, run_after=max(until, now),
+                attempts=_jobs.c.attempts - 1, updated_at=now, last_error=reason[:2000])
+                .returning(*_CHANGE)).all()
+            self._observe(conn, rows, QUEUED)
+        return len(rows) == 1
+
     # --- maintenance -----------------------------------------------------------------
 
     def reap(self) -> int:

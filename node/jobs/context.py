@@ -41,6 +41,15 @@ class PermanentJobError(Exception):
     dead at once, with this message as its reason, until an operator retries it."""
 
 
+class Deferred(Exception):  # noqa: N818 (not an error: the job waits, its attempt uncounted)
+    """Not yet: the job goes back to the queue until ``until`` (epoch seconds) without
+    using an attempt (a throttle's next turn, the start of an off-peak window)."""
+
+    def __init__(self, until: float, reason: str) -> None:
+        super().__init__(reason)
+        self.until = until
+
+
 class Named(Protocol):
     name: str
 

@@ -30,6 +30,7 @@ class JobKind(StrEnum):
     QUALITY = "quality"  # recompute a model's quality report (metrics, subgroups, drift)
     ALERT = "alert"  # tell one webhook that a model's drift signal crossed its threshold
     REFERENCE = "reference_seg"  # compare a reference or corrected SEG received with the model's segments
+    RETRIEVE = "retrieve"  # have the PACS send the node an earlier study (backfill)
 
 
 @dataclass(frozen=True)
@@ -168,11 +169,27 @@ class ReferencePayload:
         return f"reference:{self.sop_instance_uid}"
 
 
+@dataclass(frozen=True)
+class RetrievePayload:
+    """Have the PACS send the node one study (C-MOVE), throttled; ``instances``: how
+    many the PACS said it holds (None: not said), so a study already here is not
+    fetched again; ``reason``: why ("backfill", and who asked)."""
+
+    kind: ClassVar[JobKind] = JobKind.RETRIEVE
+
+    study_instance_uid: str
+    instances: int | None = None
+    reason: str = "backfill"
+
+    def dedupe_key(self) -> str:
+        return f"retrieve:{self.study_instance_uid}"
+
+
 StudyPayload = InferPayload | EncodePayload | SendPayload | NotifyPayload
-NodePayload = NoopPayload | QualityPayload | AlertPayload | ReferencePayload
+NodePayload = NoopPayload | QualityPayload | AlertPayload | ReferencePayload | RetrievePayload
 Payload = StudyPayload | NodePayload
 P = TypeVar("P", InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload, QualityPayload, AlertPayload,
-            ReferencePayload)
+            ReferencePayload, RetrievePayload)
 
 
 class BadPayload(ValueError):
@@ -182,7 +199,7 @@ class BadPayload(ValueError):
 
 _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {
     cls: TypeAdapter(cls) for cls in (InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload,
-                                      QualityPayload, AlertPayload, ReferencePayload)}
+                                      QualityPayload, AlertPayload, ReferencePayload, RetrievePayload)}
 
 
 def _adapter(cls: type[Any]) -> TypeAdapter[Any]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from sqlalchemy import Engine
 
 from config.settings import Settings
-from node.jobs.context import Handler, JobContext, PermanentJobError, Superseded
+from node.jobs.context import Deferred, Handler, JobContext, PermanentJobError, Superseded
 from node.jobs.kinds import BadPayload, JobKind
 from storage.queue import ClaimedJob, JobQueue, RetryPolicy
 
@@ -60,6 +60,11 @@ class Worker:
         started = time.monotonic()
         try:
             self._handlers[JobKind(job.kind)](job, JobContext(self._settings, self._engine, cancelled))
+        except Deferred as exc:
+            cancelled.set()
+            self._queue.defer(job, exc.until, str(exc))
+            log.info("job %d (%s) waits: %s", job.id, job.kind, exc)
+            return
         except Superseded as exc:
             cancelled.set()
             ended = self._queue.supersede(job, str(exc))

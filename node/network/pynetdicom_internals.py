@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE, N_CREATE, N_SET
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE
@@ -281,18 +281,21 @@ def guard_network_thread(assoc: Association, host: str) -> None:
 #: DIMSE status "Unrecognized Operation" (PS3.7 C.4.1.1.3, 0x0211).
 UNRECOGNIZED_OPERATION = 0x0211
 VERIFICATION = "1.2.840.10008.1.1"
+PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"  # Modality Performed Procedure Step SOP Class
 
 
 def refuse_other_services(assoc: Association, host: str) -> None:
-    """Answer a DIMSE request the node does not offer (C-FIND, C-GET, C-MOVE, N-*,
-    or a C-STORE or C-ECHO on a presentation context of the other kind) with
+    """Answer a DIMSE request the node does not offer (C-FIND, C-GET, C-MOVE, N-* other
+    than MPPS's N-CREATE and N-SET, or a request on a context of another kind) with
     0x0211 and go on, where pynetdicom would log a traceback and abort."""
     serve = assoc._serve_request
 
     def checked(msg: Any, context_id: int) -> None:
         context = assoc._accepted_cx.get(context_id)
-        verification = context is not None and context.abstract_syntax == VERIFICATION
-        offered = isinstance(msg, C_ECHO) if verification else isinstance(msg, C_STORE)
+        syntax = context.abstract_syntax if context is not None else None
+        offered = (isinstance(msg, C_ECHO) if syntax == VERIFICATION
+                   else isinstance(msg, (N_CREATE, N_SET)) if syntax == PERFORMED_PROCEDURE_STEP
+                   else isinstance(msg, C_STORE))
         if context is None or offered or not msg.is_valid_request:
             serve(msg, context_id)  # pynetdicom's own answers to these are proper already
             return

@@ -18,6 +18,7 @@ from node.runner.cli_common import fail as _fail
 from node.runner.cli_common import plain as _plain
 from node.runner.cli_common import settings_from as _settings
 from node.runner.cli_common import when as _when
+from node.runner.fetch_cli import fetch_commands
 from node.runner.logs import setup_logging
 from node.runner.quality_cli import quality_commands, references_app
 from storage.states import JobState, StudyState
@@ -679,6 +680,7 @@ def config_show(
 # The trust loop's commands (node.runner.quality_cli), after the node's own.
 app.add_typer(references_app, name="references")
 app.registered_commands += quality_commands.registered_commands
+app.registered_commands += fetch_commands.registered_commands
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from node.jobs.context import JobContext
 from node.jobs.kinds import JobKind
 from node.jobs.worker import Worker
 from node.network.listener import AssociationSlots, StorageListener
+from node.pipeline.completion import CompletionPolicy, CompletionSweep
 from node.pipeline.lifecycle import queue_for
 from node.quality.seg_jobs import comparison_queuer
 from node.runner import child
@@ -68,8 +69,10 @@ def run_listener(settings: Settings, name: str, ready: Any, counters: Any, peers
         slots = AssociationSlots(counters, index, settings.max_associations, peers,
                                  settings.max_associations_per_peer)
         slots.reset()  # a restarted listener holds no associations
-        listener = StorageListener(settings, engine, FileStore(settings.data_dir), slots,
-                                   on_reference=comparison_queuer(queue_for(settings, engine)))
+        queue, store = queue_for(settings, engine), FileStore(settings.data_dir)
+        completion = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings), store)
+        listener = StorageListener(settings, engine, store, slots, on_reference=comparison_queuer(queue),
+                                   on_procedure_completed=completion.complete_now)
         listener.start()
     except Exception as exc:
         ready.put((name, f"{type(exc).__name__}: {exc}"))

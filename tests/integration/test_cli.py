@@ -77,6 +77,7 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
         ListenerTls,
         ModelSettings,
         Notification,
+        PacsSettings,
         QualitySettings,
         Route,
         SeriesMatch,
@@ -106,6 +107,8 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
         assert name in text, f"destination tls {name} is not in the example"
     for name in QualitySettings.model_fields:
         assert f"# {name} =" in text, f"quality {name} is not in the example"
+    for name in PacsSettings.model_fields:
+        assert f"# {name} =" in text, f"pacs {name} is not in the example"
     for name in SeriesMatch.model_fields:
         assert f"# {name} =" in text, f"match {name} is not in the example"
     # With every setting uncommented, the example is still a valid configuration.

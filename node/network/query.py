@@ -1,0 +1,152 @@
+"""The node asking an archive for studies: C-FIND at study level (Study Root) and C-MOVE
+of one study to the node (PS3.4 C). Used by backfill (``ainode fetch``) and the
+retrieval jobs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from config.settings import PacsSettings
+from node.network.scu import PeerAddress, _associate, _why_not_established
+
+log = logging.getLogger(__name__)
+
+#: Study-level attributes a C-FIND asks the archive to return.
+RETURN_KEYS = ("StudyInstanceUID", "AccessionNumber", "StudyDate", "StudyTime", "ModalitiesInStudy",
+               "NumberOfStudyRelatedInstances", "StudyDescription", "PatientID")
+
+
+class QueryFailed(RuntimeError):
+    """The archive could not be asked, or answered with a failure (the message says which)."""
+
+
+@dataclass(frozen=True)
+class StudyMatch:
+    """One study the archive holds, as its C-FIND response describes it."""
+
+    study_instance_uid: str
+    accession_number: str
+    study_date: str
+    modalities: tuple[str, ...]
+    instances: int | None
+    description: str
+
+
+@dataclass(frozen=True)
+class MoveOutcome:
+    completed: int
+    failed: int
+    warning: int
+
+
+def _peer(pacs: PacsSettings) -> PeerAddress:
+    return PeerAddress(pacs.ae_title, pacs.host, pacs.port)
+
+
+def _ae(calling_ae: str, pacs: PacsSettings, context: str) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = pacs.timeout_s
+    ae.add_requested_context(context)
+    return ae
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return str(value or "").strip()
+
+
+def _match(ds: Dataset) -> StudyMatch | None:
+    uid = _text(ds, "StudyInstanceUID")
+    if not uid or len(uid) > 64:
+        return None
+    count = ds.get("NumberOfStudyRelatedInstances")
+    try:
+        instances = int(count) if count not in (None, "") else None
+    except (TypeError, ValueError):
+        instances = None
+    modalities = ds.get("ModalitiesInStudy") or []
+    if isinstance(modalities, str):
+        modalities = [modalities]
+    return StudyMatch(uid, _text(ds, "AccessionNumber"), _text(ds, "StudyDate"),
+                      tuple(str(m) for m in modalities if m), instances, _text(ds, "StudyDescription"))
+
+
+def find_studies(pacs: PacsSettings, calling_ae: str, **keys: str) -> list[StudyMatch]:
+    """The studies matching ``keys`` (e.g. AccessionNumber="A1", StudyDate="20250101-20250131",
+    ModalitiesInStudy="CT"), one C-FIND at study level; raises :class:`QueryFailed`."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    for keyword in RETURN_KEYS:
+        setattr(query, keyword, "")
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    assoc = _associate(_ae(calling_ae, pacs, StudyRootQueryRetrieveInformationModelFind), _peer(pacs))
+    if not assoc.is_established:
+        raise QueryFailed(f"C-FIND to {pacs.ae_title}: {_why_not_established(assoc)}")
+    found: list[StudyMatch] = []
+    try:
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            code = int(status.Status) if status and "Status" in status else None
+            if code is None:
+                raise QueryFailed(f"C-FIND to {pacs.ae_title}: no response (timeout or connection lost)")
+            if code in (0xFF00, 0xFF01):
+                match = _match(identifier) if identifier is not None else None
+                if match is not None:
+                    found.append(match)
+            elif code != 0x0000:
+                raise QueryFailed(f"C-FIND to {pacs.ae_title} answered 0x{code:04X}")
+    finally:
+        assoc.release()
+    return found
+
+
+def _move_responses(assoc: Any, query: Dataset, destination: str) -> Iterator[tuple[int | None, Dataset]]:
+    for status, _identifier in assoc.send_c_move(query, destination, StudyRootQueryRetrieveInformationModelMove):
+        code = int(status.Status) if status and "Status" in status else None
+        yield code, status
+
+
+def move_study(pacs: PacsSettings, calling_ae: str, study_instance_uid: str, destination: str) -> MoveOutcome:
+    """Have the archive send one study to ``destination`` (C-MOVE); the counts of its
+    sub-operations once all are done. Raises :class:`QueryFailed` when the move fails
+    or some instances were not sent."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_instance_uid
+    assoc = _associate(_ae(calling_ae, pacs, StudyRootQueryRetrieveInformationModelMove), _peer(pacs))
+    if not assoc.is_established:
+        raise QueryFailed(f"C-MOVE from {pacs.ae_title}: {_why_not_established(assoc)}")
+    final: tuple[int, Dataset] | None = None
+    try:
+        for code, status in _move_responses(assoc, query, destination):
+            if code is None:
+                raise QueryFailed(f"C-MOVE from {pacs.ae_title}: no response (timeout or connection lost)")
+            if code != 0xFF00:  # pending responses report progress; the last one the outcome
+                final = (code, status)
+    finally:
+        assoc.release()
+    if final is None:
+        raise QueryFailed(f"C-MOVE from {pacs.ae_title}: no final response")
+    code, status = final
+
+    def count(keyword: str) -> int:
+        return int(status.get(keyword, 0) or 0)
+    outcome = MoveOutcome(count("NumberOfCompletedSuboperations"), count("NumberOfFailedSuboperations"),
+                          count("NumberOfWarningSuboperations"))
+    if code == 0xA801:
+        raise QueryFailed(f"C-MOVE from {pacs.ae_title}: it does not know the destination {destination!r} "
+                          "(add this node to the archive's modalities)")
+    if code not in (0x0000, 0xB000) or outcome.failed:
+        raise QueryFailed(f"C-MOVE from {pacs.ae_title} answered 0x{code:04X}: {outcome.completed} sent, "
+                          f"{outcome.failed} failed")
+    return outcome
