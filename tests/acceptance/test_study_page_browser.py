@@ -2,7 +2,9 @@
 with emphysema (present), one without (absent), one on a sharp kernel (indeterminate);
 each page shows the series used, the measurements with unit and reliability, the
 finding in its own look, and the key image with the segments' outline colours. The
-same results on the command line (`ainode results`) and in the SR."""
+same results on the command line (`ainode results`) and in the SR. The node has named
+users: the page asks for a token, a viewer's feedback is refused, and a radiologist's
+disagreement with its reason is stored with their name."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import shutil
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,9 +31,19 @@ pytestmark = pytest.mark.integration
 BADGES = {"present": (0xFF, 0xEB, 0xEE), "absent": (0xE8, 0xF5, 0xE9), "indeterminate": (0xFF, 0xF8, 0xE1)}
 
 
-def _get(node: Node, path: str) -> bytes:
-    with urllib.request.urlopen(node.api_url + path, timeout=20) as response:
+def _get(node: Node, path: str, token: str) -> bytes:
+    request = urllib.request.Request(node.api_url + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=20) as response:
         return bytes(response.read())
+
+
+def _alert(browser: Any) -> Any:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        return browser.switch_to.alert
+    except NoAlertPresentException:
+        return None
 
 
 def _share(pixels: np.ndarray, colour: tuple[int, int, int], tolerance: int = 10) -> float:
@@ -51,11 +64,13 @@ def test_the_study_page_shows_each_state_numbers_and_the_overlay(node_factory, t
                              tmp_path / accession, kernel=kernel, description="CT Thorax",
                              attributes={"AccessionNumber": accession})
     node: Node = node_factory("quiet_period_s = 1\ncompletion_sweep_s = 0.5\n", inference=True).start()
+    viewer = node.run("users", "add", "vic.viewer", "--role", "viewer").stdout.strip()
+    doctor = node.run("users", "add", "dr.lee", "--role", "radiologist").stdout.strip()
     for accession in cases:
         send_study(node, tmp_path / accession)
 
     def studies() -> list[dict]:
-        return list(json.loads(_get(node, "/api/studies")))
+        return list(json.loads(_get(node, "/api/studies", viewer)))
     wait_until(lambda: len(s := studies()) == 3 and all(x["state"] == "done" for x in s), 180, "three studies done")
     by_accession = {s["accession_number"]: s for s in studies()}
     # Indeterminate raises nothing: only the study with emphysema present is raised.
@@ -76,12 +91,20 @@ def test_the_study_page_shows_each_state_numbers_and_the_overlay(node_factory, t
     assert "emphysema suspected: indeterminate" in text and "mean density" in text and " HU" in text
     # ... and the SR, fetched from the node.
     [sr] = [o for o in result["objects"] if o["kind"] == "sr"]
-    report_sr = dcmread(io.BytesIO(_get(node, f"/api/studies/{sharp_uid}/objects/{sr['sop_instance_uid']}")))
+    report_sr = dcmread(io.BytesIO(_get(node, f"/api/studies/{sharp_uid}/objects/{sr['sop_instance_uid']}", viewer)))
     assert "373068000" in str(report_sr.ContentSequence)  # Undetermined, never Absent
 
     browser = headless_chromium()
+
+    def log_in(token: str) -> None:  # the page's own form, shown when the API answers 401
+        browser.execute_script("sessionStorage.clear()")
+        browser.get(node.api_url + "/")
+        wait_until(lambda: browser.find_element(By.ID, "login").is_displayed(), 30, "the token form")
+        browser.find_element(By.ID, "token").send_keys(token)
+        browser.find_element(By.ID, "save-token").click()
     try:
         browser.get(node.api_url + "/")
+        log_in(viewer)
         rows = wait_until(lambda: len(r := browser.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")) == 3 and r,
                           30, "three rows in the worklist")
         assert all("lung volume" in r.text for r in rows)  # the headline numbers
@@ -122,12 +145,23 @@ def test_the_study_page_shows_each_state_numbers_and_the_overlay(node_factory, t
                 if other != assessment:
                     assert _share(badge_pixels, colour, 6) < 0.05
             shutil.copy(path, Path(node.data_dir).parent / f"study-page-{accession}.png")
-            if accession == "EMPH1":  # a radiologist agrees with the finding from the page
+            if accession == "EMPH1":  # feedback from the page: a viewer may not give it, a radiologist may
                 browser.find_element(By.CSS_SELECTOR, "button.feedback-agree").click()
-                wait_until(lambda: "local: agree" in browser.find_element(By.TAG_NAME, "main").text, 30,
-                           "the feedback on the page")
+                wait_until(lambda: "a radiologist's token is needed" in browser.find_element(By.ID, "status").text,
+                           30, "the viewer's feedback refused")
+                log_in(doctor)
+                browser.get(f"{node.api_url}/study?uid={uid}")
+                wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "button.feedback-disagree"), 30,
+                           "the study page as dr.lee")
+                browser.find_element(By.CSS_SELECTOR, "button.feedback-disagree").click()
+                prompt = wait_until(lambda: _alert(browser), 10, "the reason prompt")
+                prompt.send_keys("bullae only, no emphysema")
+                prompt.accept()
+                wait_until(lambda: "dr.lee: disagree (bullae only, no emphysema)"
+                           in browser.find_element(By.TAG_NAME, "main").text, 30, "the feedback on the page")
                 [given] = json.loads(node.run("results", uid, "--json").stdout)["results"][0]["feedback"]
-                assert (given["target_kind"], given["target"], given["verdict"], given["user"]) == (
-                    "finding", "emphysema suspected", "agree", "local")
+                assert (given["target_kind"], given["target"], given["verdict"], given["user"], given["reason"]) == (
+                    "finding", "emphysema suspected", "disagree", "dr.lee", "bullae only, no emphysema")
+                log_in(viewer)
     finally:
         browser.quit()
