@@ -351,6 +351,27 @@ class Model(Protocol):
         """Run on one volume (called under ``torch.inference_mode``)."""
 
 
+@dataclass(frozen=True, eq=False)
+class PriorVolume:
+    """An earlier study's series a model may compare with: its volume, the study's date
+    (YYYYMMDD, None when the header has none) and its Study Instance UID."""
+
+    volume: Volume
+    study_date: str | None
+    study_instance_uid: str
+
+
+@runtime_checkable
+class ComparesWithPriors(Protocol):
+    """A model that reports change over time. When its route asks for priors
+    (``[routes.priors]``), the node calls ``predict_with_priors`` with the earlier
+    studies' volumes it retrieved, the most recent first (maybe none: the patient had
+    none, or they did not arrive in time), in place of ``predict``."""
+
+    def predict_with_priors(self, volume: Volume, priors: list[PriorVolume]) -> Prediction:
+        """Run on one volume, comparing with ``priors`` (under ``torch.inference_mode``)."""
+
+
 def outputs_from_dict(data: dict[str, Any]) -> Outputs:
     """Rebuild :class:`Outputs` from ``dataclasses.asdict`` (as stored with predictions)."""
     def code(c: dict[str, str] | None) -> Code | None:

@@ -122,6 +122,23 @@ class SeriesMatch(BaseModel):
     )
 
 
+class PriorsRule(BaseModel):
+    """Which earlier studies of the patient a route's model sees (``[routes.priors]``):
+    retrieved from ``[pacs]`` when the study completes, the series chosen in each by the
+    route's own match and select rules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(default=1, ge=1, le=5, description="at most this many priors, the most recent first")
+    max_age_days: int = Field(default=1825, ge=1, description="only studies at most this many days older")
+    same_modality: bool = Field(default=True, description="only studies with a modality the route matches")
+    timeout_s: float = Field(
+        default=600.0, gt=0,
+        description="how long the study's jobs wait for its priors; then the model runs without the missing "
+                    "ones and the results say so",
+    )
+
+
 class Route(BaseModel):
     """A routing rule (one ``[[routes]]`` table): which series go to which model."""
 
@@ -143,6 +160,9 @@ class Route(BaseModel):
     expect_series: list[SeriesMatch] = Field(
         default_factory=list,
         description="complete the study early once a series matches each of these",
+    )
+    priors: PriorsRule | None = Field(
+        default=None, description="earlier studies of the patient the model compares with (needs [pacs])",
     )
     enabled: bool = True
     shadow: bool = Field(
@@ -612,6 +632,14 @@ class Settings(BaseSettings):
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"route name {name!r} is used twice; give each [[routes]] its own")
+        return self
+
+    @model_validator(mode="after")
+    def _priors_need_a_pacs(self) -> Settings:
+        for route in self.routes:
+            if route.priors is not None and self.pacs is None:
+                raise ValueError(f"route {route.name!r} asks for priors, which come from the PACS: add a [pacs] "
+                                 "table (ae_title, host, port) or take [routes.priors] out")
         return self
 
     @model_validator(mode="after")

@@ -391,3 +391,21 @@ class Throttle(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     next_at: Mapped[float] = mapped_column(Double)
+
+
+class PriorStudy(Base):
+    """An earlier study of the patient chosen as a prior of a study's results version:
+    retrieved from the PACS, then shown to the models its routes name. A study held as
+    someone's prior is not routed itself."""
+
+    __tablename__ = "prior_studies"
+    __table_args__ = (UniqueConstraint("study_id", "results_version", "prior_study_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    results_version: Mapped[int] = mapped_column(Integer)
+    prior_study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    #: How many instances the PACS said it holds (None: it did not say).
+    instances: Mapped[int | None] = mapped_column(Integer)
+    chosen_at: Mapped[float] = mapped_column(Double)

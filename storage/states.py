@@ -28,11 +28,13 @@ LIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
 class StudyState(StrEnum):
     """A study's lifecycle::
 
-        receiving -> complete -> processing -> done | failed | not_applicable
+        receiving -> complete [-> awaiting_priors] -> processing -> done | failed | not_applicable
             ^-------- a late image reopens it (the next results version) --------'
 
     - ``receiving``: images are arriving; the study is not yet complete.
     - ``complete``: it arrived; its jobs are queued and none has started.
+    - ``awaiting_priors``: its model waits for earlier studies from the PACS (no job
+      is running; the wait ends when they are here or the route's timeout passes).
     - ``processing``: a job of its current results version has started.
     - ``done``: every job of that version succeeded and a model gave results.
     - ``failed``: a job of that version is dead (a person must look; a retry resumes it).
@@ -42,6 +44,7 @@ class StudyState(StrEnum):
 
     RECEIVING = "receiving"
     COMPLETE = "complete"
+    AWAITING_PRIORS = "awaiting_priors"
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"

@@ -67,6 +67,20 @@ class Orthanc:
             data = response.read()
         return json.loads(data) if data[:1] in (b"{", b"[") else data
 
+    def upload(self, paths: list[Path]) -> None:
+        """Store files in the archive over its REST API (as if sent earlier)."""
+        for path in paths:
+            request = urllib.request.Request(self.url + "/instances", data=path.read_bytes(), method="POST",
+                                             headers={"Content-Type": "application/dicom"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 200
+
+    def knows(self, name: str, ae_title: str, port: int) -> None:
+        """Make a DICOM node on loopback known to the archive (a C-MOVE destination)."""
+        request = urllib.request.Request(self.url + f"/modalities/{name}", method="PUT", data=json.dumps(
+            {"AET": ae_title, "Host": "127.0.0.1", "Port": port}).encode())
+        urllib.request.urlopen(request, timeout=10).close()
+
     def instances(self) -> list[dict[str, Any]]:
         """Every stored instance with its main tags."""
         return [self.get(f"/instances/{i}") | {"Tags": self.get(f"/instances/{i}/simplified-tags")}

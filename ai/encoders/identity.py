@@ -34,6 +34,10 @@ class ResultIdentity:
     source_series_number: int | None = None
     created_at: float = 0.0
     device_serial_number: str = "AINODE"
+    #: The patient's ID as the source images give it: a segment's Tracking UID is the
+    #: same in every study of the patient (the same lung across time); "" makes it the
+    #: study's own.
+    patient_id: str = ""
 
     def uid(self, what: str) -> str:
         """The UID of one part of the result (``"seg-series"``, ``"sr-instance"``, ...)."""
@@ -44,8 +48,13 @@ class ResultIdentity:
     def tracking_uid(self, label: int) -> str:
         """The Tracking UID of segment ``label``: the same in the SEG's segment, the SR's
         measurement group and the key images, so that they can be joined (PS3.3 C.8.20.2,
-        TID 1411 row 3)."""
-        return self.uid(f"tracking-{label}")
+        TID 1411 row 3), and, with a Patient ID, in every study of the patient the model
+        reports on: a Tracking UID follows one finding or structure over time (PS3.3
+        C.17.3.2.1), so the right lung of this year's study and of last year's are one."""
+        if not self.patient_id:
+            return self.uid(f"tracking-{label}")
+        key = "|".join(("patient", self.patient_id, self.model, f"tracking-{label}"))
+        return f"2.25.{uuid.uuid5(_NAMESPACE, key).int}"
 
     @property
     def created(self) -> datetime:

@@ -32,6 +32,9 @@ class ModelResult:
     findings: tuple[Finding, ...] = ()
     labelmap: LabelMap | None = None
     detections: tuple[Detection, ...] = ()
+    #: The headers of the earlier study's series the model compared with (its changes
+    #: are since then): referenced as the SR's Pertinent Other Evidence.
+    prior_sources: tuple[Dataset, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def encode_prediction(
         if result.labelmap is not None:
             seg = encode_segmentation(identity, result.outputs, result.labelmap, sources, workers=workers)
         sr = encode_measurement_report(identity, result.outputs, result.measurements, result.findings,
-                                       sources, seg, result.detections)
+                                       sources, seg, result.detections, result.prior_sources)
         key_images: list[Dataset] = []
         probabilities = None
         explanations: list[Dataset] = []

@@ -148,6 +148,7 @@ def encode_measurement_report(
     sources: Sequence[Dataset],
     segmentation: Dataset | None,
     detections: Sequence[Detection] = (),
+    prior_sources: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     algorithm = hd.sr.AlgorithmIdentification(name=identity.model, version=identity.model_version)
     values = {m.name: m for m in measurements}
@@ -225,7 +226,9 @@ def encode_measurement_report(
         imaging_measurements=groups,
         referenced_images=list(sources),  # TID 1600 Image Library (TID 1500 row 4)
     )
-    evidence = [*sources, *([segmentation] if segmentation is not None else [])]
+    # The prior a change was measured against is evidence from another study: highdicom
+    # lists it in the Pertinent Other Evidence Sequence.
+    evidence = [*sources, *([segmentation] if segmentation is not None else []), *prior_sources]
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,

@@ -42,6 +42,7 @@ from ai.protocol import (
     ModelCannotRun,
     Outputs,
     Prediction,
+    PriorVolume,
     SegmentSpec,
 )
 from ai.volume import Volume
@@ -58,6 +59,8 @@ LAA950 = Code("LAA950", "99AINODE", "Percent of lung below -950 HU")
 EMPHYSEMA = Code("87433001", "SCT", "Pulmonary emphysema")
 MEAN = Code("373098007", "SCT", "Mean")  # CID 7464 (derivation)
 SUM_OF_VOXELS = Code("126030", "DCM", "Sum of segmented voxel method for volume")  # CID 7474
+VOLUME_CHANGE = Code("VOLCHG", "99AINODE", "Percent change of volume since the prior study")
+LAA950_CHANGE = Code("LAA950CHG", "99AINODE", "Change of percent of lung below -950 HU since the prior study")
 
 OUTPUTS = Outputs(
     segments=(
@@ -73,7 +76,11 @@ OUTPUTS = Outputs(
         for what, concept, unit, derivation, method in (
             ("volume", VOLUME, ML, None, SUM_OF_VOXELS),
             ("mean density", MEAN_DENSITY, HU, MEAN, None),
-            ("LAA-950", LAA950, PERCENT, None, None))
+            ("LAA-950", LAA950, PERCENT, None, None),
+            # Against the most recent usable prior (routes with [routes.priors] only):
+            # volume in percent of the prior's, %LAA-950 in percentage points.
+            ("volume change", VOLUME_CHANGE, PERCENT, None, None),
+            ("LAA-950 change", LAA950_CHANGE, PERCENT, None, None))
     ),
     findings=(FindingSpec("emphysema suspected", EMPHYSEMA),),
     display_window=(-600.0, 1500.0),  # lung window, for key images
@@ -243,6 +250,50 @@ class CtChestModel:
 
         labelmap = self._full_resolution(hu, factor, body, right, left)
         return self._measure(hu, labelmap, volume)
+
+    def predict_with_priors(self, volume: Volume, priors: list[PriorVolume]) -> Prediction:
+        """As :meth:`predict`, plus the change of each lung's volume and %LAA-950 since
+        the most recent usable prior: one reconstructed with the same kernel class (a
+        sharp kernel's %LAA-950 is not comparable with a smooth one's) on which the
+        lungs are found. A change is reliable when both values it compares are."""
+        prediction = self.predict(volume)
+        current = {m.name: m for m in prediction.measurements}
+        wanted = kernel_class(volume.convolution_kernel)
+        skipped = []
+        for prior in priors:
+            when = prior.study_date or "undated"
+            if kernel_class(prior.volume.convolution_kernel) != wanted:
+                skipped.append(f"{when}: kernel {prior.volume.convolution_kernel or 'unknown'} is not "
+                               f"{wanted} like the current series'")
+                continue
+            try:
+                before = {m.name: m for m in self.predict(prior.volume).measurements}
+            except ModelCannotRun as exc:
+                skipped.append(f"{when}: {exc}")
+                continue
+            for side in ("right", "left"):
+                now_v, then_v = current[f"{side} lung volume"], before[f"{side} lung volume"]
+                now_l, then_l = current[f"{side} lung LAA-950"], before[f"{side} lung LAA-950"]
+                laa_reliable = now_l.reliable and then_l.reliable
+                prediction.measurements += [
+                    Measurement(f"{side} lung volume change", 100.0 * (now_v.value - then_v.value) / then_v.value),
+                    Measurement(f"{side} lung LAA-950 change", now_l.value - then_l.value, laa_reliable,
+                                "" if laa_reliable else "not reliable: %LAA-950 of "
+                                + ("this study" if not now_l.reliable else f"the prior of {when}")
+                                + " is not reliable"),
+                ]
+            prediction.provenance["prior"] = {
+                "study_instance_uid": prior.study_instance_uid, "study_date": prior.study_date,
+                "series_instance_uid": prior.volume.series_instance_uid,
+                "convolution_kernel": prior.volume.convolution_kernel,
+                "volumes_ml": {side: before[f"{side} lung volume"].value for side in ("right", "left")},
+            }
+            break
+        else:
+            prediction.provenance["prior"] = None
+        if skipped:
+            prediction.provenance["priors_not_used"] = skipped
+        return prediction
 
     @staticmethod
     def _body(candidate: np.ndarray, pixel_mm: float) -> np.ndarray:

@@ -30,7 +30,8 @@ class JobKind(StrEnum):
     QUALITY = "quality"  # recompute a model's quality report (metrics, subgroups, drift)
     ALERT = "alert"  # tell one webhook that a model's drift signal crossed its threshold
     REFERENCE = "reference_seg"  # compare a reference or corrected SEG received with the model's segments
-    RETRIEVE = "retrieve"  # have the PACS send the node an earlier study (backfill)
+    RETRIEVE = "retrieve"  # have the PACS send the node an earlier study (backfill, priors)
+    PRIORS = "priors"  # find a study's priors on the PACS, wait for them, then queue its infer job
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,15 @@ def series_key(series: tuple[str, ...]) -> str:
 
 
 @dataclass(frozen=True)
+class PriorSeries:
+    """The series of an earlier study a model compares with."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    study_date: str | None = None
+
+
+@dataclass(frozen=True)
 class InferPayload:
     """One model on the series a route chose. Routes that choose the same series for
     the same model share one job (``route`` names them all, ``destinations`` is the
@@ -64,9 +74,25 @@ class InferPayload:
     destinations: tuple[str, ...] = ()
     #: Every route of the job is a shadow route: no triage, no notification.
     shadow: bool = False
+    #: Earlier studies' series to compare with, the most recent first (routes with priors).
+    priors: tuple[PriorSeries, ...] = ()
 
     def dedupe_key(self, work: StudyWork) -> str:
         return f"infer:{work.study_instance_uid}:{self.model}{series_key(self.series)}:v{work.results_version}"
+
+
+@dataclass(frozen=True)
+class PriorsPayload:
+    """The infer job ``infer`` of a route that asks for priors, held back until they
+    are here (or its routes' timeout passed); ``priority``: the infer job's."""
+
+    kind: ClassVar[JobKind] = JobKind.PRIORS
+
+    infer: InferPayload
+    priority: int = 0
+
+    def dedupe_key(self, work: StudyWork) -> str:
+        return "priors:" + self.infer.dedupe_key(work).removeprefix("infer:")
 
 
 @dataclass(frozen=True)
@@ -185,11 +211,11 @@ class RetrievePayload:
         return f"retrieve:{self.study_instance_uid}"
 
 
-StudyPayload = InferPayload | EncodePayload | SendPayload | NotifyPayload
+StudyPayload = InferPayload | EncodePayload | SendPayload | NotifyPayload | PriorsPayload
 NodePayload = NoopPayload | QualityPayload | AlertPayload | ReferencePayload | RetrievePayload
 Payload = StudyPayload | NodePayload
 P = TypeVar("P", InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload, QualityPayload, AlertPayload,
-            ReferencePayload, RetrievePayload)
+            ReferencePayload, RetrievePayload, PriorsPayload)
 
 
 class BadPayload(ValueError):
@@ -199,7 +225,8 @@ class BadPayload(ValueError):
 
 _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {
     cls: TypeAdapter(cls) for cls in (InferPayload, EncodePayload, SendPayload, NotifyPayload, NoopPayload,
-                                      QualityPayload, AlertPayload, ReferencePayload, RetrievePayload)}
+                                      QualityPayload, AlertPayload, ReferencePayload, RetrievePayload,
+                                      PriorsPayload)}
 
 
 def _adapter(cls: type[Any]) -> TypeAdapter[Any]:

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.orm import Session
 
 from config.settings import Route, Settings
-from node.jobs.kinds import StudyWork, study_job
+from node.jobs.kinds import PriorsPayload, StudyWork, study_job
 from node.pipeline.routing import SeriesView, StudyView, expected_series_present, infer_jobs, route_study
 from node.pipeline.triage import arrival_level, job_priority, raise_level, requested_priority
 from storage.db import writing
@@ -26,6 +26,7 @@ from storage.files import FileStore
 from storage.inventory import first_instance_path
 from storage.models import Series, Study
 from storage.mpps import StudySteps, study_steps
+from storage.priors import PRIOR, is_a_prior
 from storage.queue import JobQueue
 from storage.states import StudyState
 from storage.timeline import COMPLETED, SUPERSEDED, record
@@ -170,7 +171,12 @@ class CompletionSweep:
             if reason is None:
                 return None
             version = row.results_version + 1
-            decisions = [d for d in route_study(self._policy.routes, view) if d.matched]
+            # An earlier study fetched as another study's prior is there to be compared
+            # with: its models ran when it was new; it is not routed again.
+            held_as_prior = is_a_prior(conn, row.study_instance_uid)
+            if held_as_prior:
+                reason = PRIOR
+            decisions = [] if held_as_prior else [d for d in route_study(self._policy.routes, view) if d.matched]
             requested = self._requested_priority(conn, study_id)
             arrival = arrival_level(requested, [d.route for d in decisions])
             conn.execute(update(Study).where(Study.id == study_id).values(
@@ -184,12 +190,20 @@ class CompletionSweep:
                 record(conn, study_id, SUPERSEDED, f"by results version {version} (more images arrived); "
                        f"{left} queued job(s) of it ended", row.results_version)
             record(conn, study_id, COMPLETED, f"{reason}; " + (
-                ", ".join(f"{d.route.name} -> {d.route.model}" for d in decisions) or "no route matched")
+                ", ".join(f"{d.route.name} -> {d.route.model}" for d in decisions)
+                or ("held as another study's prior, not routed" if held_as_prior else "no route matched"))
                 + _steps_note(steps, reason), version)
             level = raise_level(conn, study_id, arrival, version)
             work = StudyWork(study_id, view.study_instance_uid, version)
+            with_priors = {d.route.name for d in decisions if d.route.priors is not None}
             for payload, priority in infer_jobs(decisions):
-                self._queue.enqueue(study_job(payload, work, job_priority(priority, level)), conn)
+                queued_priority = job_priority(priority, level)
+                if with_priors & set(payload.route.split(", ")):
+                    # The model waits for the patient's earlier studies (node.pipeline.priors).
+                    self._queue.enqueue(study_job(PriorsPayload(payload, queued_priority), work, queued_priority),
+                                        conn)
+                else:
+                    self._queue.enqueue(study_job(payload, work, queued_priority), conn)
         log.info(
             "study %s complete (%s), results version %d: %s", view.study_instance_uid, reason,
             version, ", ".join(f"{d.route.name} -> {d.route.model} on {len(d.chosen)} series"

@@ -8,6 +8,7 @@ and finds the same rows.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import time
@@ -115,7 +116,13 @@ class EncodeHandler:
                                   prediction.model, prediction.model_version, prediction.results_version,
                                   source_series_number=int(number) if number not in (None, "") else None,
                                   created_at=float(prediction.created_at),
-                                  device_serial_number=self._settings.ae_title)
+                                  device_serial_number=self._settings.ae_title,
+                                  patient_id=str(sources[0].get("PatientID", "") or ""))
+        prior = (prediction.provenance or {}).get("prior")
+        if isinstance(prior, dict) and prior.get("series_instance_uid"):
+            # a prior removed since (retention) is no longer referenced
+            prior_sources, _files = _read_series(self._engine, self._store, str(prior["series_instance_uid"]))
+            result = dataclasses.replace(result, prior_sources=tuple(prior_sources))
         started = time.perf_counter()
         slice_values = slice_reader(files, result.labelmap) if key_images and result.labelmap else None
         objects = encode_prediction(identity, result, sources, slice_values)

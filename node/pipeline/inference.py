@@ -28,11 +28,13 @@ from sqlalchemy import Engine, select
 
 from ai.labelmap import LabelMap
 from ai.protocol import (
+    ComparesWithPriors,
     Finding,
     ModelCannotRun,
     ModelFailed,
     Prediction,
     PredictionMismatch,
+    PriorVolume,
     check_prediction,
     declared_outputs,
     detection_findings,
@@ -244,9 +246,10 @@ class InferenceRunner:
             if volume.modality not in model.accepts.modalities:
                 raise ModelCannotRun(f"it is {volume.modality or 'of no modality'}; the model accepts "
                                      f"{', '.join(model.accepts.modalities)}")
+            priors = self._prior_volumes(payload, model) if isinstance(model, ComparesWithPriors) else None
             loaded_at = time.perf_counter()
             with self._watchdog(job, loaded, label):
-                prediction = self._predict(loaded, volume, label)
+                prediction = self._predict(loaded, volume, label, priors)
         except (NotAVolume, ModelCannotRun) as exc:
             what = "not a regular volume: " if isinstance(exc, NotAVolume) else ""
             reason = f"model {model.name} cannot run on {label}: {what}{exc}"
@@ -294,6 +297,25 @@ class InferenceRunner:
                  work.study_instance_uid, version, model.name, label, volume.shape[0],
                  loaded_at - started, finished - loaded_at, loaded.device, ", ".join(present) or "none")
 
+    def _prior_volumes(self, payload: InferPayload, model: Any) -> list[PriorVolume] | None:
+        """The volumes of the priors the job names that the model can take, the most
+        recent first; None when the job names none (the route asks for no priors, or
+        none arrived: the model runs as on any study)."""
+        if not payload.priors:
+            return None
+        volumes = []
+        for prior in sorted(payload.priors, key=lambda p: p.study_date or "", reverse=True):
+            _number, paths = self._series_files(prior.series_instance_uid)
+            try:
+                volume = load_volume(paths, model.accepts.min_slices) if paths else None
+            except NotAVolume as exc:
+                log.info("a prior series of study %s is not a regular volume (%s); left out",
+                         prior.study_instance_uid, exc)
+                continue
+            if volume is not None:
+                volumes.append(PriorVolume(volume, prior.study_date, prior.study_instance_uid))
+        return volumes
+
     def _profile(self, first_file: Path, volume: Volume, label: str) -> dict[str, Any] | None:
         """The case profile kept for subgroups and drift; a header it cannot read costs
         the profile, never the prediction."""
@@ -330,8 +352,10 @@ class InferenceRunner:
         finally:
             timer.cancel()
 
-    def _predict(self, loaded: WarmModel, volume: Volume, label: str) -> Prediction:
-        """Run the model; :class:`ModelCannotRun` passes through (the model declines)."""
+    def _predict(self, loaded: WarmModel, volume: Volume, label: str,
+                 priors: list[PriorVolume] | None = None) -> Prediction:
+        """Run the model (with ``priors`` when given); :class:`ModelCannotRun` passes
+        through (the model declines)."""
         model = loaded.model
         assert model is not None
         device = loaded.device
@@ -341,6 +365,8 @@ class InferenceRunner:
                     torch.autocast(device.type, enabled=autocast), \
                     gpu_memory_bound(device, loaded.memory_bound_mb or 0), \
                     cpu_threads(loaded.cpu_threads):
+                if priors is not None and isinstance(model, ComparesWithPriors):
+                    return model.predict_with_priors(volume, priors)
                 return model.predict(volume)
         except ModelFailed as exc:
             raise PermanentJobError(f"model {model.name} {model.version} failed on {label}: {exc}") from None

@@ -19,14 +19,15 @@ from storage.queue import JobChange, JobQueue, QueueSettings
 from storage.states import JobState, StudyState
 
 #: The jobs that are a study's own work; notifications and self-tests are not.
-STUDY_STEPS = (JobKind.INFER, JobKind.ENCODE, JobKind.SEND)
+STUDY_STEPS = (JobKind.PRIORS, JobKind.INFER, JobKind.ENCODE, JobKind.SEND)
 
 
 def study_state(current: StudyState, jobs: Iterable[tuple[str, str]]) -> StudyState:
     """The state of a completed study whose current version has ``jobs`` as (kind, state).
 
-    Work running: processing. Work waiting: still complete if nothing has started yet,
-    else processing (a retried job resumes a failed study). All finished: failed if any
+    Work running: processing. A model waiting for priors (its ``priors`` job queued,
+    nothing running): awaiting priors. Work waiting: still complete if nothing has
+    started yet, else processing (a retried job resumes a failed study). All finished: failed if any
     job is dead; done if any model's results were encoded (or sent); not applicable if
     models ran and every one declined (no encode job followed)."""
     jobs = list(jobs)
@@ -34,6 +35,8 @@ def study_state(current: StudyState, jobs: Iterable[tuple[str, str]]) -> StudySt
     kinds = {JobKind(kind) for kind, _ in jobs}
     if JobState.RUNNING in states:
         return StudyState.PROCESSING
+    if (JobKind.PRIORS, JobState.QUEUED) in {(JobKind(k), JobState(s)) for k, s in jobs}:
+        return StudyState.AWAITING_PRIORS
     if JobState.QUEUED in states:
         return StudyState.COMPLETE if current == StudyState.COMPLETE else StudyState.PROCESSING
     if JobState.DEAD in states:

@@ -9,6 +9,7 @@ Read from the database only, for the study's current results version.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, select
@@ -89,6 +90,24 @@ class ResultObjectLine(BaseModel):
     series_instance_uid: str
 
 
+class ComparisonLine(BaseModel):
+    """The earlier study a model's changes are measured against."""
+
+    study_instance_uid: str
+    study_date: str | None = Field(description="YYYY-MM-DD")
+    not_used: list[str] = Field(default_factory=list, description="later priors left out, and why")
+
+
+def comparison_line(provenance: dict[str, Any] | None) -> ComparisonLine | None:
+    prior = (provenance or {}).get("prior")
+    if not isinstance(prior, dict) or not prior.get("study_instance_uid"):
+        return None
+    when = str(prior.get("study_date") or "")
+    return ComparisonLine(study_instance_uid=str(prior["study_instance_uid"]),
+                          study_date=f"{when[:4]}-{when[4:6]}-{when[6:8]}" if len(when) == 8 else None,
+                          not_used=[str(x) for x in (provenance or {}).get("priors_not_used") or []])
+
+
 class ModelResultLine(BaseModel):
     prediction_id: int
     model: str
@@ -109,6 +128,8 @@ class ModelResultLine(BaseModel):
                                             description="its segments against reference or corrected SEGs")
     objects: list[ResultObjectLine]
     has_labelmap: bool
+    compared_with: ComparisonLine | None = Field(
+        default=None, description="the prior its change measurements are against (routes with priors)")
 
 
 class StepLine(BaseModel):
@@ -229,6 +250,7 @@ def study_results(conn: Connection, study_instance_uid: str, routes: Sequence[Ro
             shadow=bool(p.shadow),
             objects=objects.get((p.model, p.series_instance_uid), []),
             has_labelmap=p.labelmap_path is not None,
+            compared_with=comparison_line(p.provenance),
         )
         for p in session.scalars(select(PredictionRecord).where(
             PredictionRecord.study_id == study.id, PredictionRecord.results_version == version)

@@ -108,7 +108,8 @@ class ReferenceHandler:
                        PredictionRecord.labelmap_path.is_not(None))
                 .order_by(PredictionRecord.id)).all()
             state = conn.execute(select(Study.state).where(Study.id == row.study_id)).scalar_one()
-            pending = state in (StudyState.RECEIVING, StudyState.COMPLETE, StudyState.PROCESSING) or conn.execute(
+            pending = state in (StudyState.RECEIVING, StudyState.COMPLETE, StudyState.AWAITING_PRIORS,
+                                StudyState.PROCESSING) or conn.execute(
                 select(Job.id).where(Job.study_id == row.study_id, Job.kind == JobKind.INFER,
                                      Job.state.in_([JobState.QUEUED, JobState.RUNNING]))).first() is not None
         if not predictions:

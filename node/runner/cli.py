@@ -345,6 +345,8 @@ def results(
         used = f"series {r.series.series_number} ({r.series.description})" if r.series else "a series"
         shadow = " [SHADOW: not for clinical reading]" if r.shadow else ""
         say(f"{r.model} {r.model_version} on {used}, route {r.route}, {r.seconds:.1f} s on {r.device}{shadow}:")
+        if r.compared_with:
+            say(f"  changes since the study of {r.compared_with.study_date or 'unknown date'}")
         for m in r.measurements:
             say(f"  {m.text}")
         for f in r.findings:

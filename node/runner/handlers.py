@@ -13,6 +13,7 @@ from node.pipeline.delivery import SendHandler
 from node.pipeline.encoding import EncodeHandler
 from node.pipeline.lifecycle import queue_for
 from node.pipeline.notification import NotificationHandler
+from node.pipeline.priors import PriorsHandler
 from node.pipeline.retrieval import RetrieveHandler
 from node.quality.reference_seg import ReferenceHandler
 from node.quality.report import AlertHandler, QualityHandler
@@ -29,4 +30,5 @@ def general_handlers(settings: Settings, engine: Engine) -> dict[JobKind, Handle
         JobKind.ALERT: AlertHandler(settings, engine),
         JobKind.REFERENCE: ReferenceHandler(settings, engine),
         JobKind.RETRIEVE: RetrieveHandler(settings, engine, queue_for(settings, engine)),
+        JobKind.PRIORS: PriorsHandler(settings, engine),
     }

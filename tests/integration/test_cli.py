@@ -78,6 +78,7 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
         ModelSettings,
         Notification,
         PacsSettings,
+        PriorsRule,
         QualitySettings,
         Route,
         SeriesMatch,
@@ -107,6 +108,8 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
         assert name in text, f"destination tls {name} is not in the example"
     for name in QualitySettings.model_fields:
         assert f"# {name} =" in text, f"quality {name} is not in the example"
+    for name in PriorsRule.model_fields:
+        assert f"# {name} =" in text, f"priors {name} is not in the example"
     for name in PacsSettings.model_fields:
         assert f"# {name} =" in text, f"pacs {name} is not in the example"
     for name in SeriesMatch.model_fields:

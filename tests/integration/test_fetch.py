@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,14 +21,6 @@ from tests.synthetic import write_ct_study
 pytestmark = pytest.mark.integration
 
 INTERVAL_S = 3.0  # retrieve_per_minute = 20
-
-
-def _upload(orthanc: Orthanc, files: list[Path]) -> None:
-    for path in files:
-        request = urllib.request.Request(orthanc.url + "/instances", data=path.read_bytes(), method="POST",
-                                         headers={"Content-Type": "application/dicom"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 200
 
 
 def _study(folder: Path, accession: str, slices: int) -> list[Path]:
@@ -56,16 +47,14 @@ def test_backfill_retrieves_the_asked_studies_at_the_configured_rate_and_only_on
     wanted = {f"ACC{n}": _study(tmp_path / f"acc{n}", f"ACC{n}", slices=4 + n) for n in range(1, 4)}
     other = _study(tmp_path / "other", "OTHER", slices=3)
     for files in [*wanted.values(), other]:
-        _upload(orthanc, files)
+        orthanc.upload(files)
     config = (f'quiet_period_s = 60\ncompletion_sweep_s = 0.5\nworkers = 2\n'
               f'[pacs]\nae_title = "{orthanc.ae_title}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
               f'retrieve_per_minute = {60 / INTERVAL_S:g}\n'
               '[[routes]]\nname = "ct"\nmodel = "ct-chest"\n[routes.match]\nmodality = ["CT"]\n')
     node: Node = node_factory(config).start()
     # The archive sends to the node: it knows the node's AE title and address.
-    request = urllib.request.Request(orthanc.url + "/modalities/ainode", method="PUT", data=json.dumps(
-        {"AET": "AINODE", "Host": "127.0.0.1", "Port": node.port}).encode())
-    urllib.request.urlopen(request, timeout=10).close()
+    orthanc.knows("ainode", "AINODE", node.port)
 
     rows = json.loads(node.run("fetch", "--accession", "ACC1", "ACC2", "ACC3", "NOSUCH", "--json").stdout)
     uids = {str(dcmread(files[0]).StudyInstanceUID): len(files) for files in wanted.values()}

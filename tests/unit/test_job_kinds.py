@@ -32,7 +32,7 @@ def test_a_payload_goes_through_its_job_row_unchanged() -> None:
     job = study_job(payload, WORK, priority=12)
     assert (job.kind, job.priority, job.study_id, job.results_version) == (JobKind.INFER, 12, 7, 2)
     assert job.payload == {"model": "ct-chest", "route": "chest", "series": ["1.2.3.4.5", "1.2.3.4.6"],
-                           "destinations": ["pacs"], "shadow": False}  # plain JSON in the row
+                           "destinations": ["pacs"], "shadow": False, "priors": []}  # plain JSON in the row
     assert read_payload(InferPayload, _claimed(job.kind, job.payload)) == payload
     # A job queued before shadow mode existed reads as a clinical one.
     older = {k: v for k, v in job.payload.items() if k != "shadow"}

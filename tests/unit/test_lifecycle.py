@@ -8,7 +8,7 @@ from node.jobs.kinds import JobKind
 from node.pipeline.lifecycle import study_state
 from storage.states import JobState, StudyState
 
-INFER, ENCODE, SEND = JobKind.INFER, JobKind.ENCODE, JobKind.SEND
+INFER, ENCODE, SEND, PRIORS = JobKind.INFER, JobKind.ENCODE, JobKind.SEND, JobKind.PRIORS
 QUEUED, RUNNING, SUCCEEDED, DEAD = JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.DEAD
 
 
@@ -16,6 +16,11 @@ QUEUED, RUNNING, SUCCEEDED, DEAD = JobState.QUEUED, JobState.RUNNING, JobState.S
     # Queued at completion, nothing started yet: still complete.
     (StudyState.COMPLETE, [(INFER, QUEUED)], StudyState.COMPLETE),
     (StudyState.COMPLETE, [(INFER, RUNNING)], StudyState.PROCESSING),
+    # A model waits in the queue for its priors (no worker held); another may run meanwhile.
+    (StudyState.COMPLETE, [(PRIORS, QUEUED)], StudyState.AWAITING_PRIORS),
+    (StudyState.AWAITING_PRIORS, [(PRIORS, QUEUED), (INFER, RUNNING)], StudyState.PROCESSING),
+    (StudyState.AWAITING_PRIORS, [(PRIORS, SUCCEEDED), (INFER, QUEUED)], StudyState.PROCESSING),
+    (StudyState.PROCESSING, [(PRIORS, SUCCEEDED), (INFER, SUCCEEDED), (ENCODE, SUCCEEDED)], StudyState.DONE),
     # Between steps (the encode job waits for a worker): still processing.
     (StudyState.PROCESSING, [(INFER, SUCCEEDED), (ENCODE, QUEUED)], StudyState.PROCESSING),
     (StudyState.PROCESSING, [(INFER, SUCCEEDED), (ENCODE, SUCCEEDED), (SEND, SUCCEEDED)], StudyState.DONE),
