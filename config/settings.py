@@ -324,14 +324,18 @@ class Notification(BaseModel):
 
 
 class PacsSettings(BaseModel):
-    """The archive the node asks for earlier studies (``[pacs]``): backfill (``ainode
-    fetch``) queries it with C-FIND and has it send the studies to the node with C-MOVE."""
+    """The archive the node asks for earlier studies (``[pacs]``), for priors and backfill
+    (``ainode fetch``): over DICOM (C-FIND, then C-MOVE to the node) at ``host`` and
+    ``port``, or over DICOMweb (QIDO-RS, then WADO-RS) at ``dicomweb_url``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    ae_title: str = Field(min_length=1, max_length=16, description="the archive's AE title")
-    host: str = Field(min_length=1, description="its address")
-    port: int = Field(ge=1, le=65535, description="its DICOM port")
+    ae_title: str = Field(min_length=1, max_length=16, description="the archive's AE title (logs name it so)")
+    host: str | None = Field(default=None, min_length=1, description="its address (DICOM)")
+    port: int | None = Field(default=None, ge=1, le=65535, description="its DICOM port")
+    dicomweb_url: str | None = Field(
+        default=None, description="its DICOMweb root, e.g. http://pacs:8042/dicom-web: when set, studies are "
+                                  "found with QIDO-RS and fetched with WADO-RS instead of C-FIND and C-MOVE")
     move_destination: str | None = Field(
         default=None, max_length=16,
         description="the AE title the archive sends C-MOVE results to: this node as the archive knows it "
@@ -349,6 +353,10 @@ class PacsSettings(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> PacsSettings:
         validate_ae_title(self.ae_title)
+        if self.dicomweb_url is None and (self.host is None or self.port is None):
+            raise ValueError("[pacs] needs host and port (DICOM) or dicomweb_url (DICOMweb)")
+        if self.dicomweb_url is not None and not self.dicomweb_url.startswith(("http://", "https://")):
+            raise ValueError(f"[pacs] dicomweb_url {self.dicomweb_url!r} is not an http(s) URL")
         if self.move_destination:
             validate_ae_title(self.move_destination)
         return self

@@ -50,6 +50,7 @@ class MoveOutcome:
 
 
 def _peer(pacs: PacsSettings) -> PeerAddress:
+    assert pacs.host is not None and pacs.port is not None  # the settings ask for them without dicomweb_url
     return PeerAddress(pacs.ae_title, pacs.host, pacs.port)
 
 
@@ -83,7 +84,12 @@ def _match(ds: Dataset) -> StudyMatch | None:
 
 def find_studies(pacs: PacsSettings, calling_ae: str, **keys: str) -> list[StudyMatch]:
     """The studies matching ``keys`` (e.g. AccessionNumber="A1", StudyDate="20250101-20250131",
-    ModalitiesInStudy="CT"), one C-FIND at study level; raises :class:`QueryFailed`."""
+    ModalitiesInStudy="CT"), one C-FIND at study level (or one QIDO-RS search when the
+    archive is reached over DICOMweb); raises :class:`QueryFailed`."""
+    if pacs.dicomweb_url:
+        from node.network.wado import search_studies
+
+        return [m for m in (_match(ds) for ds in search_studies(pacs, RETURN_KEYS, keys)) if m is not None]
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     for keyword in RETURN_KEYS:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from pydicom import dcmread
 from sqlalchemy import Engine, select
@@ -59,6 +59,15 @@ def _day(dicom_date: str | None) -> date | None:
         return datetime.strptime(dicom_date or "", "%Y%m%d").date()
     except ValueError:
         return None
+
+
+def _seconds_since(moment: datetime) -> float:
+    """Seconds since ``moment`` (SQLite gives it back without its zone; it is UTC)."""
+    return time.time() - (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _dates(priors: list[ChosenPrior]) -> str:
+    return ", ".join(p.study_date or "undated" for p in priors)
 
 
 def relevant_priors(matches: list[StudyMatch], current_uid: str, current_date: date, rule: PriorsRule,
@@ -114,11 +123,11 @@ class PriorsHandler:
         rule = route.priors
         with self._engine.connect() as conn:
             completed_at = conn.execute(select(Study.completed_at).where(Study.id == work.study_id)).scalar()
-        waited = time.time() - completed_at.timestamp() if completed_at else 0.0
+        waited = _seconds_since(completed_at) if completed_at else 0.0
         chosen = chosen_priors(self._engine, work.study_id, work.results_version)
         if chosen is None:
             try:
-                chosen = self._choose(work, route, rule)
+                chosen = self._choose(work, route, rule, payload.priority)
             except QueryFailed as exc:
                 if waited >= rule.timeout_s:
                     self._release(job, payload, work, [], f"ran without priors: {exc}")
@@ -127,18 +136,21 @@ class PriorsHandler:
                                f"asking the PACS for priors failed ({exc}); asked again until "
                                f"{rule.timeout_s:g} s after completion") from None
         ready, missing = self._partition(chosen)
+        lost = [p for p in chosen if p not in ready and p not in missing]
+        lost_note = (f"ran without {len(lost)} prior(s) ({_dates(lost)}): their retrieval failed (ainode jobs "
+                     "--kind retrieve --state dead)") if lost else ""
         if not missing:
-            self._release(job, payload, work, ready, "")
+            self._release(job, payload, work, ready, lost_note)
             return
         if waited >= rule.timeout_s:
-            dates = ", ".join(p.study_date or "undated" for p in missing)
-            self._release(job, payload, work, ready, f"ran without {len(missing)} prior(s) ({dates}): not "
-                                                     f"retrieved within timeout_s ({rule.timeout_s:g} s)")
+            late = (f"ran without {len(missing)} prior(s) ({_dates(missing)}): not retrieved within timeout_s "
+                    f"({rule.timeout_s:g} s)")
+            self._release(job, payload, work, ready, "; ".join(n for n in (late, lost_note) if n))
             return
         raise Deferred(time.time() + min(POLL_S, rule.timeout_s - waited),
                        f"waiting for {len(missing)} prior(s) from {self._settings.pacs.ae_title}")
 
-    def _choose(self, work: StudyWork, route: Route, rule: PriorsRule) -> list[ChosenPrior]:
+    def _choose(self, work: StudyWork, route: Route, rule: PriorsRule, priority: int) -> list[ChosenPrior]:
         """Ask the PACS, record the chosen priors and queue their retrieval."""
         pacs = self._settings.pacs
         assert pacs is not None
@@ -162,14 +174,29 @@ class PriorsHandler:
         choose_priors(self._engine, work.study_id, work.results_version, chosen)
         queued = queue_retrievals(
             self._queue, [StudyMatch(p.study_instance_uid, "", p.study_date or "", (), p.instances, "")
-                          for p in chosen], "prior")
+                          for p in chosen], "prior", priority=max(1, priority))
+        # Asked for before but not here now (removed by retention since, or its retrieval
+        # died): its retrieve job runs again.
+        queued = [job or self._fetch_again(p) for p, job in zip(chosen, queued, strict=True)]
         record_now(self._engine, work.study_id, PRIORS_CHOSEN, (
-            f"{len(chosen)} prior(s) on {pacs.ae_title}: " + ", ".join(p.study_date or "undated" for p in chosen)
+            f"{len(chosen)} prior(s) on {pacs.ae_title}: " + _dates(chosen)
             + f"; {sum(1 for q in queued if q)} retrieval(s) queued") if chosen else
             f"{pacs.ae_title} holds no earlier study of the patient that the route takes", work.results_version)
         log.info("study %s v%d: %d prior(s) chosen on %s, %d retrieval(s) queued", work.study_instance_uid,
                  work.results_version, len(chosen), pacs.ae_title, sum(1 for q in queued if q))
         return chosen
+
+    def _fetch_again(self, prior: ChosenPrior) -> int | None:
+        """Requeue the finished retrieve job of a prior that is not (all) here; its id, or
+        None when the prior is here or its retrieval is still to run."""
+        if held_instances(self._engine, prior.study_instance_uid) >= (prior.instances or 1):
+            return None
+        key = RetrievePayload(prior.study_instance_uid).dedupe_key()
+        with self._engine.connect() as conn:
+            job = conn.execute(select(Job.id, Job.state).where(Job.dedupe_key == key)).one_or_none()
+        if job is None or job.state not in (JobState.SUCCEEDED, JobState.DEAD):
+            return None
+        return job.id if self._queue.retry(job.id) else None
 
     def _retrieval_state(self, study_instance_uid: str) -> str | None:
         key = RetrievePayload(study_instance_uid).dedupe_key()

@@ -1,8 +1,10 @@
 """Retrieving earlier studies from the PACS (backfill): ``retrieve`` jobs, one per study,
 throttled to ``pacs.retrieve_per_minute`` across all workers and kept to
 ``pacs.retrieve_hours``; a study already here is not fetched again. The PACS sends the
-study to the node's listener (C-MOVE), where it is stored like any other; once the move
-has finished the study completes at once and goes through its routes."""
+study to the node's listener (C-MOVE), where it is stored like any other, or, for an
+archive reached over DICOMweb, the worker fetches it (WADO-RS) and keeps each instance
+through the same intake; once all are here the study completes at once and goes
+through its routes (a prior's is not routed)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ from sqlalchemy import Engine, func, select
 from config.settings import PacsSettings, Settings
 from node.jobs.context import Deferred, JobContext, PermanentJobError
 from node.jobs.kinds import JobKind, RetrievePayload, node_job, read_payload
+from node.network.intake import InstanceIntake
 from node.network.query import StudyMatch, move_study
+from node.network.wado import retrieve_study
 from node.pipeline.completion import CompletionPolicy, CompletionSweep
+from node.quality.seg_jobs import comparison_queuer
 from storage.files import FileStore
 from storage.models import Instance, Series, Study
 from storage.queue import ClaimedJob, JobQueue
@@ -53,11 +58,16 @@ def held_instances(engine: Engine, study_instance_uid: str) -> int:
             .where(Study.study_instance_uid == study_instance_uid)).scalar_one())
 
 
-def queue_retrievals(queue: JobQueue, matches: list[StudyMatch], reason: str) -> list[int | None]:
+def queue_retrievals(queue: JobQueue, matches: list[StudyMatch], reason: str, priority: int = 0) -> list[int | None]:
     """One ``retrieve`` job per study (a study already queued or retrieved is not queued
-    again: None in its place)."""
-    return [queue.enqueue(node_job(RetrievePayload(m.study_instance_uid, m.instances, reason)))
-            for m in matches]
+    again: None in its place). ``priority``: a study's priors are claimed before a
+    backfill's retrievals (both take turns of the same rate)."""
+    jobs = []
+    for m in matches:
+        job = node_job(RetrievePayload(m.study_instance_uid, m.instances, reason))
+        job.priority = priority
+        jobs.append(queue.enqueue(job))
+    return jobs
 
 
 class RetrieveHandler:
@@ -66,8 +76,17 @@ class RetrieveHandler:
     def __init__(self, settings: Settings, engine: Engine, queue: JobQueue) -> None:
         self._settings = settings
         self._engine = engine
-        store = FileStore(settings.data_dir)
-        self._completion = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings), store)
+        self._queue = queue
+        self._store = FileStore(settings.data_dir)
+        self._completion = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings), self._store)
+        self._wado_intake: InstanceIntake | None = None
+
+    def _intake(self) -> InstanceIntake:
+        """Where WADO-RS instances are kept (made on first use: only DICOMweb archives need it)."""
+        if self._wado_intake is None:
+            self._wado_intake = InstanceIntake(self._settings, self._engine, self._store, "WADO-RS",
+                                               comparison_queuer(self._queue))
+        return self._wado_intake
 
     def _pacs(self) -> PacsSettings:
         if self._settings.pacs is None:
@@ -90,11 +109,14 @@ class RetrieveHandler:
         if turn is not None:
             raise Deferred(turn, f"pacs.retrieve_per_minute ({pacs.retrieve_per_minute:g}): next turn in "
                                  f"{turn - time.time():.1f} s")
-        destination = pacs.move_destination or self._settings.ae_title
         started = time.monotonic()
-        outcome = move_study(pacs, self._settings.ae_title, uid, destination)
-        # Every sub-operation's C-STORE was acknowledged by a listener, so committed: the
-        # study is here as the archive holds it, and completes now.
+        if pacs.dicomweb_url:
+            outcome = retrieve_study(pacs, uid, self._intake())
+        else:
+            outcome = move_study(pacs, self._settings.ae_title, uid, pacs.move_destination or self._settings.ae_title)
+        # Every instance was kept and committed (a C-MOVE's sub-operations were each
+        # acknowledged by a listener): the study is here as the archive holds it, and
+        # completes now.
         completed = self._completion.complete_now(uid, "retrieved")
         with self._engine.connect() as conn:
             study_id = conn.execute(select(Study.id).where(Study.study_instance_uid == uid)).scalar_one_or_none()

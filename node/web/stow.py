@@ -42,6 +42,7 @@ from node.network.intake import (
     Refusal,
 )
 from node.network.listener import ACCEPTED_TRANSFER_SYNTAXES
+from node.network.part10 import dataset_offset
 from node.pipeline.completion import CompletionPolicy, CompletionSweep
 from node.quality.seg_jobs import comparison_queuer
 from storage.files import FileStore
@@ -89,27 +90,6 @@ def _boundary(content_type: str) -> str:
     return values["boundary"]
 
 
-def _dataset_offset(data: bytes | bytearray) -> int:
-    """Where the dataset starts after the preamble and the file meta group (PS3.10 7.1);
-    ``ValueError`` for a part that is not a DICOM file."""
-    if len(data) < 144 or data[128:132] != b"DICM":
-        raise ValueError("not a DICOM file (no DICM prefix)")
-    view = memoryview(data)
-    offset = 132
-    while offset + 8 <= len(data):
-        group = int.from_bytes(view[offset:offset + 2], "little")
-        if group != 0x0002:
-            return offset
-        vr = bytes(view[offset + 4:offset + 6])
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-            length = int.from_bytes(view[offset + 8:offset + 12], "little")
-            offset += 12 + length
-        else:
-            length = int.from_bytes(view[offset + 6:offset + 8], "little")
-            offset += 8 + length
-    raise ValueError("file meta information without a dataset")
-
-
 class StowReceiver:
     """Keeps the instances of STOW-RS requests (one per API process)."""
 
@@ -133,7 +113,7 @@ class StowReceiver:
             outcome.failure = CANNOT_UNDERSTAND
             return outcome
         try:
-            start = _dataset_offset(part.data)
+            start = dataset_offset(part.data)
             meta = dcmread(io.BytesIO(bytes(part.data[:start]))).file_meta
             transfer_syntax = str(meta.TransferSyntaxUID)
             outcome.sop_class_uid = str(meta.get("MediaStorageSOPClassUID", ""))

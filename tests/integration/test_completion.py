@@ -48,7 +48,7 @@ def test_two_series_complete_once_after_quiet_period_then_reopen(engine: Engine)
     assert sweep.run(T0 + timedelta(seconds=60)) == []  # completed once
     [job] = queue.list(kinds=["infer"])
     assert job.payload == {"model": "ct-chest", "route": "ct-chest", "series": [soft],
-                           "destinations": [], "shadow": False}
+                           "destinations": [], "shadow": False, "priors": []}
     assert (job.state, job.results_version) == ("queued", 1)
 
     # Resending one instance later reopens the study; its next completion is version 2.

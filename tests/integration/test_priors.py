@@ -4,8 +4,9 @@ recent one cut short, so its lungs are smaller). Sending the current study makes
 node find them (C-FIND), retrieve exactly the relevant one (C-MOVE), hold the model's
 job until it is here, and run ct-chest with it: the change of each lung's volume is in
 the prediction, in the SR (with the prior as evidence) and on the study page. Sent
-again, the study gets the change again without the prior being fetched twice. With the
-PACS down, the study runs without priors after the route's timeout and says so."""
+again, the study gets the change again without the prior being fetched twice. An
+archive reached over DICOMweb gives the prior by QIDO-RS and WADO-RS. With the PACS
+down, the study runs without priors after the route's timeout and says so."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ import json
 import shutil
 import sqlite3
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from storage.db import open_database
+from storage.files import FileStore
+from storage.retention import purge_older_than
 from tests.conftest import Node, free_port, send_study, wait_until
 from tests.orthanc import Orthanc
 from tests.phantoms import chest_study
@@ -56,7 +61,8 @@ def _copy_study(source: Path, folder: Path, study_date: str, drop_lowest: int = 
     return study_uid, written
 
 
-def _config(pacs_port: int, timeout_s: float, destination: str = "") -> str:
+def _config(pacs_port: int | None, timeout_s: float, destination: str = "", dicomweb_url: str = "") -> str:
+    reached = f'dicomweb_url = "{dicomweb_url}"' if dicomweb_url else f'host = "127.0.0.1"\nport = {pacs_port}'
     return f"""\
 quiet_period_s = 2
 completion_sweep_s = 0.5
@@ -64,8 +70,7 @@ job_retry_base_delay_s = 1
 job_retry_max_delay_s = 2
 [pacs]
 ae_title = "ORTHANC"
-host = "127.0.0.1"
-port = {pacs_port}
+{reached}
 timeout_s = 10
 retrieve_per_minute = 60
 {destination}
@@ -196,6 +201,7 @@ def test_the_relevant_prior_is_retrieved_once_and_the_change_reaches_the_sr(
                                    "Left lung": changes["left lung volume change"]}, rel=1e-3)
 
     # Sent again (a second results version): the change again, the prior not fetched again.
+    prior_kept_until = datetime.now(UTC)
     send_study(node, tmp_path / "current")
     _done(node, current_uid, 2)
     with _db(node) as db:
@@ -207,6 +213,20 @@ def test_the_relevant_prior_is_retrieved_once_and_the_change_reaches_the_sr(
               if p["study_instance_uid"] == current_uid and p["results_version"] == 2]
     assert [_changes(p) for p in second] == [changes]
     assert older_uid not in _study_rows(node)
+
+    # Retention removes the prior (the node's own purge, with a cutoff that spares the
+    # current study); sent a third time, the study has its prior fetched once more.
+    engine = open_database(f"sqlite:///{node.data_dir / 'ainode.db'}")
+    assert purge_older_than(engine, FileStore(node.data_dir), prior_kept_until).studies == 1
+    engine.dispose()
+    assert recent_uid not in _study_rows(node)
+    send_study(node, tmp_path / "current")
+    _done(node, current_uid, 3)
+    assert _timeline(node, current_uid, "priors_chosen")[2] == "1 prior(s) on ORTHANC: 20251101; 1 retrieval(s) queued"
+    assert node.log().count("retrieved from ORTHANC") == 2
+    third = [p for p in json.loads(node.run("predictions", "--json").stdout)
+             if p["study_instance_uid"] == current_uid and p["results_version"] == 3]
+    assert [_changes(p) for p in third] == [changes]
 
 
 def test_with_the_pacs_down_the_study_runs_without_priors_after_the_timeout(node_factory, tmp_path: Path) -> None:
@@ -223,3 +243,28 @@ def test_with_the_pacs_down_the_study_runs_without_priors_after_the_timeout(node
     with _db(node) as db:
         [(state, attempts)] = db.execute("SELECT state, attempts FROM jobs WHERE kind = 'priors'").fetchall()
     assert (state, attempts) == ("succeeded", 1)  # waiting did not use up its attempts
+
+
+def test_over_dicomweb_the_prior_is_found_with_qido_and_fetched_with_wado(
+        node_factory, orthanc: Orthanc, tmp_path: Path) -> None:
+    """The archive reached only over DICOMweb (it does not even know the node as a
+    DICOM peer, so no C-MOVE could bring anything)."""
+    source, _volumes = chest_study(tmp_path)
+    current_uid, _current = _copy_study(source, tmp_path / "current", "20261101")
+    recent_uid, recent = _copy_study(source, tmp_path / "recent", "20251101", drop_lowest=16)
+    orthanc.upload(recent)
+    node: Node = node_factory(_config(None, 180, dicomweb_url=orthanc.url + "/dicom-web"), inference=True).start()
+    send_study(node, tmp_path / "current")
+    _done(node, current_uid, 1)
+    assert _study_rows(node)[recent_uid] == ("not_applicable", "prior")
+    assert _timeline(node, current_uid, "priors_ready") == ["ct-chest gets 1 prior(s): 20251101"]
+    [prediction] = [p for p in json.loads(node.run("predictions", "--json").stdout)
+                    if p["study_instance_uid"] == current_uid]
+    assert prediction["provenance"]["prior"]["study_instance_uid"] == recent_uid
+    assert _changes(prediction)["right lung volume change"] > 1
+    # Every instance of the prior is here, each a complete Part 10 file naming the archive.
+    held = [dcmread(p) for p in (node.data_dir / "studies").rglob("*.dcm")
+            if dcmread(p, stop_before_pixels=True).StudyInstanceUID == recent_uid]
+    assert len(held) == len(recent)
+    assert {ds.file_meta.SourceApplicationEntityTitle for ds in held} == {"ORTHANC"}
+    assert "retrieved from ORTHANC" in node.log()
