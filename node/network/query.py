@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -17,6 +16,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from config.settings import PacsSettings
+from node.network.archive import MoveOutcome, QueryFailed, StudyMatch
 from node.network.scu import PeerAddress, _associate, _why_not_established
 
 log = logging.getLogger(__name__)
@@ -24,29 +24,6 @@ log = logging.getLogger(__name__)
 #: Study-level attributes a C-FIND asks the archive to return.
 RETURN_KEYS = ("StudyInstanceUID", "AccessionNumber", "StudyDate", "StudyTime", "ModalitiesInStudy",
                "NumberOfStudyRelatedInstances", "StudyDescription", "PatientID")
-
-
-class QueryFailed(RuntimeError):
-    """The archive could not be asked, or answered with a failure (the message says which)."""
-
-
-@dataclass(frozen=True)
-class StudyMatch:
-    """One study the archive holds, as its C-FIND response describes it."""
-
-    study_instance_uid: str
-    accession_number: str
-    study_date: str
-    modalities: tuple[str, ...]
-    instances: int | None
-    description: str
-
-
-@dataclass(frozen=True)
-class MoveOutcome:
-    completed: int
-    failed: int
-    warning: int
 
 
 def _peer(pacs: PacsSettings) -> PeerAddress:

@@ -12,9 +12,9 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from config.settings import PacsSettings
+from node.network.archive import MoveOutcome, QueryFailed
 from node.network.intake import InstanceIntake, Refusal
 from node.network.part10 import dataset_offset
-from node.network.query import MoveOutcome, QueryFailed
 
 
 def _client(pacs: PacsSettings) -> DICOMwebClient:

@@ -32,7 +32,8 @@ from node.jobs.kinds import (
     read_payload,
     study_job,
 )
-from node.network.query import QueryFailed, StudyMatch, find_studies
+from node.network.archive import QueryFailed, StudyMatch
+from node.network.query import find_studies
 from node.pipeline.completion import load_study_view
 from node.pipeline.lifecycle import queue_for
 from node.pipeline.retrieval import held_instances, queue_retrievals

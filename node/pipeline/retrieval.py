@@ -17,8 +17,9 @@ from sqlalchemy import Engine, func, select
 from config.settings import PacsSettings, Settings
 from node.jobs.context import Deferred, JobContext, PermanentJobError
 from node.jobs.kinds import JobKind, RetrievePayload, node_job, read_payload
+from node.network.archive import StudyMatch
 from node.network.intake import InstanceIntake
-from node.network.query import StudyMatch, move_study
+from node.network.query import move_study
 from node.network.wado import retrieve_study
 from node.pipeline.completion import CompletionPolicy, CompletionSweep
 from node.quality.seg_jobs import comparison_queuer

@@ -39,7 +39,8 @@ def fetch(
     them now (C-FIND), then queues one retrieve job per study, which the node's workers
     run at pacs.retrieve_per_minute within pacs.retrieve_hours. A study already here,
     queued or retrieved is not fetched again."""
-    from node.network.query import QueryFailed, find_studies
+    from node.network.archive import QueryFailed
+    from node.network.query import find_studies
     from node.pipeline.lifecycle import queue_for
     from node.pipeline.retrieval import queue_retrievals
 

@@ -13,7 +13,7 @@ import torch
 from ai.models.ct_chest import CtChestModel
 from ai.protocol import PriorVolume
 from config.settings import PriorsRule
-from node.network.query import StudyMatch
+from node.network.archive import StudyMatch
 from node.pipeline.priors import relevant_priors
 from tests.phantoms import chest_phantom, phantom_volume
 
