@@ -75,10 +75,13 @@ def _get(url: str) -> float:
     return time.perf_counter() - started
 
 
-def _reader(api: str, stop_event: threading.Event, latencies: list[float]) -> None:
+READS = {"worklist": "/api/studies?limit=50", "report": f"/api/models/{MODEL}/quality", "model page": "/model"}
+
+
+def _reader(api: str, stop_event: threading.Event, latencies: dict[str, list[float]]) -> None:
     while not stop_event.is_set():
-        for path in ("/api/studies?limit=50", f"/api/models/{MODEL}/quality", "/model"):
-            latencies.append(_get(api + path))
+        for name, path in READS.items():
+            latencies[name].append(_get(api + path))
 
 
 def main() -> None:
@@ -113,9 +116,11 @@ def main() -> None:
                         raise RuntimeError("the node did not start") from None
                     time.sleep(0.2)
             idle = [_get(api + "/api/studies?limit=50") for _ in range(20)]
-            recompute, during, server_s = [], [], []
+            recompute, server_s = [], []
+            during: dict[str, list[float]] = {name: [] for name in READS}
             for _ in range(args.repetitions):
-                stop_event, latencies = threading.Event(), []
+                stop_event = threading.Event()
+                latencies: dict[str, list[float]] = {name: [] for name in READS}
                 reader = threading.Thread(target=_reader, args=(api, stop_event, latencies))
                 request = urllib.request.Request(f"{api}/api/models/{MODEL}/quality", method="POST",
                                                  headers={"X-AINode-Request": "1"})
@@ -128,7 +133,8 @@ def main() -> None:
                 server_s.append(float(report["seconds"]))
                 stop_event.set()
                 reader.join()
-                during += latencies
+                for name, values in latencies.items():
+                    during[name] += values
             memory = peak_rss_mib(proc.pid)
         finally:
             stop(proc)
@@ -144,9 +150,11 @@ def main() -> None:
         f"- Recompute through the API (POST /api/models/{{name}}/quality), median of {args.repetitions}: "
         f"**{statistics.median(recompute):.2f} s** (each: {', '.join(f'{s:.2f}' for s in recompute)}; "
         f"inside the server {statistics.median(server_s):.2f} s). Goal: under 5 s.",
-        f"- The reader meanwhile (worklist, stored report, model page; {len(during)} requests): median "
-        f"{statistics.median(during) * 1000:.0f} ms, worst {max(during) * 1000:.0f} ms; with the node idle "
-        f"the worklist takes {statistics.median(idle) * 1000:.0f} ms.",
+        f"- The reader meanwhile ({sum(len(v) for v in during.values())} requests), median / worst: "
+        + "; ".join(f"{name} {statistics.median(v) * 1000:.0f} / {max(v) * 1000:.0f} ms"
+                    for name, v in during.items())
+        + f" (the first report request waits for the first report); with the node idle the worklist "
+        f"takes {statistics.median(idle) * 1000:.0f} ms.",
         f"- Peak RSS of all node processes: {memory:.0f} MiB.",
         f"- Drift found: input.kernel {drift.get('input.kernel')}, input.manufacturer "
         f"{drift.get('input.manufacturer')} (the kernel mix was shifted on purpose, the scanners were not).",

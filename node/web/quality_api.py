@@ -6,6 +6,7 @@ on the server, recomputing it on demand, and importing report-derived reference 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -14,17 +15,23 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from config.settings import Settings
+from node.jobs.kinds import QualityPayload, node_job
 from node.quality.reference import import_labels
-from node.quality.report import compute, models_with_predictions, open_alerts, raise_alerts, stored, stored_all
+from node.quality.report import models_with_predictions, open_alerts, refresh, stored, stored_all
+from storage.models import Job
 from storage.queue import JobQueue
+from storage.states import JobState
 from storage.users import User
 
 #: A model's name as the registry knows it; anything else is not looked up.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _MAX_IMPORT_BYTES = 20_000_000
+#: An operator's recompute goes before other work, and is waited for this long.
+RECOMPUTE_PRIORITY = 10
+RECOMPUTE_WAIT_S = 600.0
 
 
 class QualitySummary(BaseModel):
@@ -57,8 +64,32 @@ def add_quality_routes(app: FastAPI, router: APIRouter, settings: Settings, engi
         if report is None:
             if name not in models_with_predictions(engine):
                 raise HTTPException(404, f"no predictions of a model {name!r} on this node")
-            report = compute(engine, settings, name)
+            report = computed(name)
         return report
+
+    def computed(name: str) -> dict[str, Any]:
+        """The model's report computed now by a worker process (a ``quality`` job, claimed
+        before other work) while this one waits: the pages keep answering meanwhile (a
+        report computed in this process held its interpreter for seconds). 504 when no
+        worker finished it in time (it is stored when it is done)."""
+        if settings.workers == 0:  # no worker beside this process: compute here
+            return refresh(engine, settings, queue, name)
+        job = node_job(QualityPayload(name, -time.time_ns()), max_attempts=1)
+        job.priority = RECOMPUTE_PRIORITY
+        job_id = queue.enqueue(job)
+        deadline = time.monotonic() + RECOMPUTE_WAIT_S
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                state, error = conn.execute(select(Job.state, Job.last_error).where(Job.id == job_id)).one()
+            if state == JobState.SUCCEEDED:
+                report = stored(engine, name)
+                if report is not None:
+                    return report
+            if state == JobState.DEAD:
+                raise HTTPException(500, f"the quality report could not be computed: {error or 'no reason recorded'}")
+            time.sleep(0.1)
+        raise HTTPException(504, f"the quality report was not computed within {RECOMPUTE_WAIT_S:g} s (job {job_id}; "
+                                 "workers busy?): it is stored when it is done")
 
     @app.get("/model", response_class=HTMLResponse, include_in_schema=False)
     def model_page() -> str:
@@ -92,12 +123,11 @@ def add_quality_routes(app: FastAPI, router: APIRouter, settings: Settings, engi
     @router.post("/api/models/{name}/quality", tags=["quality"], dependencies=[Depends(operator)],
                  responses={404: {"description": "no such model"}, 403: {"description": "not an operator"}})
     def recompute(name: str) -> dict[str, Any]:
-        """Recompute the model's report now (operators), raising or clearing drift alerts."""
+        """Recompute the model's report now (operators), raising or clearing drift alerts;
+        computed by a worker process, so that the pages keep answering meanwhile."""
         if _model(name) not in models_with_predictions(engine):
             raise HTTPException(404, f"no predictions of a model {name!r} on this node")
-        report = compute(engine, settings, name)
-        raise_alerts(engine, settings, queue, report)
-        return report
+        return computed(name)
 
     @router.get("/api/models/{name}/quality/figures/{figure}.svg", tags=["quality"], response_class=Response,
                 responses={200: {"content": {"image/svg+xml": {}}}, 404: {"description": "no such figure"}})

@@ -87,6 +87,9 @@ def test_validate_on_the_chest_ct_writes_the_figures_the_api_gives(node_factory,
                                      headers={"X-AINode-Request": "1"})
     with urllib.request.urlopen(request, timeout=60) as response:
         api = json.loads(response.read())
+    # Computed by a worker process (the API only waited): a quality job, claimed first.
+    [made] = json.loads(node.run("jobs", "--kind", "quality", "--json").stdout)
+    assert made["state"] == "succeeded" and made["priority"] == 10
     [api_group] = api["groups"]
     _same(group, api_group, "groups[0]")
     assert report["predictions"] == api["predictions"] == 1
