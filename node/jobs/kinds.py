@@ -257,7 +257,7 @@ def study_job(payload: StudyPayload, work: StudyWork, priority: int) -> NewJob:
                   priority=priority, study_id=work.study_id, results_version=work.results_version)
 
 
-def node_job(payload: NodePayload, max_attempts: int | None = None) -> NewJob:
+def node_job(payload: NodePayload, max_attempts: int | None = None, priority: int = 0) -> NewJob:
     """A job about the node as a whole, not one study (self-tests, quality, alerts)."""
     return NewJob(kind=payload.kind, dedupe_key=payload.dedupe_key(), payload=payload_json(payload),
-                  max_attempts=max_attempts)
+                  priority=priority, max_attempts=max_attempts)

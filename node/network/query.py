@@ -18,6 +18,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from config.settings import PacsSettings
 from node.network.archive import MoveOutcome, QueryFailed, StudyMatch
 from node.network.scu import PeerAddress, _associate, _why_not_established
+from node.network.wado import search_studies
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ def find_studies(pacs: PacsSettings, calling_ae: str, **keys: str) -> list[Study
     ModalitiesInStudy="CT"), one C-FIND at study level (or one QIDO-RS search when the
     archive is reached over DICOMweb); raises :class:`QueryFailed`."""
     if pacs.dicomweb_url:
-        from node.network.wado import search_studies
-
         return [m for m in (_match(ds) for ds in search_studies(pacs, RETURN_KEYS, keys)) if m is not None]
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 from pydicom import dcmread
 from sqlalchemy import Engine, select
@@ -45,7 +45,7 @@ from storage.models import Job, Series, Study
 from storage.priors import PRIORS_CHOSEN, PRIORS_READY, ChosenPrior, choose_priors, chosen_priors
 from storage.queue import ClaimedJob
 from storage.states import JobState
-from storage.timeline import record, record_now
+from storage.timeline import epoch, record, record_now
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,6 @@ def _day(dicom_date: str | None) -> date | None:
         return datetime.strptime(dicom_date or "", "%Y%m%d").date()
     except ValueError:
         return None
-
-
-def _seconds_since(moment: datetime) -> float:
-    """Seconds since ``moment`` (SQLite gives it back without its zone; it is UTC)."""
-    return time.time() - (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _dates(priors: list[ChosenPrior]) -> str:
@@ -119,19 +114,19 @@ class PriorsHandler:
         work = current_study(self._engine, job)
         route = self._route(payload)
         if route is None or route.priors is None or self._settings.pacs is None:
-            self._release(job, payload, work, [], "no route of it asks for priors any more (configuration changed)")
+            self._release(payload, work, [], "no route of it asks for priors any more (configuration changed)")
             return
         rule = route.priors
         with self._engine.connect() as conn:
             completed_at = conn.execute(select(Study.completed_at).where(Study.id == work.study_id)).scalar()
-        waited = _seconds_since(completed_at) if completed_at else 0.0
+        waited = time.time() - epoch(completed_at) if completed_at else 0.0
         chosen = chosen_priors(self._engine, work.study_id, work.results_version)
         if chosen is None:
             try:
                 chosen = self._choose(work, route, rule, payload.priority)
             except QueryFailed as exc:
                 if waited >= rule.timeout_s:
-                    self._release(job, payload, work, [], f"ran without priors: {exc}")
+                    self._release(payload, work, [], f"ran without priors: {exc}")
                     return
                 raise Deferred(time.time() + min(QUERY_RETRY_S, rule.timeout_s - waited),
                                f"asking the PACS for priors failed ({exc}); asked again until "
@@ -141,12 +136,12 @@ class PriorsHandler:
         lost_note = (f"ran without {len(lost)} prior(s) ({_dates(lost)}): their retrieval failed (ainode jobs "
                      "--kind retrieve --state dead)") if lost else ""
         if not missing:
-            self._release(job, payload, work, ready, lost_note)
+            self._release(payload, work, ready, lost_note)
             return
         if waited >= rule.timeout_s:
             late = (f"ran without {len(missing)} prior(s) ({_dates(missing)}): not retrieved within timeout_s "
                     f"({rule.timeout_s:g} s)")
-            self._release(job, payload, work, ready, "; ".join(n for n in (late, lost_note) if n))
+            self._release(payload, work, ready, "; ".join(n for n in (late, lost_note) if n))
             return
         raise Deferred(time.time() + min(POLL_S, rule.timeout_s - waited),
                        f"waiting for {len(missing)} prior(s) from {self._settings.pacs.ae_title}")
@@ -192,17 +187,17 @@ class PriorsHandler:
         None when the prior is here or its retrieval is still to run."""
         if held_instances(self._engine, prior.study_instance_uid) >= (prior.instances or 1):
             return None
-        key = RetrievePayload(prior.study_instance_uid).dedupe_key()
-        with self._engine.connect() as conn:
-            job = conn.execute(select(Job.id, Job.state).where(Job.dedupe_key == key)).one_or_none()
-        if job is None or job.state not in (JobState.SUCCEEDED, JobState.DEAD):
+        job_id, state = self._retrieval(prior.study_instance_uid) or (None, None)
+        if job_id is None or state not in (JobState.SUCCEEDED, JobState.DEAD):
             return None
-        return job.id if self._queue.retry(job.id) else None
+        return job_id if self._queue.retry(job_id) else None
 
-    def _retrieval_state(self, study_instance_uid: str) -> str | None:
+    def _retrieval(self, study_instance_uid: str) -> tuple[int, str] | None:
+        """The study's ``retrieve`` job (one per study: its dedupe key), as (id, state)."""
         key = RetrievePayload(study_instance_uid).dedupe_key()
         with self._engine.connect() as conn:
-            return conn.execute(select(Job.state).where(Job.dedupe_key == key)).scalar()
+            row = conn.execute(select(Job.id, Job.state).where(Job.dedupe_key == key)).one_or_none()
+        return (row.id, row.state) if row is not None else None
 
     def _partition(self, chosen: list[ChosenPrior]) -> tuple[list[ChosenPrior], list[ChosenPrior]]:
         """(here, still missing): a prior is here when the node holds as many of its
@@ -211,7 +206,7 @@ class PriorsHandler:
         ready, missing = [], []
         for prior in chosen:
             held = held_instances(self._engine, prior.study_instance_uid)
-            state = self._retrieval_state(prior.study_instance_uid)
+            _job_id, state = self._retrieval(prior.study_instance_uid) or (None, None)
             if held and (held >= prior.instances if prior.instances else state == JobState.SUCCEEDED):
                 ready.append(prior)
             elif state != JobState.DEAD:
@@ -229,8 +224,7 @@ class PriorsHandler:
         return [PriorSeries(prior.study_instance_uid, s.series_instance_uid, prior.study_date)
                 for s in decision.chosen]
 
-    def _release(self, job: ClaimedJob, payload: PriorsPayload, work: StudyWork, ready: list[ChosenPrior],
-                 note: str) -> None:
+    def _release(self, payload: PriorsPayload, work: StudyWork, ready: list[ChosenPrior], note: str) -> None:
         """Queue the infer job with the priors that are here; the timeline says what it got."""
         route = self._route(payload)
         series: list[PriorSeries] = []

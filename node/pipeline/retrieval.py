@@ -63,12 +63,8 @@ def queue_retrievals(queue: JobQueue, matches: list[StudyMatch], reason: str, pr
     """One ``retrieve`` job per study (a study already queued or retrieved is not queued
     again: None in its place). ``priority``: a study's priors are claimed before a
     backfill's retrievals (both take turns of the same rate)."""
-    jobs = []
-    for m in matches:
-        job = node_job(RetrievePayload(m.study_instance_uid, m.instances, reason))
-        job.priority = priority
-        jobs.append(queue.enqueue(job))
-    return jobs
+    return [queue.enqueue(node_job(RetrievePayload(m.study_instance_uid, m.instances, reason), priority=priority))
+            for m in matches]
 
 
 class RetrieveHandler:

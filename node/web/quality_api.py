@@ -74,9 +74,8 @@ def add_quality_routes(app: FastAPI, router: APIRouter, settings: Settings, engi
         worker finished it in time (it is stored when it is done)."""
         if settings.workers == 0:  # no worker beside this process: compute here
             return refresh(engine, settings, queue, name)
-        job = node_job(QualityPayload(name, -time.time_ns()), max_attempts=1)
-        job.priority = RECOMPUTE_PRIORITY
-        job_id = queue.enqueue(job)
+        job_id = queue.enqueue(node_job(QualityPayload(name, -time.time_ns()), max_attempts=1,
+                                        priority=RECOMPUTE_PRIORITY))
         deadline = time.monotonic() + RECOMPUTE_WAIT_S
         while time.monotonic() < deadline:
             with engine.connect() as conn:
