@@ -421,6 +421,19 @@ class PredictionMismatch(ValueError):
     """A prediction does not fit what its model declared; the message says how."""
 
 
+def undeclared_labels(labelmap: np.ndarray, declared: set[int]) -> list[int]:
+    """The values of an integer label map that are neither 0 nor ``declared``. A
+    one-byte map is looked up in a 256-entry table (np.unique sorts all 78 million
+    voxels of a 300-slice CT: 0.25 s against 0.1)."""
+    if labelmap.dtype in (np.uint8, np.bool_):
+        unexpected = np.ones(256, dtype=bool)
+        unexpected[[0, *(v for v in declared if 0 <= v < 256)]] = False
+        values = labelmap.view(np.uint8)
+        found = unexpected[values]
+        return np.unique(values[found]).tolist() if found.any() else []
+    return sorted(set(np.unique(labelmap).tolist()) - declared - {0})
+
+
 def check_prediction(outputs: Outputs, prediction: Prediction, shape: tuple[int, ...]) -> None:
     """Check a prediction against the outputs its model declared, before it is recorded.
 
@@ -437,7 +450,7 @@ def check_prediction(outputs: Outputs, prediction: Prediction, shape: tuple[int,
             problems.append(f"a label map of {labelmap.dtype} values (integers expected)")
         else:
             declared = {s.label for s in outputs.segments}
-            undeclared = sorted(set(np.unique(labelmap).tolist()) - declared - {0})
+            undeclared = undeclared_labels(labelmap, declared)
             if undeclared:
                 problems.append(f"label(s) {', '.join(map(str, undeclared[:5]))} that it does not declare")
     measurements = {m.name for m in outputs.measurements}

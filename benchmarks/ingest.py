@@ -68,6 +68,22 @@ def peak_rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def peak_rss_by_process(pid: int) -> dict[str, float]:
+    """Peak resident memory (VmHWM, MiB) of a process and each descendant, keyed by
+    process name (the node names its processes after their roles; ``pid`` itself is
+    "main")."""
+    found: dict[str, float] = {}
+    for each in [pid, *child_pids(pid, recursive=True)]:
+        try:
+            name = "main" if each == pid else Path(f"/proc/{each}/comm").read_text().strip()
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    found[name if name not in found else f"{name} ({each})"] = int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return found
+
+
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
     """SIGTERM, then SIGKILL if it has not exited in ``timeout_s``."""
     proc.terminate()

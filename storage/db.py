@@ -48,6 +48,12 @@ def writing(engine: Engine) -> Any:
     return engine.execution_options(ainode_write=True).begin()
 
 
+def json_value(text: str | bytes | None) -> Any:
+    """A JSON column read as text (``cast(column, Text)``) as its Python value; None
+    for SQL NULL."""
+    return None if text is None else _json_loads(text)
+
+
 def _json_loads(text: str | bytes) -> Any:
     """JSON columns as Python values: orjson (several times faster than the standard
     library: a quality report reads 100,000 predictions' findings and profiles), the

@@ -10,6 +10,8 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from ai.encoders.identity import MANUFACTURER, ResultIdentity, equipment
 from ai.encoders.seg import coded
@@ -140,6 +142,61 @@ def reported_detections(outputs: Outputs, detections: Sequence[Detection]) -> li
     return sorted(kept, key=lambda pair: -pair[0].score)
 
 
+#: CID 29 Acquisition Modality by its code value ("CT": Computed Tomography).
+_ACQUISITION_MODALITIES = {code.value: code for code in (getattr(codes.cid29, keyword) for keyword in dir(codes.cid29))
+                           if isinstance(code, Code)}
+#: TID 1602 rows: the descriptors an Image Library Group gives for all its images.
+_MODALITY = hd.sr.CodedConcept("121139", "DCM", "Modality")
+_FRAME_OF_REFERENCE = hd.sr.CodedConcept("112227", "DCM", "Frame of Reference UID")
+_SOURCE = hd.sr.CodedConcept("260753009", "SCT", "Source")
+
+
+def image_library(sources: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+    """TID 1600 Image Library: one group per modality and frame of reference, whose
+    shared descriptors (TID 1602: modality, frame of reference) hold for all its
+    images, and one TID 1601 entry per source image.
+
+    Entries carry no descriptors of their own (TID 1601 row 2 is optional): highdicom's
+    own library repeats eight of them for every image, which for a 300-slice series
+    made the SR 1.2 MB and nine tenths of its encoding time, for positions a reader
+    finds in the referenced images and the SEG."""
+    library = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("111028", "DCM", "Image Library"),
+                                         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    library.ContentSequence = hd.sr.ContentSequence()
+    groups: dict[tuple[str, str], list[Dataset]] = {}
+    for ds in sources:
+        groups.setdefault((str(ds.get("Modality", "")), str(ds.get("FrameOfReferenceUID", ""))), []).append(ds)
+    for (modality, frame_of_reference), members in groups.items():
+        group = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("126200", "DCM", "Image Library Group"),
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        group.ContentSequence = hd.sr.ContentSequence()
+        acquisition = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
+        if modality:  # a modality CID 29 does not know is left unsaid
+            coded_modality = _ACQUISITION_MODALITIES.get(modality)
+            if coded_modality is not None:
+                group.ContentSequence.append(hd.sr.CodeContentItem(
+                    name=_MODALITY, value=coded_modality, relationship_type=acquisition))
+        if frame_of_reference:
+            group.ContentSequence.append(hd.sr.UIDRefContentItem(
+                name=_FRAME_OF_REFERENCE, value=frame_of_reference, relationship_type=acquisition))
+        for ds in members:
+            group.ContentSequence.append(hd.sr.ImageContentItem(
+                name=_SOURCE, referenced_sop_class_uid=ds.SOPClassUID,
+                referenced_sop_instance_uid=ds.SOPInstanceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        library.ContentSequence.append(group)
+    return library
+
+
+def _add_image_library(report: hd.sr.MeasurementReport, sources: Sequence[Dataset]) -> None:
+    """Put the image library at its place in TID 1500 (row 4: after the procedure
+    reported, before the imaging measurements)."""
+    content = report[0].ContentSequence
+    measurements = next(i for i, item in enumerate(content)
+                        if item.ConceptNameCodeSequence[0].CodeValue == "126010")  # Imaging Measurements
+    content.insert(measurements, image_library(sources))
+
+
 def encode_measurement_report(
     identity: ResultIdentity,
     outputs: Outputs,
@@ -224,8 +281,8 @@ def encode_measurement_report(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=procedure,
         imaging_measurements=groups,
-        referenced_images=list(sources),  # TID 1600 Image Library (TID 1500 row 4)
     )
+    _add_image_library(report, sources)
     # The prior a change was measured against is evidence from another study: highdicom
     # lists it in the Pertinent Other Evidence Sequence.
     evidence = [*sources, *([segmentation] if segmentation is not None else []), *prior_sources]

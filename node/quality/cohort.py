@@ -1,23 +1,27 @@
 """The cases a model's quality is computed over: its current predictions (the latest
 results version of each study), each with what it called, the reference standard for
 it where one exists (and from which source), its case profile and its comparisons with
-reference segmentations. Loaded in a few queries, so 100,000 predictions take seconds.
+reference segmentations. Loaded in a few queries, so 100,000 predictions take seconds:
+the JSON columns are read as text and parsed once with orjson (SQLAlchemy's JSON
+type adds a processor call per value), references are joined on the model rather than
+listed by prediction id, and a finding is a named tuple (a frozen dataclass costs
+three times as much to make, 100,000 times over).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Text, cast, select
 
 from node.quality.reference import labels_by_case
+from storage.db import json_value
 from storage.models import Feedback, PredictionRecord, SegmentComparison, Study
 
 
-@dataclass(frozen=True, slots=True)
-class FindingCase:
+class FindingCase(NamedTuple):
     """One finding of one prediction."""
 
     name: str
@@ -74,8 +78,8 @@ def load_cases(conn: Connection, model: str, since: float | None = None,
     """The model's current predictions (created at or after ``since``, or those of
     ``prediction_ids``), oldest first, with their references."""
     query = (select(PredictionRecord.id, PredictionRecord.model_version, PredictionRecord.route,
-                    PredictionRecord.shadow, PredictionRecord.created_at, PredictionRecord.findings,
-                    PredictionRecord.measurements, PredictionRecord.case_profile,
+                    PredictionRecord.shadow, PredictionRecord.created_at, cast(PredictionRecord.findings, Text),
+                    cast(PredictionRecord.measurements, Text), cast(PredictionRecord.case_profile, Text),
                     Study.study_instance_uid, Study.accession_number)
              .join(Study, Study.id == PredictionRecord.study_id)
              .where(PredictionRecord.model == model, PredictionRecord.results_version == Study.results_version)
@@ -87,40 +91,43 @@ def load_cases(conn: Connection, model: str, since: float | None = None,
     rows = conn.execute(query).all()
     if not rows:
         return []
-    ids = [r[0] for r in rows]
+    # The references of the model's predictions, joined on the model (the cases are
+    # most of them; listing 100,000 ids as parameters costs more than the rows).
     feedback: dict[int, dict[tuple[str, str], tuple[str, str, str, float]]] = {}
+    for f in conn.execute(select(Feedback.prediction_id, Feedback.target_kind, Feedback.target, Feedback.verdict,
+                                 Feedback.user, Feedback.reason, Feedback.at)
+                          .join(PredictionRecord, PredictionRecord.id == Feedback.prediction_id)
+                          .where(PredictionRecord.model == model).order_by(Feedback.id)):
+        feedback.setdefault(f.prediction_id, {})[(f.target_kind, f.target)] = (f.verdict, f.user, f.reason, f.at)
     segments: dict[int, list[SegmentCase]] = {}
-    for chunk in range(0, len(ids), 5000):
-        part = ids[chunk:chunk + 5000]
-        for f in conn.execute(select(Feedback.prediction_id, Feedback.target_kind, Feedback.target, Feedback.verdict,
-                                     Feedback.user, Feedback.reason, Feedback.at)
-                              .where(Feedback.prediction_id.in_(part)).order_by(Feedback.id)):
-            feedback.setdefault(f.prediction_id, {})[(f.target_kind, f.target)] = (f.verdict, f.user, f.reason, f.at)
-        c = SegmentComparison
-        for row in conn.execute(select(c.prediction_id, c.segment, c.dice, c.hd95_mm, c.predicted_ml, c.reference_ml)
-                                .where(c.prediction_id.in_(part)).order_by(c.id)):
-            segments.setdefault(row.prediction_id, []).append(
-                SegmentCase(row.segment, row.dice, row.hd95_mm, row.predicted_ml, row.reference_ml))
+    c = SegmentComparison
+    for row in conn.execute(select(c.prediction_id, c.segment, c.dice, c.hd95_mm, c.predicted_ml, c.reference_ml)
+                            .join(PredictionRecord, PredictionRecord.id == c.prediction_id)
+                            .where(PredictionRecord.model == model).order_by(c.id)):
+        segments.setdefault(row.prediction_id, []).append(
+            SegmentCase(row.segment, row.dice, row.hd95_mm, row.predicted_ml, row.reference_ml))
     labels = labels_by_case(conn)
     cases = []
-    for (prediction_id, model_version, route, shadow, created_at, predicted, measured, case_profile, study_uid,
-         accession) in rows:
+    for (prediction_id, model_version, route, shadow, created_at, predicted_text, measured_text, profile_text,
+         study_uid, accession) in rows:
         case_labels = {**labels.get(f"accession:{accession}", {}), **labels.get(
             f"study:{study_uid}", {})} if labels else {}
-        said = feedback.get(prediction_id, {})
+        said = feedback.get(prediction_id)
         findings = []
-        for f in predicted:
+        for f in json_value(predicted_text) or ():
             name = f["name"]
             assessment = f.get("assessment") or ("present" if f.get("present") else "absent")
             called = None if assessment == "indeterminate" else assessment == "present"
             truth, source = None, None
             if name in case_labels:
                 truth, source = case_labels[name]
-            elif ("finding", name) in said:
+            elif said and ("finding", name) in said:
                 truth = _truth_from_feedback(said[("finding", name)][0], called)
                 source = "feedback" if truth is not None else None
             findings.append(FindingCase(name, called, f.get("score"), truth, source))
-        measurements = {m["name"]: float(m["value"]) for m in measured if m.get("reliable", True)}
+        measurements = {m["name"]: float(m["value"]) for m in json_value(measured_text) or ()
+                        if m.get("reliable", True)}
         cases.append(Case(prediction_id, study_uid, model_version, route or "", bool(shadow), created_at,
-                          case_profile or {}, findings, segments.get(prediction_id, []), measurements, said))
+                          json_value(profile_text) or {}, findings, segments.get(prediction_id, []),
+                          measurements, said or {}))
     return cases

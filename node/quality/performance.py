@@ -144,11 +144,6 @@ def group_figures(cases: Sequence[Case]) -> dict[str, Any]:
     }
 
 
-def subgroup_value(case: Case, attribute: str) -> str:
-    value = case.profile.get(attribute)
-    return UNKNOWN if value in (None, "") else str(value)
-
-
 @dataclass
 class _FindingColumns:
     """One finding over all cases, as arrays (a case without it: ``given`` False)."""
@@ -187,7 +182,7 @@ def subgroup_table(cases: Sequence[Case]) -> list[dict[str, Any]]:
             segment_cases[seg.name][1].append(seg.dice)
     table = []
     for attribute, label in SUBGROUPS.items():
-        values = [subgroup_value(case, attribute) for case in cases]
+        values = [UNKNOWN if (v := case.profile.get(attribute)) in (None, "") else str(v) for case in cases]
         names: list[str] = sorted(set(values))
         index = {name: i for i, name in enumerate(names)}
         inverse = np.fromiter((index[v] for v in values), dtype=np.intp, count=len(values))

@@ -189,8 +189,17 @@ def test_seg_sr_agree_on_tracking_and_encoding_again_gives_the_same_bytes() -> N
                if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Method"]
     assert methods == ["Sum of segmented voxel method for volume"]  # the right lung volume given
     assert derivations == [] or set(derivations) == {"Mean"}
-    assert any(i.ValueType == "CONTAINER" and i.ConceptNameCodeSequence[0].CodeMeaning == "Image Library"
-               for i in items)
+    # TID 1600: every source image is an entry of one group (CT, the source's frame of
+    # reference); entries carry no per-image descriptors (what made a 300-slice SR 1.2 MB).
+    [library] = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Image Library"]
+    [group] = library.ContentSequence
+    entries = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
+    assert [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries] == \
+        [s.SOPInstanceUID for s in sources]
+    assert all("ContentSequence" not in e for e in entries)
+    shared = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in group.ContentSequence if i.ValueType != "IMAGE"}
+    assert shared["Modality"].ConceptCodeSequence[0].CodeValue == "CT"
+    assert shared["Frame of Reference UID"].UID == sources[0].FrameOfReferenceUID
     procedure = [i for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported"]
     assert procedure[0].ConceptCodeSequence[0].CodeValue == "169069000"
 

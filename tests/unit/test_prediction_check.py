@@ -23,12 +23,14 @@ def test_a_prediction_within_its_declaration_passes() -> None:
     found = [Finding(f.name, 0.25, False) for f in OUTPUTS.findings]
     check_prediction(OUTPUTS, Prediction(_labelmap(1, 2, 3), measured, found), SHAPE)
     check_prediction(OUTPUTS, Prediction(None), SHAPE)  # no label map at all is fine
+    check_prediction(OUTPUTS, Prediction(_labelmap(1, 0, 1).astype(bool)), SHAPE)  # a mask is label 1
 
 
 @pytest.mark.parametrize(("prediction", "message"), [
     (Prediction(np.zeros((3, 8, 8), np.uint8)), r"a label map of shape \(3, 8, 8\) for a volume of \(4, 8, 8\)"),
     (Prediction(np.zeros(SHAPE, np.float32)), "a label map of float32 values"),
     (Prediction(_labelmap(1, 9, 12)), "label\\(s\\) 9, 12 that it does not declare"),
+    (Prediction(_labelmap(1, 9, 12).astype(np.int16) * 30), "label\\(s\\) 30, 270, 360 that it does not"),
     (Prediction(None, [Measurement("spleen volume", 1.0)]), "measurement 'spleen volume' that it does not declare"),
     (Prediction(None, [Measurement(OUTPUTS.measurements[0].name, float("nan"))]), "= nan"),
     (Prediction(None, findings=[Finding("pneumothorax", 0.9, True)]), "finding 'pneumothorax' that it does not"),
