@@ -55,3 +55,29 @@ def test_serve_receives_into_postgres(node_factory, fresh_postgres_url: str, sto
     assert (counts["studies"], counts["series"], counts["instances"]) == (1, 2, 20)
     assert "postgresql+psycopg://" in node.log()
     assert not (node.data_dir / "ainode.db").exists()
+
+
+def test_a_quality_cohort_reads_the_same_on_postgres_as_on_sqlite(fresh_postgres_url: str, tmp_path: Path) -> None:
+    """The cohort reader takes JSON columns as text (cast) and joins references on the
+    model: both depend on the database's dialect."""
+    from node.quality.cohort import load_cases
+    from tests.quality_rows import PlannedCase, profile, record_cases
+
+    planned = [PlannedCase(1_700_000_000.0 + i, profile(manufacturer=("GE", "Siemens")[i % 2], sex="MF"[i % 2]),
+                           called=(True, False, None)[i % 3], score=0.1 * (i % 10), truth=(i % 4 == 0) or None,
+                           comparison=(0.8, 11.0, 10.0) if i % 5 == 0 else None,
+                           feedback=("disagree", "dr.reader", "missed") if i % 7 == 0 else None)
+               for i in range(40)]
+    read = {}
+    for name, url in (("sqlite", f"sqlite:///{tmp_path / 'ainode.db'}"), ("postgres", fresh_postgres_url)):
+        engine = open_database(url)
+        record_cases(engine, "cohort-model", planned)
+        with engine.connect() as conn:
+            read[name] = load_cases(conn, "cohort-model")
+        engine.dispose()
+    sqlite, postgres = read["sqlite"], read["postgres"]
+    assert len(postgres) == 40
+    assert [(c.profile, c.findings, c.segments, c.measurements, c.feedback) for c in postgres] == \
+        [(c.profile, c.findings, c.segments, c.measurements, c.feedback) for c in sqlite]
+    assert sum(1 for c in postgres if c.segments) == 8 and sum(1 for c in postgres if c.feedback) == 6
+    assert {c.profile["manufacturer"] for c in postgres} == {"GE", "Siemens"}
