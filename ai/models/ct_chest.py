@@ -24,6 +24,8 @@ slices volumes still hold; the mean density is marked not reliable too.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -255,11 +257,16 @@ class CtChestModel:
         """As :meth:`predict`, plus the change of each lung's volume and %LAA-950 since
         the most recent usable prior: one reconstructed with the same kernel class (a
         sharp kernel's %LAA-950 is not comparable with a smooth one's) on which the
-        lungs are found. A change is reliable when both values it compares are."""
+        lungs are found. A change is reliable when both values it compares are.
+
+        Every usable prior is measured, so that provenance's ``trend`` gives the
+        patient's values over time (most recent first) besides the one change."""
         prediction = self.predict(volume)
         current = {m.name: m for m in prediction.measurements}
         wanted = kernel_class(volume.convolution_kernel)
-        skipped = []
+        skipped: list[str] = []
+        trend: list[dict[str, Any]] = []
+        prediction.provenance["prior"] = None
         for prior in priors:
             when = prior.study_date or "undated"
             if kernel_class(prior.volume.convolution_kernel) != wanted:
@@ -271,29 +278,36 @@ class CtChestModel:
             except ModelCannotRun as exc:
                 skipped.append(f"{when}: {exc}")
                 continue
-            for side in ("right", "left"):
-                now_v, then_v = current[f"{side} lung volume"], before[f"{side} lung volume"]
-                now_l, then_l = current[f"{side} lung LAA-950"], before[f"{side} lung LAA-950"]
-                laa_reliable = now_l.reliable and then_l.reliable
-                prediction.measurements += [
-                    Measurement(f"{side} lung volume change", 100.0 * (now_v.value - then_v.value) / then_v.value),
-                    Measurement(f"{side} lung LAA-950 change", now_l.value - then_l.value, laa_reliable,
-                                "" if laa_reliable else "not reliable: %LAA-950 of "
-                                + ("this study" if not now_l.reliable else f"the prior of {when}")
-                                + " is not reliable"),
-                ]
-            prediction.provenance["prior"] = {
-                "study_instance_uid": prior.study_instance_uid, "study_date": prior.study_date,
-                "series_instance_uid": prior.volume.series_instance_uid,
-                "convolution_kernel": prior.volume.convolution_kernel,
-                "volumes_ml": {side: before[f"{side} lung volume"].value for side in ("right", "left")},
-            }
-            break
-        else:
-            prediction.provenance["prior"] = None
+            trend.append({"study_instance_uid": prior.study_instance_uid, "study_date": prior.study_date,
+                          "values": {name: m.value for name, m in before.items()},
+                          "reliable": {name: m.reliable for name, m in before.items()}})
+            if prediction.provenance["prior"] is None:
+                self._add_changes(prediction, current, before, when)
+                prediction.provenance["prior"] = {
+                    "study_instance_uid": prior.study_instance_uid, "study_date": prior.study_date,
+                    "series_instance_uid": prior.volume.series_instance_uid,
+                    "convolution_kernel": prior.volume.convolution_kernel,
+                    "volumes_ml": {side: before[f"{side} lung volume"].value for side in ("right", "left")},
+                }
+        prediction.provenance["trend"] = trend
         if skipped:
             prediction.provenance["priors_not_used"] = skipped
         return prediction
+
+    @staticmethod
+    def _add_changes(prediction: Prediction, current: dict[str, Measurement], before: dict[str, Measurement],
+                     when: str) -> None:
+        for side in ("right", "left"):
+            now_v, then_v = current[f"{side} lung volume"], before[f"{side} lung volume"]
+            now_l, then_l = current[f"{side} lung LAA-950"], before[f"{side} lung LAA-950"]
+            laa_reliable = now_l.reliable and then_l.reliable
+            prediction.measurements += [
+                Measurement(f"{side} lung volume change", 100.0 * (now_v.value - then_v.value) / then_v.value),
+                Measurement(f"{side} lung LAA-950 change", now_l.value - then_l.value, laa_reliable,
+                            "" if laa_reliable else "not reliable: %LAA-950 of "
+                            + ("this study" if not now_l.reliable else f"the prior of {when}")
+                            + " is not reliable"),
+            ]
 
     @staticmethod
     def _body(candidate: np.ndarray, pixel_mm: float) -> np.ndarray:

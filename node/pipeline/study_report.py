@@ -90,22 +90,41 @@ class ResultObjectLine(BaseModel):
     series_instance_uid: str
 
 
+class TrendPointLine(BaseModel):
+    """A model's values on one earlier study of the patient."""
+
+    study_instance_uid: str
+    study_date: str | None = Field(description="YYYY-MM-DD")
+    values: dict[str, float]
+    reliable: dict[str, bool] = Field(default_factory=dict)
+
+
 class ComparisonLine(BaseModel):
     """The earlier study a model's changes are measured against."""
 
     study_instance_uid: str
     study_date: str | None = Field(description="YYYY-MM-DD")
     not_used: list[str] = Field(default_factory=list, description="later priors left out, and why")
+    trend: list[TrendPointLine] = Field(
+        default_factory=list, description="the model's values on each usable prior, oldest first")
+
+
+def _day(when: Any) -> str | None:
+    text = str(when or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 else None
 
 
 def comparison_line(provenance: dict[str, Any] | None) -> ComparisonLine | None:
     prior = (provenance or {}).get("prior")
     if not isinstance(prior, dict) or not prior.get("study_instance_uid"):
         return None
-    when = str(prior.get("study_date") or "")
-    return ComparisonLine(study_instance_uid=str(prior["study_instance_uid"]),
-                          study_date=f"{when[:4]}-{when[4:6]}-{when[6:8]}" if len(when) == 8 else None,
-                          not_used=[str(x) for x in (provenance or {}).get("priors_not_used") or []])
+    trend = [TrendPointLine(study_instance_uid=str(point.get("study_instance_uid", "")),
+                            study_date=_day(point.get("study_date")),
+                            values={str(k): float(v) for k, v in (point.get("values") or {}).items()},
+                            reliable={str(k): bool(v) for k, v in (point.get("reliable") or {}).items()})
+             for point in reversed((provenance or {}).get("trend") or []) if isinstance(point, dict)]
+    return ComparisonLine(study_instance_uid=str(prior["study_instance_uid"]), study_date=_day(prior.get("study_date")),
+                          not_used=[str(x) for x in (provenance or {}).get("priors_not_used") or []], trend=trend)
 
 
 class ModelResultLine(BaseModel):

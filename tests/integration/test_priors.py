@@ -121,7 +121,9 @@ def _changes(prediction: dict) -> dict[str, float]:
     return {m["name"]: m["value"] for m in prediction["measurements"] if m["name"].endswith("volume change")}
 
 
-def _study_page_shows_the_comparison(node: Node, uid: str) -> None:
+def _study_page_shows_the_comparison(node: Node, uid: str, before: dict[str, float], now: dict[str, float]) -> None:
+    """The comparison note, the change rows, and the trend table: each lung's volume on
+    the prior and on this study (as the API gives them), with a line through them."""
     from selenium.webdriver.common.by import By
 
     from tests.browser import headless_chromium
@@ -133,6 +135,15 @@ def _study_page_shows_the_comparison(node: Node, uid: str) -> None:
         assert note[0].text == "Changes are since the study of 2025-11-01"
         page = browser.find_element(By.TAG_NAME, "main").text
         assert "right lung volume change" in page and "left lung LAA-950 change" in page
+        trend = browser.find_element(By.CSS_SELECTOR, "table.trend")
+        assert [th.text for th in trend.find_elements(By.TAG_NAME, "th")][:3] == \
+            ["Measurement", "2025-11-01", "this study"]
+        rows = {r.find_elements(By.TAG_NAME, "td")[0].text: r for r in trend.find_elements(By.CSS_SELECTOR, "tbody tr")}
+        for side in ("right", "left"):
+            cells = rows[f"{side} lung volume"].find_elements(By.TAG_NAME, "td")
+            assert abs(float(cells[1].text) - before[side]) <= 0.5 and abs(float(cells[2].text) - now[side]) <= 0.5
+            assert cells[3].find_elements(By.CSS_SELECTOR, "svg.sparkline polyline")
+        assert "right lung LAA-950" in rows
     finally:
         browser.quit()
 
@@ -175,7 +186,8 @@ def test_the_relevant_prior_is_retrieved_once_and_the_change_reaches_the_sr(
     assert [r["model"] for r in results["results"]] == ["ct-chest"]
     assert results["results"][0]["compared_with"]["study_date"] == "2025-11-01"
     assert "changes since the study of 2025-11-01" in node.run("results", current_uid).stdout
-    _study_page_shows_the_comparison(node, current_uid)
+    _study_page_shows_the_comparison(node, current_uid, prior["volumes_ml"],
+                                     {side: volumes[f"{side} lung volume"] for side in ("right", "left")})
 
     # The SR in the archive carries each lung's change in that lung's group.
     def sr() -> object:

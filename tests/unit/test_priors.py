@@ -70,6 +70,8 @@ def test_change_since_the_most_recent_prior_with_the_same_kernel_class(model: Ct
         assert values[f"{side} lung LAA-950 change"].reliable
     # The more recent prior has a sharp kernel: not comparable, skipped with the reason.
     assert prediction.provenance["prior"]["study_date"] == "20251101"
+    [point] = prediction.provenance["trend"]
+    assert point["study_date"] == "20251101" and point["values"]["right lung volume"] == then["right lung volume"]
     [why] = prediction.provenance["priors_not_used"]
     assert why.startswith("20260601: kernel B70f")
     # No usable prior: the current values only, and no change.
@@ -77,6 +79,26 @@ def test_change_since_the_most_recent_prior_with_the_same_kernel_class(model: Ct
         alone_prediction = model.predict_with_priors(current, [sharp])
     assert not [m for m in alone_prediction.measurements if m.name.endswith("change")]
     assert alone_prediction.provenance["prior"] is None
+
+
+def test_the_trend_holds_every_usable_prior_and_the_change_the_most_recent(model: CtChestModel) -> None:
+    phantom = chest_phantom(slices=60, size=192, slice_mm=2.5, pixel_mm=1.6, seed=4)
+    current = phantom_volume(phantom)
+    last_year = _short(PriorVolume(phantom_volume(phantom), "20251101", "p1"), 52)
+    two_years = _short(PriorVolume(phantom_volume(phantom), "20241101", "p2"), 44)
+    with torch.inference_mode():
+        values = {p.study_date: {m.name: m.value for m in model.predict(p.volume).measurements}
+                  for p in (last_year, two_years)}
+        prediction = model.predict_with_priors(current, [last_year, two_years])
+    trend = prediction.provenance["trend"]
+    assert [p["study_date"] for p in trend] == ["20251101", "20241101"]  # most recent first
+    for point in trend:
+        assert point["values"] == values[point["study_date"]]
+    assert values["20241101"]["right lung volume"] < values["20251101"]["right lung volume"]
+    change = {m.name: m.value for m in prediction.measurements}["right lung volume change"]
+    now = {m.name: m.value for m in prediction.measurements}["right lung volume"]
+    last = values["20251101"]["right lung volume"]
+    assert change == pytest.approx(100 * (now - last) / last)  # against the most recent one
 
 
 def test_a_lung_keeps_its_tracking_uid_across_the_patients_studies() -> None:
