@@ -157,6 +157,15 @@ class JobQueue:
 
     # --- workers ---------------------------------------------------------------------
 
+    def has_due(self, kinds: Sequence[str]) -> bool:
+        """Whether a job of one of ``kinds`` is queued and due: a plain read, taking no
+        write lock, so that idle workers can ask often (and claim only then)."""
+        now = self._clock()
+        due = select(_jobs.c.id).where(_jobs.c.state == QUEUED, _jobs.c.run_after <= now,
+                                       _jobs.c.kind.in_(kinds)).limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(due).first() is not None
+
     def claim(self, worker: str, kinds: Sequence[str]) -> ClaimedJob | None:
         """Take the next due job of one of ``kinds`` under a lease, or None."""
         now = self._clock()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import Engine
 
@@ -30,7 +30,7 @@ class Worker:
     """Runs jobs one at a time until ``stop`` is set (finishing the current job)."""
 
     def __init__(self, name: str, settings: Settings, engine: Engine, queue: JobQueue,
-                 handlers: Mapping[JobKind, Handler], poll_s: float = 0.5) -> None:
+                 handlers: Mapping[JobKind, Handler], poll_s: float = 0.5, probe_s: float = 0.05) -> None:
         self.name = name
         self._settings = settings
         self._engine = engine
@@ -38,6 +38,7 @@ class Worker:
         self._policy = retry_policy(settings)
         self._handlers = dict(handlers)
         self._poll_s = poll_s
+        self._probe_s = probe_s
 
     def run(self, stop: threading.Event) -> None:
         kinds = sorted(self._handlers)
@@ -49,9 +50,25 @@ class Worker:
                 stop.wait(self._poll_s * 4)
                 continue
             if job is None:
-                stop.wait(self._poll_s)
+                self._wait_for_work(stop, kinds)
                 continue
             self.run_one(job)
+
+    def _wait_for_work(self, stop: threading.Event, kinds: Sequence[str]) -> None:
+        """Idle: until a due job of this worker's kinds is queued, or ``poll_s`` passes
+        (a job's run_after may fall due meanwhile). It asks with a read every
+        ``probe_s`` (no write lock), so a job queued by the step before is taken within
+        tens of milliseconds rather than half the poll interval on average: a study
+        passes three such hand-offs (infer, encode, send) on its way to the archive."""
+        deadline = time.monotonic() + self._poll_s
+        while not stop.wait(self._probe_s):
+            if time.monotonic() >= deadline:
+                return
+            try:
+                if self._queue.has_due(kinds):
+                    return
+            except Exception:  # noqa: BLE001 - the claim that follows says what is wrong
+                return
 
     def run_one(self, job: ClaimedJob) -> None:
         cancelled = threading.Event()

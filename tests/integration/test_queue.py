@@ -52,6 +52,25 @@ def test_lifecycle_and_idempotent_enqueue(engine: Engine) -> None:
     assert queue.counts() == {"noop": {QUEUED: 0, RUNNING: 0, SUCCEEDED: 1, DEAD: 0, SUPERSEDED: 0}}
 
 
+def test_an_idle_worker_is_told_of_due_work_of_its_kinds_only(engine: Engine) -> None:
+    clock = Clock()
+    queue = JobQueue(engine, clock=clock)
+    assert not queue.has_due(["noop"])
+    later = queue.enqueue(NewJob("noop", "later"))
+    assert queue.has_due(["noop"])
+    claimed = queue.claim("w", ["noop"])
+    assert claimed is not None
+    queue.defer(claimed, clock.now + 60, "waits a minute")
+    queue.enqueue(NewJob("other", "other-kind"))
+    assert not queue.has_due(["noop"])  # one not due yet, one of a kind this worker does not run
+    assert queue.has_due(["other"])
+    clock.now += 61
+    assert queue.has_due(["noop"])
+    job = queue.claim("w", ["noop"])
+    assert job is not None and job.id == later
+    assert not queue.has_due(["noop"])  # running, no longer queued
+
+
 def test_priority_with_aging(engine: Engine) -> None:
     clock = Clock()
     queue = JobQueue(engine, QueueSettings(aging_s_per_priority=100), clock=clock)
