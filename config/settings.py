@@ -325,8 +325,8 @@ class Notification(BaseModel):
 
 class PacsSettings(BaseModel):
     """The archive the node asks for earlier studies (``[pacs]``), for priors and backfill
-    (``ainode fetch``): over DICOM (C-FIND, then C-MOVE to the node) at ``host`` and
-    ``port``, or over DICOMweb (QIDO-RS, then WADO-RS) at ``dicomweb_url``."""
+    (``ainode fetch``): over DICOM (C-FIND, then C-MOVE to the node or C-GET) at ``host``
+    and ``port``, or over DICOMweb (QIDO-RS, then WADO-RS) at ``dicomweb_url``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -341,6 +341,12 @@ class PacsSettings(BaseModel):
         description="the AE title the archive sends C-MOVE results to: this node as the archive knows it "
                     "(default: ae_title of this node)",
     )
+    retrieve: Literal["move", "get"] = Field(
+        default="move",
+        description='how studies are fetched over DICOM: "move" (C-MOVE: the archive opens an association to '
+                    'the node, which it must know by AE title, address and port) or "get" (C-GET: the images '
+                    "come back on the node's own association; nothing to configure on the archive's side "
+                    "but its permission)")
     timeout_s: float = Field(default=60.0, gt=0, description="network and DIMSE timeout of each query or move")
     retrieve_per_minute: float = Field(
         default=6.0, gt=0, description="at most this many studies retrieved a minute (all workers together)",

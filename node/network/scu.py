@@ -73,12 +73,16 @@ def _wake_waiters(event: evt.Event) -> None:
     event.assoc.dimse.msg_queue.put((None, None))
 
 
-def _associate(ae: AE, peer: PeerAddress) -> Association:
+def _associate(ae: AE, peer: PeerAddress, ext_neg: list[Any] | None = None,
+               handlers: list[tuple[Any, Any]] | None = None) -> Association:
+    """An association to ``peer`` (TCP_NODELAY; a requestor that hears the peer leave
+    stops waiting); ``ext_neg``: extended negotiation items such as SCP/SCU roles;
+    ``handlers``: more event handlers (a C-GET's C-STORE handler)."""
     return checked_requestor(ae.associate(
         peer.host, peer.port, ae_title=peer.ae_title,
-        tls_args=(peer.tls, peer.host) if peer.tls else None,
+        tls_args=(peer.tls, peer.host) if peer.tls else None, ext_neg=ext_neg,
         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_ABORTED, _wake_waiters),
-                      (evt.EVT_CONN_CLOSE, _wake_waiters)],
+                      (evt.EVT_CONN_CLOSE, _wake_waiters), *(handlers or [])],
     ))
 
 

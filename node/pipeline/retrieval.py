@@ -19,7 +19,7 @@ from node.jobs.context import Deferred, JobContext, PermanentJobError
 from node.jobs.kinds import JobKind, RetrievePayload, node_job, read_payload
 from node.network.archive import StudyMatch
 from node.network.intake import InstanceIntake
-from node.network.query import move_study
+from node.network.query import get_study, move_study
 from node.network.wado import retrieve_study
 from node.pipeline.completion import CompletionPolicy, CompletionSweep
 from node.quality.seg_jobs import comparison_queuer
@@ -76,14 +76,15 @@ class RetrieveHandler:
         self._queue = queue
         self._store = FileStore(settings.data_dir)
         self._completion = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings), self._store)
-        self._wado_intake: InstanceIntake | None = None
+        self._intake_of: InstanceIntake | None = None
 
-    def _intake(self) -> InstanceIntake:
-        """Where WADO-RS instances are kept (made on first use: only DICOMweb archives need it)."""
-        if self._wado_intake is None:
-            self._wado_intake = InstanceIntake(self._settings, self._engine, self._store, "WADO-RS",
-                                               comparison_queuer(self._queue))
-        return self._wado_intake
+    def _intake(self, door: str) -> InstanceIntake:
+        """Where instances this worker fetches itself (WADO-RS, C-GET) are kept; made on
+        first use: C-MOVE brings them to the listener instead."""
+        if self._intake_of is None:
+            self._intake_of = InstanceIntake(self._settings, self._engine, self._store, door,
+                                             comparison_queuer(self._queue))
+        return self._intake_of
 
     def _pacs(self) -> PacsSettings:
         if self._settings.pacs is None:
@@ -108,7 +109,9 @@ class RetrieveHandler:
                                  f"{turn - time.time():.1f} s")
         started = time.monotonic()
         if pacs.dicomweb_url:
-            outcome = retrieve_study(pacs, uid, self._intake())
+            outcome = retrieve_study(pacs, uid, self._intake("WADO-RS"))
+        elif pacs.retrieve == "get":
+            outcome = get_study(pacs, self._settings.ae_title, uid, self._intake("C-GET"))
         else:
             outcome = move_study(pacs, self._settings.ae_title, uid, pacs.move_destination or self._settings.ae_title)
         # Every instance was kept and committed (a C-MOVE's sub-operations were each

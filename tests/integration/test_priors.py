@@ -61,8 +61,10 @@ def _copy_study(source: Path, folder: Path, study_date: str, drop_lowest: int = 
     return study_uid, written
 
 
-def _config(pacs_port: int | None, timeout_s: float, destination: str = "", dicomweb_url: str = "") -> str:
-    reached = f'dicomweb_url = "{dicomweb_url}"' if dicomweb_url else f'host = "127.0.0.1"\nport = {pacs_port}'
+def _config(pacs_port: int | None, timeout_s: float, destination: str = "", dicomweb_url: str = "",
+            retrieve: str = "move") -> str:
+    reached = f'dicomweb_url = "{dicomweb_url}"' if dicomweb_url else \
+        f'host = "127.0.0.1"\nport = {pacs_port}\nretrieve = "{retrieve}"'
     return f"""\
 quiet_period_s = 2
 completion_sweep_s = 0.5
@@ -257,6 +259,25 @@ def test_with_the_pacs_down_the_study_runs_without_priors_after_the_timeout(node
     assert (state, attempts) == ("succeeded", 1)  # waiting did not use up its attempts
 
 
+def _prior_fetched_itself(node: Node, tmp_path: Path, current_uid: str, recent_uid: str, recent: list[Path]) -> None:
+    """The current study sent, the prior fetched by the node's worker (not by a C-MOVE
+    to its listener), compared with, and held whole: each instance a complete Part 10
+    file naming the archive as its source."""
+    send_study(node, tmp_path / "current")
+    _done(node, current_uid, 1)
+    assert _study_rows(node)[recent_uid] == ("not_applicable", "prior")
+    assert _timeline(node, current_uid, "priors_ready") == ["ct-chest gets 1 prior(s): 20251101"]
+    [prediction] = [p for p in json.loads(node.run("predictions", "--json").stdout)
+                    if p["study_instance_uid"] == current_uid]
+    assert prediction["provenance"]["prior"]["study_instance_uid"] == recent_uid
+    assert _changes(prediction)["right lung volume change"] > 1
+    held = [dcmread(p) for p in (node.data_dir / "studies").rglob("*.dcm")
+            if dcmread(p, stop_before_pixels=True).StudyInstanceUID == recent_uid]
+    assert sorted(ds.SOPInstanceUID for ds in held) == sorted(dcmread(p).SOPInstanceUID for p in recent)
+    assert {ds.file_meta.SourceApplicationEntityTitle for ds in held} == {"ORTHANC"}
+    assert f"{len(recent)} instance(s) retrieved from ORTHANC" in node.log()
+
+
 def test_over_dicomweb_the_prior_is_found_with_qido_and_fetched_with_wado(
         node_factory, orthanc: Orthanc, tmp_path: Path) -> None:
     """The archive reached only over DICOMweb (it does not even know the node as a
@@ -266,17 +287,17 @@ def test_over_dicomweb_the_prior_is_found_with_qido_and_fetched_with_wado(
     recent_uid, recent = _copy_study(source, tmp_path / "recent", "20251101", drop_lowest=16)
     orthanc.upload(recent)
     node: Node = node_factory(_config(None, 180, dicomweb_url=orthanc.url + "/dicom-web"), inference=True).start()
-    send_study(node, tmp_path / "current")
-    _done(node, current_uid, 1)
-    assert _study_rows(node)[recent_uid] == ("not_applicable", "prior")
-    assert _timeline(node, current_uid, "priors_ready") == ["ct-chest gets 1 prior(s): 20251101"]
-    [prediction] = [p for p in json.loads(node.run("predictions", "--json").stdout)
-                    if p["study_instance_uid"] == current_uid]
-    assert prediction["provenance"]["prior"]["study_instance_uid"] == recent_uid
-    assert _changes(prediction)["right lung volume change"] > 1
-    # Every instance of the prior is here, each a complete Part 10 file naming the archive.
-    held = [dcmread(p) for p in (node.data_dir / "studies").rglob("*.dcm")
-            if dcmread(p, stop_before_pixels=True).StudyInstanceUID == recent_uid]
-    assert len(held) == len(recent)
-    assert {ds.file_meta.SourceApplicationEntityTitle for ds in held} == {"ORTHANC"}
-    assert "retrieved from ORTHANC" in node.log()
+    _prior_fetched_itself(node, tmp_path, current_uid, recent_uid, recent)
+
+
+def test_with_c_get_the_prior_comes_back_on_the_nodes_own_association(
+        node_factory, orthanc: Orthanc, tmp_path: Path) -> None:
+    """The archive knows the node only at a port where nothing listens (a NAT or a
+    stale entry): a C-MOVE could deliver nothing, C-GET brings the prior anyway."""
+    source, _volumes = chest_study(tmp_path)
+    current_uid, _current = _copy_study(source, tmp_path / "current", "20261101")
+    recent_uid, recent = _copy_study(source, tmp_path / "recent", "20251101", drop_lowest=16)
+    orthanc.upload(recent)
+    node: Node = node_factory(_config(orthanc.dicom_port, 180, retrieve="get"), inference=True).start()
+    orthanc.knows("ainode", "AINODE", free_port())  # C-GET's permission; the port is wrong on purpose
+    _prior_fetched_itself(node, tmp_path, current_uid, recent_uid, recent)
