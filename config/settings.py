@@ -207,6 +207,28 @@ class DestinationTls(BaseModel):
         return self
 
 
+class HttpAuth(BaseModel):
+    """How the node signs in to a DICOMweb server: HTTP Basic (``username`` and
+    ``password``) or a bearer ``token``. Secrets may come from the environment instead
+    of the file, e.g. ``AINODE_PACS__AUTH__PASSWORD``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str | None = Field(default=None, min_length=1, description="HTTP Basic user name")
+    password: SecretStr | None = Field(default=None, description="HTTP Basic password")
+    token: SecretStr | None = Field(default=None, description="bearer token (instead of user name and password)")
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpAuth:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("auth.username and auth.password go together (HTTP Basic needs both)")
+        if self.token is not None and self.username is not None:
+            raise ValueError("auth: set either token or username and password, not both")
+        if self.token is None and self.username is None:
+            raise ValueError("auth: set token, or username and password")
+        return self
+
+
 class Destination(BaseModel):
     """Where results are sent (one ``[[destinations]]`` table), named by routes."""
 
@@ -218,6 +240,7 @@ class Destination(BaseModel):
     host: str | None = Field(default=None, description="its address (dicom)")
     port: int | None = Field(default=None, ge=1, le=65535, description="its port (dicom)")
     url: str | None = Field(default=None, description="STOW-RS base URL, e.g. http://pacs:8042/dicom-web")
+    auth: HttpAuth | None = Field(default=None, description="how to sign in to the STOW-RS server (dicomweb)")
     timeout_s: float = Field(default=30.0, gt=0)
     tls: DestinationTls | None = Field(default=None, description="send over DICOM TLS (dicom)")
     purpose: Literal["clinical", "research"] = Field(
@@ -336,6 +359,7 @@ class PacsSettings(BaseModel):
     dicomweb_url: str | None = Field(
         default=None, description="its DICOMweb root, e.g. http://pacs:8042/dicom-web: when set, studies are "
                                   "found with QIDO-RS and fetched with WADO-RS instead of C-FIND and C-MOVE")
+    auth: HttpAuth | None = Field(default=None, description="how to sign in to dicomweb_url")
     move_destination: str | None = Field(
         default=None, max_length=16,
         description="the AE title the archive sends C-MOVE results to: this node as the archive knows it "

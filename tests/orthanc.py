@@ -3,6 +3,7 @@ DICOMweb plugin; REST helpers to see what it holds."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -24,6 +25,18 @@ class Orthanc:
     http_port: int
     proc: subprocess.Popen[bytes] | None = None
     ae_title: str = "ORTHANC"
+    #: HTTP Basic users (name: password): the REST API and DICOMweb then ask for one;
+    #: this helper signs in as the first.
+    users: dict[str, str] | None = None
+
+    def _open(self, request: urllib.request.Request | str, timeout: float) -> Any:
+        if isinstance(request, str):
+            request = urllib.request.Request(request)
+        if self.users:
+            name, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{name}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        return urllib.request.urlopen(request, timeout=timeout)
 
     @property
     def url(self) -> str:
@@ -34,7 +47,8 @@ class Orthanc:
         config = {
             "Name": "ainode-test-archive", "DicomAet": self.ae_title, "DicomPort": self.dicom_port,
             "HttpPort": self.http_port, "StorageDirectory": str(storage), "IndexDirectory": str(storage),
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users or {}, "DicomCheckCalledAet": True,
             "DicomAlwaysAllowStore": True, "HttpServerEnabled": True, "StorageCompression": False,
             "Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
@@ -63,7 +77,7 @@ class Orthanc:
         self.proc = None
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+        with self._open(self.url + path, timeout=10) as response:
             data = response.read()
         return json.loads(data) if data[:1] in (b"{", b"[") else data
 
@@ -72,14 +86,14 @@ class Orthanc:
         for path in paths:
             request = urllib.request.Request(self.url + "/instances", data=path.read_bytes(), method="POST",
                                              headers={"Content-Type": "application/dicom"})
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with self._open(request, timeout=30) as response:
                 assert response.status == 200
 
     def knows(self, name: str, ae_title: str, port: int) -> None:
         """Make a DICOM node on loopback known to the archive (a C-MOVE destination)."""
         request = urllib.request.Request(self.url + f"/modalities/{name}", method="PUT", data=json.dumps(
             {"AET": ae_title, "Host": "127.0.0.1", "Port": port}).encode())
-        urllib.request.urlopen(request, timeout=10).close()
+        self._open(request, timeout=10).close()
 
     def instances(self) -> list[dict[str, Any]]:
         """Every stored instance with its main tags."""

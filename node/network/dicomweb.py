@@ -1,5 +1,6 @@
-"""DICOMweb STOW-RS (PS3.18 10.5) with dicomweb-client: store instances over HTTP,
-every instance's outcome checked in the response."""
+"""DICOMweb with dicomweb-client: the client for a server (signed in as configured),
+and STOW-RS (PS3.18 10.5): store instances over HTTP, every instance's outcome checked
+in the response."""
 
 from __future__ import annotations
 
@@ -9,11 +10,24 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
+from config.settings import HttpAuth
 
-def stow_rs(base_url: str, files: list[Path], timeout_s: float = 30.0) -> None:
+
+def dicomweb_client(base_url: str, auth: HttpAuth | None, timeout_s: float) -> DICOMwebClient:
+    """A client of the DICOMweb server at ``base_url``, signed in with HTTP Basic or a
+    bearer token when ``auth`` says so."""
+    session = requests.Session()
+    if auth is not None and auth.token is not None:
+        session.headers["Authorization"] = f"Bearer {auth.token.get_secret_value()}"
+    elif auth is not None and auth.username is not None and auth.password is not None:
+        session.auth = (auth.username, auth.password.get_secret_value())
+    return DICOMwebClient(base_url.rstrip("/"), session=session, timeout=timeout_s)
+
+
+def stow_rs(base_url: str, files: list[Path], timeout_s: float = 30.0, auth: HttpAuth | None = None) -> None:
     """POST ``files`` to ``<base_url>/studies`` in one multipart request; raises
     ``RuntimeError`` saying what failed unless every instance was stored."""
-    client = DICOMwebClient(base_url.rstrip("/"), timeout=timeout_s)
+    client = dicomweb_client(base_url, auth, timeout_s)
     try:
         response = client.store_instances([dcmread(path) for path in files])
     except requests.HTTPError as exc:

@@ -13,13 +13,14 @@ from pydicom.dataset import Dataset
 
 from config.settings import PacsSettings
 from node.network.archive import MoveOutcome, QueryFailed
+from node.network.dicomweb import dicomweb_client
 from node.network.intake import InstanceIntake, Refusal
 from node.network.part10 import dataset_offset
 
 
 def _client(pacs: PacsSettings) -> DICOMwebClient:
     assert pacs.dicomweb_url is not None
-    return DICOMwebClient(pacs.dicomweb_url.rstrip("/"), timeout=pacs.timeout_s)
+    return dicomweb_client(pacs.dicomweb_url, pacs.auth, pacs.timeout_s)
 
 
 def _failed(what: str, pacs: PacsSettings, exc: Exception) -> QueryFailed:

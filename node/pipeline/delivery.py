@@ -54,7 +54,7 @@ class SendHandler:
             if destination.type == "dicom":
                 self._c_store(destination, files)
             else:
-                stow_rs(destination.url or "", files, destination.timeout_s)
+                stow_rs(destination.url or "", files, destination.timeout_s, destination.auth)
         except Exception as exc:
             record_now(self._engine, work.study_id, DELIVERY_FAILED,
                        f"{destination.name}: {type(exc).__name__}: {exc}", work.results_version)

@@ -278,16 +278,23 @@ def _prior_fetched_itself(node: Node, tmp_path: Path, current_uid: str, recent_u
     assert f"{len(recent)} instance(s) retrieved from ORTHANC" in node.log()
 
 
-def test_over_dicomweb_the_prior_is_found_with_qido_and_fetched_with_wado(
-        node_factory, orthanc: Orthanc, tmp_path: Path) -> None:
-    """The archive reached only over DICOMweb (it does not even know the node as a
-    DICOM peer, so no C-MOVE could bring anything)."""
+def test_over_dicomweb_the_prior_is_found_with_qido_and_fetched_with_wado(node_factory, tmp_path: Path) -> None:
+    """The archive reached only over DICOMweb, signed in with HTTP Basic (it does not
+    even know the node as a DICOM peer, so no C-MOVE could bring anything)."""
     source, _volumes = chest_study(tmp_path)
     current_uid, _current = _copy_study(source, tmp_path / "current", "20261101")
     recent_uid, recent = _copy_study(source, tmp_path / "recent", "20251101", drop_lowest=16)
-    orthanc.upload(recent)
-    node: Node = node_factory(_config(None, 180, dicomweb_url=orthanc.url + "/dicom-web"), inference=True).start()
-    _prior_fetched_itself(node, tmp_path, current_uid, recent_uid, recent)
+    secured = Orthanc(tmp_path / "secured", free_port(), free_port(), users={"ainode": "qido-pass-1"}).start()
+    try:
+        secured.upload(recent)
+        signed_in = 'retrieve_per_minute = 60\nauth = { username = "ainode", password = "qido-pass-1" }'
+        config = _config(None, 180, dicomweb_url=secured.url + "/dicom-web").replace(
+            "retrieve_per_minute = 60", signed_in)
+        node: Node = node_factory(config, inference=True).start()
+        _prior_fetched_itself(node, tmp_path, current_uid, recent_uid, recent)
+        assert "qido-pass-1" not in node.log()
+    finally:
+        secured.stop()
 
 
 def test_with_c_get_the_prior_comes_back_on_the_nodes_own_association(

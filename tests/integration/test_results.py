@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
-from tests.conftest import Node, missing_peer, send_study, wait_until
+from tests.conftest import Node, free_port, missing_peer, send_study, wait_until
 from tests.orthanc import Orthanc
 from tests.phantoms import chest_study
 
@@ -167,12 +169,22 @@ def test_results_wait_for_the_archive_and_arrive_once_it_is_back(
     assert job["attempts"] >= 3
 
 
-def test_results_over_dicomweb_stow_rs(node_factory, orthanc: Orthanc, tmp_path: Path) -> None:
+def test_results_over_dicomweb_stow_rs_signed_in(node_factory, tmp_path: Path) -> None:
+    """STOW-RS to an archive that asks for HTTP Basic sign-in (and refuses anyone else)."""
     study, _volumes = chest_study(tmp_path)
-    destination = f'name = "archive"\ntype = "dicomweb"\nurl = "{orthanc.url}/dicom-web"'
-    node: Node = node_factory(_config(destination), inference=True).start()
-    send_study(node, study)
-    stored = _results_in(orthanc, 2)
-    assert sorted(i["Tags"]["SOPClassUID"] for i in stored) == [SEG_CLASS, SR_CLASS]
-    [job] = _jobs(node, "send")
-    assert job["state"] == "succeeded"
+    secured = Orthanc(tmp_path / "secured", free_port(), free_port(), users={"ainode": "stow-pass-1"}).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{secured.url}/dicom-web/studies", timeout=10)
+        assert refused.value.code == 401
+        destination = (f'name = "archive"\ntype = "dicomweb"\nurl = "{secured.url}/dicom-web"\n'
+                       'auth = { username = "ainode", password = "stow-pass-1" }')
+        node: Node = node_factory(_config(destination), inference=True).start()
+        send_study(node, study)
+        stored = _results_in(secured, 2)
+        assert sorted(i["Tags"]["SOPClassUID"] for i in stored) == [SEG_CLASS, SR_CLASS]
+        [job] = _jobs(node, "send")
+        assert job["state"] == "succeeded"
+        assert "stow-pass-1" not in node.log()
+    finally:
+        secured.stop()
