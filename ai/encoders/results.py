@@ -35,6 +35,10 @@ class ModelResult:
     #: The headers of the earlier study's series the model compared with (its changes
     #: are since then): referenced as the SR's Pertinent Other Evidence.
     prior_sources: tuple[Dataset, ...] = ()
+    #: What the model measured on that earlier study, and its date (YYYYMMDD): the SR
+    #: gives them at the prior's time point (TID 1502) beside this study's.
+    prior_measurements: tuple[Measurement, ...] = ()
+    prior_study_date: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,8 @@ def encode_prediction(
         if result.labelmap is not None:
             seg = encode_segmentation(identity, result.outputs, result.labelmap, sources, workers=workers)
         sr = encode_measurement_report(identity, result.outputs, result.measurements, result.findings,
-                                       sources, seg, result.detections, result.prior_sources)
+                                       sources, seg, result.detections, result.prior_sources,
+                                       result.prior_measurements, result.prior_study_date)
         key_images: list[Dataset] = []
         probabilities = None
         explanations: list[Dataset] = []

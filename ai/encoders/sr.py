@@ -197,6 +197,39 @@ def _add_image_library(report: hd.sr.MeasurementReport, sources: Sequence[Datase
     content.insert(measurements, image_library(sources))
 
 
+def _time_point(study_date: str | None, otherwise: str) -> hd.sr.TimePointContext:
+    """TID 1502 Time Point Context: the study's date (YYYY-MM-DD)."""
+    day = str(study_date or "")
+    return hd.sr.TimePointContext(time_point=f"{day[:4]}-{day[4:6]}-{day[6:8]}" if len(day) == 8 else otherwise)
+
+
+def _prior_groups(identity: ResultIdentity, outputs: Outputs, measurements: Sequence[Measurement],
+                  study_date: str | None, algorithm: hd.sr.AlgorithmIdentification) -> list[Any]:
+    """The values the model measured on the prior, one TID 1501 group per segment at the
+    prior's time point (TID 1502 Time Point Context: its study date), with the same
+    tracking identifier and UID as this study's group of that segment, so that a reader
+    follows each lung across time points."""
+    values = {m.name: m for m in measurements}
+    if not values:
+        return []
+    groups = []
+    for segment in outputs.segments:
+        specs = [s for s in outputs.measurements if s.segment == segment.label and s.name in values]
+        if not specs:
+            continue
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=identity.tracking_uid(segment.label), identifier=segment.name[:64]),
+            time_point_context=_time_point(study_date, "prior"),
+            finding_type=coded(segment.type),
+            finding_sites=[hd.sr.FindingSite(coded(segment.type), laterality=coded(segment.laterality))]
+            if segment.laterality else None,
+            algorithm_id=algorithm,
+            measurements=[_measurement(spec, values[spec.name], algorithm) for spec in specs],
+        ))
+    return groups
+
+
 def encode_measurement_report(
     identity: ResultIdentity,
     outputs: Outputs,
@@ -206,6 +239,8 @@ def encode_measurement_report(
     segmentation: Dataset | None,
     detections: Sequence[Detection] = (),
     prior_sources: Sequence[Dataset] = (),
+    prior_measurements: Sequence[Measurement] = (),
+    prior_study_date: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     algorithm = hd.sr.AlgorithmIdentification(name=identity.model, version=identity.model_version)
     values = {m.name: m for m in measurements}
@@ -238,7 +273,11 @@ def encode_measurement_report(
             if segment.laterality else None,
             algorithm_id=algorithm,
             measurements=[_measurement(s, values[s.name], algorithm) for s in own],
+            # compared with a prior: each group says its time point
+            time_point_context=_time_point(str(sources[0].get("StudyDate", "")) if sources else None, "current")
+            if prior_measurements else None,
         ))
+    groups += _prior_groups(identity, outputs, prior_measurements, prior_study_date, algorithm)
     # One group per finding (TID 1501): its tracking identifier names it, so that its
     # certainty (row 5), its qualitative evaluation (row 12) and, when indeterminate,
     # the reason as text (row 13) cannot be taken for another finding's.

@@ -13,6 +13,7 @@ import io
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -57,6 +58,16 @@ def slice_reader(files: dict[str, Path], labelmap: LabelMap) -> SliceValues:
             pixels = pixels[labelmap.frame_numbers[index] - 1]
         return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
     return values
+
+
+def _prior_measurements(provenance: dict[str, Any], prior: dict[str, Any]) -> tuple[Measurement, ...]:
+    """What the model measured on the prior it compared with (its point of the trend)."""
+    for point in provenance.get("trend") or []:
+        if isinstance(point, dict) and point.get("study_instance_uid") == prior.get("study_instance_uid"):
+            reliable = point.get("reliable") or {}
+            return tuple(Measurement(str(name), float(value), bool(reliable.get(name, True)))
+                         for name, value in (point.get("values") or {}).items())
+    return ()
 
 
 def model_result(record: PredictionRecord, store: FileStore) -> ModelResult:
@@ -122,7 +133,9 @@ class EncodeHandler:
         if isinstance(prior, dict) and prior.get("series_instance_uid"):
             # a prior removed since (retention) is no longer referenced
             prior_sources, _files = _read_series(self._engine, self._store, str(prior["series_instance_uid"]))
-            result = dataclasses.replace(result, prior_sources=tuple(prior_sources))
+            result = dataclasses.replace(result, prior_sources=tuple(prior_sources),
+                                         prior_measurements=_prior_measurements(prediction.provenance, prior),
+                                         prior_study_date=prior.get("study_date"))
         started = time.perf_counter()
         slice_values = slice_reader(files, result.labelmap) if key_images and result.labelmap else None
         objects = encode_prediction(identity, result, sources, slice_values)

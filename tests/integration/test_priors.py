@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -119,6 +120,12 @@ def _timeline(node: Node, uid: str, step: str) -> list[str]:
             "WHERE s.study_instance_uid = ? AND e.step = ? ORDER BY e.id", (uid, step))]
 
 
+def _time_point(group: Any) -> str | None:
+    """A measurement group's TID 1502 Time Point, if it says one."""
+    return next((str(item.TextValue) for item in group[0].ContentSequence
+                 if item.ConceptNameCodeSequence[0].CodeMeaning == "Time Point"), None)
+
+
 def _changes(prediction: dict) -> dict[str, float]:
     return {m["name"]: m["value"] for m in prediction["measurements"] if m["name"].endswith("volume change")}
 
@@ -213,6 +220,17 @@ def test_the_relevant_prior_is_retrieved_once_and_the_change_reaches_the_sr(
                 in_sr[str(group.tracking_identifier)] = measurement.value
     assert in_sr == pytest.approx({"Right lung": changes["right lung volume change"],
                                    "Left lung": changes["left lung volume change"]}, rel=1e-3)
+    # Each lung at both time points (TID 1502): this study's group and the prior's values,
+    # under the same tracking UID.
+    current_groups = {str(g.tracking_identifier): g for g in report.content.get_volumetric_roi_measurement_groups()}
+    prior_groups = {str(g.tracking_identifier): g for g in report.content.get_image_measurement_groups()
+                    if _time_point(g) is not None}
+    for side, name in (("right", "Right lung"), ("left", "Left lung")):
+        then, now = prior_groups[name], current_groups[name]
+        assert then.tracking_uid == now.tracking_uid
+        assert (_time_point(then), _time_point(now)) == ("2025-11-01", "2026-11-01")
+        volume = next(m for m in then.get_measurements() if m.name.meaning.endswith("olume"))
+        assert volume.value == pytest.approx(prior["volumes_ml"][side], rel=1e-6)
 
     # Sent again (a second results version): the change again, the prior not fetched again.
     prior_kept_until = datetime.now(UTC)
