@@ -33,6 +33,7 @@ from tests.synthetic import write_ct_study  # noqa: E402
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
 ORTHANC = "/usr/sbin/Orthanc"
+ORTHANC_VERSION = "1.10.1 (Debian)"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
@@ -98,11 +99,21 @@ class Receiver:
     name: str
     ae_title: str
     start: Callable[[Path, int], subprocess.Popen[bytes]]
+    #: True once the receiver is fully started (given its work folder), beyond its port
+    #: answering: the images are sent to a receiver in service, not one still starting.
+    started: Callable[[Path], bool] = lambda _workdir: True
+
+
+def ainode_started(workdir: Path) -> bool:
+    """`ainode serve` logs "AINode listening" once every process is ready (the
+    inference worker with its models loaded, the API up)."""
+    log = workdir / "ainode.log"
+    return log.exists() and b"AINode listening on" in log.read_bytes()
 
 
 def start_ainode(max_pdu: int) -> Callable[[Path, int], subprocess.Popen[bytes]]:
     def start(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "AINODE_MAX_PDU_SIZE": str(max_pdu), "AINODE_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "AINODE_MAX_PDU_SIZE": str(max_pdu), "AINODE_LOG_LEVEL": "INFO"}
         return subprocess.Popen(
             [sys.executable, "-m", "node", "serve", "--data-dir", str(workdir / "data"),
              "--port", str(port), "--host", "127.0.0.1"],
@@ -133,8 +144,8 @@ def start_orthanc(workdir: Path, port: int) -> subprocess.Popen[bytes]:
 
 RECEIVERS = [
     Receiver("dcmtk storescp", "STORESCP", start_storescp),
-    Receiver("ainode serve", "AINODE", start_ainode(1_048_576)),
-    Receiver("ainode serve (max PDU 16 KiB)", "AINODE", start_ainode(16_384)),
+    Receiver("ainode serve", "AINODE", start_ainode(1_048_576), ainode_started),
+    Receiver("ainode serve (max PDU 16 KiB)", "AINODE", start_ainode(16_384), ainode_started),
     Receiver("Orthanc", "ORTHANC", start_orthanc),
 ]
 
@@ -153,19 +164,25 @@ def send(port: int, ae_title: str, folders: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-def run(receiver: Receiver, folders: list[Path], images: int) -> tuple[float, float]:
-    """One repetition on a fresh receiver: images/s and the receiver's peak RSS (MiB)."""
+def run(receiver: Receiver, folders: list[Path], images: int) -> tuple[float, float, dict[str, float]]:
+    """One repetition on a fresh receiver: images/s, the receiver's peak RSS (MiB, all
+    its processes) and each process's."""
     with tempfile.TemporaryDirectory(dir=REPO / "var") as tmp:
         workdir = Path(tmp)
         port = free_port()
         proc = receiver.start(workdir, port)
         try:
             wait_port(port, proc)
+            deadline = time.monotonic() + 120
+            while not receiver.started(workdir):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{receiver.name} did not finish starting; see {workdir}")
+                time.sleep(0.2)
             seconds = send(port, receiver.ae_title, folders)
-            rss = peak_rss_mib(proc.pid)
+            each = peak_rss_by_process(proc.pid)
         finally:
             stop(proc)
-        return images / seconds, rss
+        return images / seconds, sum(each.values()), each
 
 
 def main() -> None:
@@ -186,36 +203,45 @@ def main() -> None:
         size_mb = sum(p.stat().st_size for p in studies[0].rglob("*.dcm")) / 1e6
 
         rows = []
+        processes: dict[str, dict[str, float]] = {}
         for receiver in RECEIVERS:
             single = [run(receiver, studies[:1], args.slices) for _ in range(args.repetitions)]
             multi = [run(receiver, studies, args.slices * args.senders)
                      for _ in range(max(1, args.repetitions // 2))]
             rows.append((receiver.name,
-                         statistics.median(r for r, _ in single),
-                         statistics.median(m for _, m in single),
-                         statistics.median(r for r, _ in multi),
-                         statistics.median(m for _, m in multi),
-                         [round(r) for r, _ in single]))
+                         statistics.median(r for r, _, _ in single),
+                         statistics.median(m for _, m, _ in single),
+                         statistics.median(r for r, _, _ in multi),
+                         statistics.median(m for _, m, _ in multi),
+                         [round(r) for r, _, _ in single]))
+            processes[receiver.name] = multi[-1][2]
             print(f"{receiver.name}: {rows[-1][1]:.0f} images/s, {args.senders} senders "
                   f"{rows[-1][3]:.0f} images/s", flush=True)
 
     reference = rows[0][1]
     reference_multi = rows[0][3]
+    orthanc = next(r for r in rows if r[0] == "Orthanc")
     lines = [
         f"Ingest: storescu (TCP_NODELAY=1) sends a synthetic {args.slices}-slice 512x512 CT "
         f"({size_mb:.0f} MB, implicit VR LE) on loopback; medians of {args.repetitions} runs "
         f"(one sender) and {max(1, args.repetitions // 2)} runs ({args.senders} senders at once, "
         f"{args.slices * args.senders} images). {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d')}.",
+        f"{time.strftime('%Y-%m-%d')}. Orthanc {ORTHANC_VERSION} runs with its defaults "
+        "(SyncStorageArea on: each file fsynced; its SQLite index); storescp writes without fsync "
+        "and records nothing; ainode serve fsyncs each file and its folder and commits its row "
+        "before it answers.",
         "",
-        "| receiver | 1 sender, images/s | ratio to storescp | peak RSS MiB | "
-        f"{args.senders} senders, images/s | ratio to storescp | peak RSS MiB | runs (1 sender) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| receiver | 1 sender, images/s | to storescp | to Orthanc | peak RSS MiB | "
+        f"{args.senders} senders, images/s | to storescp | to Orthanc | peak RSS MiB | runs (1 sender) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, rate, rss, multi, mrss, runs in rows:
-        lines.append(f"| {name} | {rate:.0f} | {rate / reference:.2f} | {rss:.0f} | {multi:.0f} | "
-                     f"{multi / reference_multi:.2f} | {mrss:.0f} | {runs} |")
+        lines.append(f"| {name} | {rate:.0f} | {rate / reference:.2f} | {rate / orthanc[1]:.2f} | {rss:.0f} | "
+                     f"{multi:.0f} | {multi / reference_multi:.2f} | {multi / orthanc[3]:.2f} | {mrss:.0f} | {runs} |")
+    lines += ["", f"Peak resident memory of each process during a {args.senders}-sender run:"]
+    for name, each in processes.items():
+        lines.append(f"- {name}: " + ", ".join(f"{process} {mib:.0f} MiB" for process, mib in each.items()))
     table = "\n".join(lines)
     print("\n" + table)
     results = REPO / "benchmarks" / "results"
