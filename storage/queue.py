@@ -111,6 +111,11 @@ class NewJob:
     max_attempts: int | None = None  # None: the queue's setting
 
 
+def _due(kinds: Sequence[str], now: float) -> tuple[ColumnElement[bool], ...]:
+    """A queued job of one of ``kinds`` whose time has come."""
+    return _jobs.c.state == QUEUED, _jobs.c.run_after <= now, _jobs.c.kind.in_(kinds)
+
+
 class JobQueue:
     """Operations on the ``jobs`` table. ``now`` is injectable for tests."""
 
@@ -160,18 +165,15 @@ class JobQueue:
     def has_due(self, kinds: Sequence[str]) -> bool:
         """Whether a job of one of ``kinds`` is queued and due: a plain read, taking no
         write lock, so that idle workers can ask often (and claim only then)."""
-        now = self._clock()
-        due = select(_jobs.c.id).where(_jobs.c.state == QUEUED, _jobs.c.run_after <= now,
-                                       _jobs.c.kind.in_(kinds)).limit(1)
         with self.engine.connect() as conn:
-            return conn.execute(due).first() is not None
+            return conn.execute(select(_jobs.c.id).where(*_due(kinds, self._clock())).limit(1)).first() is not None
 
     def claim(self, worker: str, kinds: Sequence[str]) -> ClaimedJob | None:
         """Take the next due job of one of ``kinds`` under a lease, or None."""
         now = self._clock()
         candidate = (
             select(_jobs.c.id)
-            .where(_jobs.c.state == QUEUED, _jobs.c.run_after <= now, _jobs.c.kind.in_(kinds))
+            .where(*_due(kinds, now))
             .order_by(_jobs.c.sort_key, _jobs.c.id)
             .limit(1)
         )

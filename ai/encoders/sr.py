@@ -24,6 +24,7 @@ from ai.protocol import (
     Measurement,
     MeasurementSpec,
     Outputs,
+    SegmentSpec,
 )
 
 # CID 240 Present-Absent: the values of a finding's qualitative evaluation (TID 1501 row 12).
@@ -197,6 +198,18 @@ def _add_image_library(report: hd.sr.MeasurementReport, sources: Sequence[Datase
     content.insert(measurements, image_library(sources))
 
 
+def _segment_context(identity: ResultIdentity, segment: SegmentSpec) -> dict[str, Any]:
+    """What names a segment in a measurement group, the same at every time point: its
+    tracking identifier and UID, its finding type and site (with laterality)."""
+    return {
+        "tracking_identifier": hd.sr.TrackingIdentifier(uid=identity.tracking_uid(segment.label),
+                                                        identifier=segment.name[:64]),
+        "finding_type": coded(segment.type),
+        "finding_sites": [hd.sr.FindingSite(coded(segment.type), laterality=coded(segment.laterality))]
+        if segment.laterality else None,
+    }
+
+
 def _time_point(study_date: str | None, otherwise: str) -> hd.sr.TimePointContext:
     """TID 1502 Time Point Context: the study's date (YYYY-MM-DD)."""
     day = str(study_date or "")
@@ -218,12 +231,8 @@ def _prior_groups(identity: ResultIdentity, outputs: Outputs, measurements: Sequ
         if not specs:
             continue
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=identity.tracking_uid(segment.label), identifier=segment.name[:64]),
+            **_segment_context(identity, segment),
             time_point_context=_time_point(study_date, "prior"),
-            finding_type=coded(segment.type),
-            finding_sites=[hd.sr.FindingSite(coded(segment.type), laterality=coded(segment.laterality))]
-            if segment.laterality else None,
             algorithm_id=algorithm,
             measurements=[_measurement(spec, values[spec.name], algorithm) for spec in specs],
         ))
@@ -262,15 +271,11 @@ def encode_measurement_report(
         own = [s for s in outputs.measurements if s.segment == segment.label and s.name in values]
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             # TID 1411 rows 2-3: the same identifier and UID as the SEG's segment
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=identity.tracking_uid(segment.label), identifier=segment.name[:64]),
+            **_segment_context(identity, segment),
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=segmentation.SOPClassUID, sop_instance_uid=segmentation.SOPInstanceUID,
                 segment_number=number,
                 source_series=hd.sr.SourceSeriesForSegmentation(identity.source_series_instance_uid)),
-            finding_type=coded(segment.type),
-            finding_sites=[hd.sr.FindingSite(coded(segment.type), laterality=coded(segment.laterality))]
-            if segment.laterality else None,
             algorithm_id=algorithm,
             measurements=[_measurement(s, values[s.name], algorithm) for s in own],
             # compared with a prior: each group says its time point

@@ -110,6 +110,18 @@ class InstanceIntake:
         with self._locks.hold(header.sop_instance_uid):  # this sender's file and row win together
             return self._write_and_record(header, relative, meta, encoded, transfer_syntax, calling_ae)
 
+    def keep_fetched(self, encoded: bytes | memoryview, transfer_syntax: str, archive_ae: str) -> Refusal | None:
+        """Keep an instance the node fetched from an archive itself (WADO-RS, C-GET): the
+        size and disk checks, its header, the durable write and its row, with the
+        archive's AE title as Source AE; ``None`` once kept."""
+        refusal = self.size_refusal(len(encoded))
+        if refusal is not None:
+            return refusal
+        header = self.header(encoded, transfer_syntax, archive_ae)
+        if isinstance(header, Refusal):
+            return header
+        return self.keep(header, encoded, transfer_syntax, None, archive_ae)
+
     def _write_and_record(self, header: InstanceHeader, relative: str, meta: bytes, encoded: bytes | memoryview,
                           transfer_syntax: str, calling_ae: str | None) -> Refusal | None:
         try:

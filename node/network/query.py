@@ -153,12 +153,8 @@ class _GetReceiver:
 
     def __call__(self, event: Any) -> int:
         try:
-            transfer_syntax = str(event.context.transfer_syntax)
-            encoded = event.request.DataSet.getbuffer()
-            header = self._intake.header(encoded, transfer_syntax, self._pacs.ae_title)
-            refusal = header if isinstance(header, Refusal) else \
-                self._intake.size_refusal(len(encoded)) or \
-                self._intake.keep(header, encoded, transfer_syntax, None, self._pacs.ae_title)
+            refusal = self._intake.keep_fetched(event.request.DataSet.getbuffer(),
+                                                str(event.context.transfer_syntax), self._pacs.ae_title)
         except Exception as exc:  # never let one dataset end the retrieval: it is counted as failed
             log.error("C-GET from %s: an instance could not be kept (%s)", self._pacs.ae_title, type(exc).__name__)
             refusal = Refusal(PROCESSING_FAILURE, "processing failure")

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from config.settings import PacsSettings
 from node.network.archive import MoveOutcome, QueryFailed
 from node.network.dicomweb import dicomweb_client
-from node.network.intake import InstanceIntake, Refusal
+from node.network.intake import InstanceIntake
 from node.network.part10 import dataset_offset
 
 
@@ -51,11 +51,7 @@ def retrieve_study(pacs: PacsSettings, study_instance_uid: str, intake: Instance
             ds.save_as(buffer, enforce_file_format=True)
             data = buffer.getbuffer()
             start = dataset_offset(data)
-            transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
-            header = intake.header(data[start:], transfer_syntax, pacs.ae_title)
-            refusal = header if isinstance(header, Refusal) else \
-                intake.size_refusal(len(data) - start) or \
-                intake.keep(header, data[start:], transfer_syntax, None, pacs.ae_title)
+            refusal = intake.keep_fetched(data[start:], str(ds.file_meta.TransferSyntaxUID), pacs.ae_title)
             if refusal is None:
                 kept += 1
             else:
