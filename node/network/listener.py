@@ -24,11 +24,12 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Connection, Engine
 
 from config.settings import Settings
 from node.network.access import AccessPolicy
+from node.network.balance import ConnectionBalancer
+from node.network.data_phase import Answer, Context, DataPhase, StoreRequest
 from node.network.handshake import (
     HandshakeRefused,
     PduLimits,
@@ -51,11 +52,13 @@ from node.network.pynetdicom_internals import (
     PERFORMED_PROCEDURE_STEP,
     AcceptingServer,
     Admission,
+    DataPhaseServer,
     TlsAcceptingServer,
     admission_of,
     check_internals,
     guard_network_thread,
     refuse_other_services,
+    serve_data_phase,
     when_finished,
 )
 from node.network.throttled_log import ThrottledLog
@@ -196,11 +199,13 @@ class StorageListener:
         slots: AssociationSlots | None = None,
         on_reference: Callable[[Connection, str], None] | None = None,
         on_procedure_completed: Callable[[str], object] | None = None,
+        balancer: ConnectionBalancer | None = None,
     ) -> None:
         """``on_reference(conn, sop_instance_uid)``: called in the transaction that records
         a SEG (a reference or corrected segmentation), to queue its comparison.
         ``on_procedure_completed(study_instance_uid)``: called when a modality's MPPS N-SET
-        reports a procedure COMPLETED, to complete the study at once if its images are here."""
+        reports a procedure COMPLETED, to complete the study at once if its images are here.
+        ``balancer``: this process's place among the listener processes sharing the port."""
         self._settings = settings
         self._in_flight = _InFlight()
         self._intake = InstanceIntake(settings, engine, store, "C-STORE", on_reference,
@@ -209,7 +214,9 @@ class StorageListener:
         self.policy = AccessPolicy.from_settings(settings)
         self._slots = slots or AssociationSlots([0], 0, settings.max_associations,
                                                 per_peer=settings.max_associations_per_peer)
-        self._servers: list[ThreadedAssociationServer] = []
+        self._servers: list[AcceptingServer] = []
+        self._balancer = balancer
+        self._stopping = threading.Event()
         self._traffic: dict[int, _Traffic] = {}
         self._pending = PendingHandshakes(settings.max_pending_handshakes,
                                           settings.max_pending_handshakes_per_peer)
@@ -264,18 +271,32 @@ class StorageListener:
             *self._procedure_steps.handlers(),
         ]
         s = self._settings
-        self._servers.append(
-            self._ae.make_server((s.host, s.port), evt_handlers=handlers, server_class=AcceptingServer)
-        )
+        plain = self._ae.make_server((s.host, s.port), evt_handlers=handlers, server_class=AcceptingServer)
+        assert isinstance(plain, AcceptingServer)
+        self._servers.append(plain)
         if s.tls is not None:
-            self._servers.append(self._ae.make_server(
-                (s.host, s.tls.port), evt_handlers=handlers, server_class=TlsAcceptingServer,
-                ssl_context=self._tls_context,
-            ))
+            tls = self._ae.make_server((s.host, s.tls.port), evt_handlers=handlers,
+                                       server_class=TlsAcceptingServer, ssl_context=self._tls_context)
+            assert isinstance(tls, TlsAcceptingServer)
+            self._servers.append(tls)
         for server in self._servers:
-            assert isinstance(server, AcceptingServer)
             server.gate = self._admit
+            server.balancer = self._balancer
             threading.Thread(target=server.serve_forever, name="ainode-accept", daemon=True).start()
+        if self._balancer is not None:
+            self._balancer.join()
+            threading.Thread(target=self._balancer.receive, args=(self._serve_passed, self._stopping),
+                             name="ainode-passed", daemon=True).start()
+
+    def _serve_passed(self, sock: socket.socket, address: tuple[str, int], tls: bool) -> None:
+        """A connection a sibling listener process accepted and passed to this one."""
+        server = next((s for s in self._servers if s.tls == tls), None)
+        if server is None:
+            sock.close()
+            if self._balancer is not None:
+                self._balancer.done()
+            return
+        server.serve_passed(sock, address)
 
     def stop(self, drain_timeout_s: float = 30.0) -> bool:
         """Stop accepting, let C-STOREs in progress finish, then close associations.
@@ -285,6 +306,9 @@ class StorageListener:
         if not self._servers:
             return True
         servers, self._servers = self._servers, []
+        self._stopping.set()
+        if self._balancer is not None:
+            self._balancer.leave()
         # Stop accepting and close the listening sockets; established associations
         # go on until the C-STOREs in progress have finished, then are aborted.
         for server in servers:
@@ -356,6 +380,7 @@ class StorageListener:
         self._traffic[id(assoc)] = _Traffic(host)
         guard_network_thread(assoc, host)
         refuse_other_services(assoc, host)
+        serve_data_phase(assoc, self._data_phase_for)
         when_finished(assoc, lambda: self._forget(assoc))
 
     def _forget(self, assoc: Association) -> None:
@@ -397,63 +422,101 @@ class StorageListener:
         return SUCCESS
 
     def _on_store(self, event: evt.Event) -> Dataset | int:
+        """A C-STORE on an association pynetdicom serves (one that also offers MPPS)."""
+        request = event.request
+        assert isinstance(request, C_STORE) and request.DataSet is not None
+        traffic = self._traffic.get(id(event.assoc))
+        answer = self._keep(
+            str(event.assoc.requestor.ae_title).strip(), traffic.host if traffic else "",
+            Context(str(event.context.abstract_syntax), str(event.context.transfer_syntax)),
+            str(request.AffectedSOPInstanceUID), request.DataSet.getbuffer(), traffic.total if traffic else 0,
+        )
+        return _status(answer.status, answer.comment) if answer.comment else answer.status
+
+    def _data_phase_for(self, assoc: Association) -> DataPhaseServer | None:
+        """The node serves the data phase of an association of storage and verification
+        contexts itself (see node.network.data_phase); one that also offers MPPS stays
+        with pynetdicom's service classes."""
+        contexts = {int(cx.context_id): Context(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                    for cx in assoc._accepted_cx.values() if cx.context_id is not None}
+        admission = admission_of(assoc)
+        if admission is None or any(c.abstract_syntax == PERFORMED_PROCEDURE_STEP for c in contexts.values()):
+            return None
+        traffic = self._traffic.get(id(assoc))
+        host = traffic.host if traffic else ""
+        calling_ae = str(assoc.requestor.ae_title).strip()
+
+        def store(request: StoreRequest, association_bytes: int) -> Answer:
+            assert request.command.sop_instance_uid is not None
+            return self._keep(calling_ae, host, request.context, request.command.sop_instance_uid,
+                              request.dataset, association_bytes)
+
+        def serve(sock: socket.socket) -> None:
+            sock.settimeout(min(0.5, admission.idle_timeout_s))
+            outcome = DataPhase(
+                sock, host, contexts, int(assoc.requestor.maximum_length or 0), admission.limits,
+                admission.idle_timeout_s, self._intake.max_instance_bytes, store, lambda: assoc._kill,
+            ).serve()
+            assoc.is_established = False
+            assoc.is_released = outcome == "released"
+            assoc.is_aborted = outcome != "released"
+
+        return serve
+
+    def _keep(self, calling_ae: str, host: str, context: Context, request_uid: str,
+              encoded: bytes | bytearray | memoryview, association_bytes: int) -> Answer:
+        """Keep one C-STORE's instance; the status to answer (with a comment when it is
+        not a success)."""
         if not self._in_flight.enter():
-            return _status(OUT_OF_RESOURCES, "node is shutting down; send again later")
+            return Answer(OUT_OF_RESOURCES, "node is shutting down; send again later")
         try:
-            return self._receive(event)
+            return self._receive(calling_ae, host, context, request_uid, memoryview(encoded), association_bytes)
         except Exception as exc:  # never let one bad dataset take the association down
             # The type only: messages from parsers may quote attribute values.
             log.error("C-STORE failed unexpectedly (%s); answered 0x0110", type(exc).__name__)
             log.debug("C-STORE failure detail", exc_info=True)
-            return _status(PROCESSING_FAILURE, "processing failure")
+            return Answer(PROCESSING_FAILURE, "processing failure")
         finally:
             self._in_flight.leave()
 
-    def _over_limits(self, event: evt.Event, size: int) -> Dataset | None:
+    def _over_limits(self, host: str, size: int, association_bytes: int) -> Answer | None:
         """0xA700 for an instance the limits or the disk reserve do not allow."""
         s = self._settings
-        traffic = self._traffic.get(id(event.assoc))
-        if s.max_association_mb and traffic and traffic.total > s.max_association_mb * MB:
-            log.warning("C-STORE from %s refused: the association brought more than max_association_mb",
-                        traffic.host)
-            return _status(OUT_OF_RESOURCES, "association size limit; open a new association")
+        if s.max_association_mb and association_bytes > s.max_association_mb * MB:
+            log.warning("C-STORE from %s refused: the association brought more than max_association_mb", host)
+            return Answer(OUT_OF_RESOURCES, "association size limit; open a new association")
         refusal = self._intake.size_refusal(size)
-        return _status(refusal.status, refusal.comment) if refusal else None
+        return Answer(refusal.status, refusal.comment) if refusal else None
 
-    def _receive(self, event: evt.Event) -> Dataset | int:
+    def _receive(self, calling_ae: str, host: str, context: Context, request_uid: str,
+                 encoded: memoryview, association_bytes: int) -> Answer:
         started = time.perf_counter()
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
-        transfer_syntax = str(event.context.transfer_syntax)
-        request = event.request
-        assert isinstance(request, C_STORE) and request.DataSet is not None
-        encoded = request.DataSet.getbuffer()
-        refusal = self._over_limits(event, len(encoded))
+        transfer_syntax = context.transfer_syntax
+        refusal = self._over_limits(host, len(encoded), association_bytes)
         if refusal is not None:
             return refusal
         header = self._intake.header(encoded, transfer_syntax, calling_ae)
         if isinstance(header, Refusal):
-            return _status(header.status, header.comment)
-        if header.sop_instance_uid != str(request.AffectedSOPInstanceUID):
+            return Answer(header.status, header.comment)
+        if header.sop_instance_uid != request_uid:
             log.warning(
                 "C-STORE from %s refused: SOP Instance UID %s in the dataset differs from the "
-                "request's %s", calling_ae, header.sop_instance_uid,
-                request.AffectedSOPInstanceUID,
+                "request's %s", calling_ae, header.sop_instance_uid, request_uid,
             )
-            return _status(CANNOT_UNDERSTAND, "SOP Instance UID differs from the request")
-        if header.sop_class_uid != str(event.context.abstract_syntax):
+            return Answer(CANNOT_UNDERSTAND, "SOP Instance UID differs from the request")
+        if header.sop_class_uid != context.abstract_syntax:
             log.warning(
                 "C-STORE from %s refused: instance %s has SOP Class %s on a %s context",
-                calling_ae, header.sop_instance_uid, header.sop_class_uid,
-                event.context.abstract_syntax,
+                calling_ae, header.sop_instance_uid, header.sop_class_uid, context.abstract_syntax,
             )
-            return _status(DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class differs from the context")
+            return Answer(DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class differs from the context")
 
         kept = self._intake.keep(header, encoded, transfer_syntax, calling_ae, calling_ae or "UNKNOWN")
         if kept is not None:
-            return _status(kept.status, kept.comment)
+            return Answer(kept.status, kept.comment)
         log.debug(
             "stored instance %s (%d bytes, %s) from %s in %.1f ms",
             header.sop_instance_uid, len(encoded), transfer_syntax, calling_ae,
             (time.perf_counter() - started) * 1000,
         )
-        return SUCCESS
+        return Answer(SUCCESS)

@@ -8,7 +8,9 @@ network thread died on a malformed PDU; releasing an association's slot the mome
 its connection ends; the TLS handshake outside the accept loop; SO_REUSEPORT and a
 deep listen backlog on the listening socket; a requestor telling a fast rejection from
 an abort (see :func:`recover_rejection`); a requestor keeping the response to its own
-request (see :func:`hand_back_responses`). The node needs all
+request (see :func:`hand_back_responses`); serving a storage association's data phase
+from its own thread instead of two polling ones (see :func:`serve_data_phase`). The
+node needs all
 of them on a hospital network, so they are done here, against pynetdicom 3.0
 (``pyproject.toml`` pins ``>=3.0,<3.1``). :func:`check_internals` says at start-up,
 and in the test suite, if an installed pynetdicom no longer has what is used here.
@@ -20,8 +22,9 @@ import logging
 import queue
 import socket
 import socketserver
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pynetdicom.association import Association
@@ -31,6 +34,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from node.network.balance import ConnectionBalancer
 from node.network.handshake import INVALID_PDU_PARAMETER, PduLimits, a_abort
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,8 @@ RELIED_ON: tuple[tuple[type, str], ...] = (
     (Association, "kill"),
     (Association, "acceptor"),  # its primitive set to a rejection the requestor missed
     (Association, "_reactor_checkpoint"),  # cleared while a request waits for its response
+    (Association, "_run_reactor"),  # wrapped: a storage association's data phase is served by the node
+    (Association, "requestor"),
     (DULServiceProvider, "run"),  # wrapped: a decoding error aborts instead of ending the thread
     (DULServiceProvider, "_kill_thread"),
     (DULServiceProvider, "to_user_queue"),
@@ -54,6 +60,7 @@ RELIED_ON: tuple[tuple[type, str], ...] = (
     (AssociationSocket, "socket"),
     (AssociationSocket, "ready"),  # overridden: the A-ASSOCIATE-RQ already read counts as ready
     (AssociationSocket, "recv"),  # overridden: PDU headers checked before their bodies are read
+    (AssociationSocket, "send"),  # overridden: reading holds once the A-ASSOCIATE-AC is sent
     (ThreadedAssociationServer, "process_request_thread"),  # the admission, in the connection's thread
     (ThreadedAssociationServer, "get_request"),
     (ThreadedAssociationServer, "server_bind"),
@@ -112,9 +119,13 @@ class AcceptingServer(ThreadedAssociationServer):
 
     request_queue_size = 1024
     gate: Gate | None = None  # set by the listener before serving
+    #: Set by a listener process that shares the port with siblings (see node.network.balance).
+    balancer: ConnectionBalancer | None = None
+    tls = False
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         assert self.gate is not None, "the listener sets the gate before serving"
+        counted = self.balancer.done if self.balancer is not None else None
         try:
             admission = self.gate(request, str(client_address[0]))
         except Exception as exc:  # never take the accept loop down with one connection
@@ -122,7 +133,11 @@ class AcceptingServer(ThreadedAssociationServer):
             admission = None
         if admission is None:
             self.shutdown_request(request)
+            if counted is not None:
+                counted()
             return
+        if counted is not None:
+            admission = replace(admission, release=_once(admission.release, counted))
         try:
             _AdmittedRequestHandler(request, client_address, self, admission)
         except Exception:
@@ -136,9 +151,23 @@ class AcceptingServer(ThreadedAssociationServer):
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
+        assert self.socket is not None
+        client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
+        if self.balancer is not None:
+            target = self.balancer.place()
+            if target != self.balancer.index and self.balancer.hand_over(target, client, address, self.tls):
+                client.close()
+                raise OSError("connection passed to a sibling listener process")  # socketserver skips it
+        return self.adopt(client), address
+
+    def adopt(self, client: socket.socket) -> socket.socket:
+        """The socket as this server serves it (the TLS server wraps it)."""
+        return client
+
+    def serve_passed(self, client: socket.socket, address: tuple[str, int]) -> None:
+        """Serve a connection a sibling process accepted and passed here."""
+        self.process_request(self.adopt(client), address)
 
     def shutdown(self) -> None:
         # Made with AE.make_server, so not in the AE's own list of servers that
@@ -147,17 +176,28 @@ class AcceptingServer(ThreadedAssociationServer):
         self.server_close()
 
 
+def _once(first: Callable[[], None], then: Callable[[], None]) -> Callable[[], None]:
+    """``first`` then ``then``, the first time the result is called only."""
+    called = threading.Lock()
+
+    def both() -> None:
+        if called.acquire(blocking=False):
+            first()
+            then()
+
+    return both
+
+
 class TlsAcceptingServer(AcceptingServer):
     """The TLS port: pynetdicom wraps the socket and shakes hands in the accept loop,
     where one silent client blocks everyone; here the socket is only wrapped, and the
     handshake is the first step of the gate, in the connection's own thread."""
 
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None and self.ssl_context is not None
-        client, address = self.socket.accept()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        wrapped = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
-        return wrapped, address
+    tls = True
+
+    def adopt(self, client: socket.socket) -> socket.socket:
+        assert self.ssl_context is not None
+        return self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
 
 
 class CheckedSocket(AssociationSocket):
@@ -174,6 +214,10 @@ class CheckedSocket(AssociationSocket):
     _pdu_left: int
     admission: Admission
     _host: str
+    #: Set once the A-ASSOCIATE-AC is sent; reading then holds until ``_hold`` is cleared
+    #: (the data phase stays pynetdicom's) or for good (the node serves it).
+    accepted: threading.Event
+    _hold: bool
 
     @classmethod
     def take_over(cls, sock: AssociationSocket, admission: Admission, host: str) -> None:
@@ -185,12 +229,28 @@ class CheckedSocket(AssociationSocket):
         sock._pdu_left = 0
         sock.admission = admission
         sock._host = host
+        sock.accepted = threading.Event()
+        sock._hold = False
         if sock.socket is not None:
             sock.socket.settimeout(admission.idle_timeout_s)
 
     @property
     def ready(self) -> bool:
+        if self._hold:
+            return False
         return bool(self._pending) or bool(super().ready)
+
+    def send(self, bytestream: bytes) -> None:
+        if bytestream[:1] == b"\x02":  # A-ASSOCIATE-AC: who reads the data phase is not decided yet
+            self._hold = True
+            super().send(bytestream)
+            self.accepted.set()
+            return
+        super().send(bytestream)
+
+    def release_hold(self) -> None:
+        """pynetdicom's network thread reads the data phase."""
+        self._hold = False
 
     def recv(self, nr_bytes: int) -> bytearray:
         data = bytearray(self._pending[:nr_bytes])
@@ -388,3 +448,40 @@ def checked_requestor(assoc: Association) -> Association:
     """A requestor's association with both of pynetdicom 3.0's requestor races
     handled (:func:`recover_rejection`, :func:`hand_back_responses`)."""
     return hand_back_responses(recover_rejection(assoc))
+
+
+DataPhaseServer = Callable[[socket.socket], None]
+
+
+def serve_data_phase(assoc: Association, pick: Callable[[Association], DataPhaseServer | None]) -> None:
+    """Once ``assoc`` is established, hand its data phase to ``pick(assoc)(socket)`` in
+    the association's thread, with pynetdicom's network thread stopped (the node then
+    owns the socket). ``pick`` returning None, or an association the gate did not
+    admit, keeps pynetdicom's reactor. The server must return soon after
+    ``assoc._kill`` is set (the node aborts its associations at shutdown)."""
+    run_reactor = assoc._run_reactor
+
+    def choose() -> None:
+        sock = assoc.dul.socket
+        if not isinstance(sock, CheckedSocket) or sock.socket is None:
+            run_reactor()
+            return
+        # The A-ASSOCIATE-AC is queued to the network thread; until it is sent, that
+        # thread must go on (it sends it), and after it, it reads nothing more.
+        serve = pick(assoc) if sock.accepted.wait(assoc.acse_timeout or 30) else None
+        if serve is None:
+            sock.release_hold()
+            run_reactor()
+            return
+        dul = assoc.dul
+        dul._kill_thread = True
+        dul.join(5)
+        if dul.is_alive():  # cannot happen while reading holds; pynetdicom's way then
+            log.error("association from %s: network thread did not stop; pynetdicom serves it", sock._host)
+            dul._kill_thread = False
+            sock.release_hold()
+            run_reactor()
+            return
+        serve(sock.socket)
+
+    assoc._run_reactor = choose  # type: ignore[method-assign]

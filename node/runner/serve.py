@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 
 from config.settings import Settings
 from node.network.access import AccessPolicy
+from node.network.balance import ListenerMesh
 from node.network.listener import PEER_BUCKETS
 from node.network.tls import TlsConfigError, server_context
 from node.pipeline.completion import CompletionPolicy, CompletionSweep
@@ -317,7 +318,10 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         ctx = multiprocessing.get_context("spawn")
         counters = ctx.Array("i", listeners, lock=False)
         peers = ctx.Array("i", listeners * PEER_BUCKETS, lock=False)
-        roles = [Role(f"listener-{i + 1}", run_listener, (counters, peers, i)) for i in range(listeners)]
+        mesh = ListenerMesh(ctx, listeners)
+        roles = [Role(f"listener-{i + 1}", run_listener, (counters, peers, i, mesh.counts, mesh.pids,
+                                                          mesh.outboxes, mesh.inboxes[i]))
+                 for i in range(listeners)]
         roles += worker_roles(settings)
         if settings.api_port:
             roles.append(Role("api", run_api))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import pickle
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from config.settings import Settings
 from node.jobs.context import JobContext
 from node.jobs.kinds import JobKind
 from node.jobs.worker import Worker
+from node.network.balance import ConnectionBalancer
 from node.network.listener import AssociationSlots, StorageListener
 from node.pipeline.completion import CompletionPolicy, CompletionSweep
 from node.pipeline.lifecycle import queue_for
@@ -60,9 +62,12 @@ def _child_process(settings: Settings) -> threading.Event:
 
 
 def run_listener(settings: Settings, name: str, ready: Any, counters: Any, peers: Any,
-                 index: int) -> None:
+                 index: int, connections: Any = None, pids: Any = None,
+                 outboxes: list[socket.socket] | None = None, inbox: socket.socket | None = None) -> None:
     """Body of one listener process; ``counters`` and ``peers`` are the shared
-    association counts (see :class:`AssociationSlots`)."""
+    association counts (see :class:`AssociationSlots`); ``connections``, ``pids``,
+    ``outboxes`` and ``inbox``: its part of the :class:`ListenerMesh` (connections
+    spread by load), absent when it is the only listener."""
     stop = _child_process(settings)
     try:
         engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
@@ -71,8 +76,10 @@ def run_listener(settings: Settings, name: str, ready: Any, counters: Any, peers
         slots.reset()  # a restarted listener holds no associations
         queue, store = queue_for(settings, engine), FileStore(settings.data_dir)
         completion = CompletionSweep(engine, queue, CompletionPolicy.from_settings(settings), store)
+        balancer = (ConnectionBalancer(connections, pids, index, outboxes, inbox)
+                    if outboxes is not None and inbox is not None and len(outboxes) > 1 else None)
         listener = StorageListener(settings, engine, store, slots, on_reference=comparison_queuer(queue),
-                                   on_procedure_completed=completion.complete_now)
+                                   on_procedure_completed=completion.complete_now, balancer=balancer)
         listener.start()
     except Exception as exc:
         ready.put((name, f"{type(exc).__name__}: {exc}"))

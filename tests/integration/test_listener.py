@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -148,3 +149,47 @@ def test_a_killed_listener_process_is_replaced_and_the_node_keeps_serving(node_f
     assert node.stop() == 0
     node.start()
     assert "did not stop cleanly" in node.log()  # files of the dead process get reconciled
+
+
+def _established_per_listener(node: Node) -> dict[str, int]:
+    """Connections to the node's port each listener process holds (from /proc)."""
+    assert node.proc is not None
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == node.port and fields[3] == "01":  # ESTABLISHED
+                inodes.add(fields[9])
+    held: dict[str, int] = {}
+    for pid in child_pids(node.proc.pid):
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            if not name.startswith("listener"):
+                continue
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        held[name] = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+    return held
+
+
+def test_associations_are_spread_evenly_over_the_listener_processes(node_factory) -> None:
+    # The kernel's SO_REUSEPORT hash alone puts eight connections four and four on two
+    # processes about one time in four; the node places each on the process serving fewest.
+    node: Node = node_factory("listener_processes = 2\nworkers = 0\n", extra_env={"AINODE_API_PORT": "0"}).start()
+    study, series = generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT)
+    slices = [ct_slice(study, series, i) for i in range(8)]
+    context = (str(slices[0].SOPClassUID), str(slices[0].file_meta.TransferSyntaxUID))
+    associations = []
+    try:
+        for _ in range(8):
+            assoc = associate(node.port, [context])
+            assert assoc.is_established
+            associations.append(assoc)
+        assert sorted(_established_per_listener(node).values()) == [4, 4]
+        for ds, assoc in zip(slices, associations, strict=True):  # each served where it was placed
+            assert int(assoc.send_c_store(ds).Status) == 0
+    finally:
+        for assoc in associations:
+            assoc.release()
+    assert _counts(node)["instances"] == 8

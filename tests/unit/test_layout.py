@@ -29,6 +29,7 @@ OTHER_SENSES = {
     ("node/web/quality_api.py", "quality"): "the API's tag for its quality endpoints",
     ("node/runner/quality_cli.py", "failed"): "a study's outcome in a validation",
     ("node/quality/html_report.py", "failed"): "a study's outcome in a validation",
+    ("node/network/pynetdicom_internals.py", "send"): "the name of a pynetdicom method the node overrides",
 }
 
 
