@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ai.protocol import ValueMap
+from ai.protocol import ValueMap, labels_present
 from ai.volume import Volume, affine_lps
 
 #: Maps are kept as fractions in 1/255 steps: the resolution of a fractional SEG
@@ -73,7 +73,7 @@ class LabelMap:
     @property
     def labels(self) -> set[int]:
         """The labels present (background excluded)."""
-        return set(np.unique(self.array).tolist()) - {0}
+        return set(labels_present(self.array))
 
     def to_npz(self) -> bytes:
         """The label map and its geometry as a compressed ``.npz`` file's bytes.

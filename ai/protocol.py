@@ -421,17 +421,27 @@ class PredictionMismatch(ValueError):
     """A prediction does not fit what its model declared; the message says how."""
 
 
+def labels_present(labelmap: np.ndarray) -> list[int]:
+    """The non-zero values of an integer label map, ascending. A one-byte map with a
+    few labels is compared value by value, with many counted in chunks: np.unique
+    sorts all 78 million voxels of a 300-slice CT (0.26 s against 0.06)."""
+    if labelmap.size == 0:
+        return []
+    if labelmap.dtype not in (np.uint8, np.bool_):
+        return [int(v) for v in np.unique(labelmap) if v != 0]
+    values = labelmap.view(np.uint8).reshape(-1)
+    top = int(values.max())
+    if top <= 8:
+        return [v for v in range(1, top + 1) if (values == v).any()]
+    counts = np.zeros(256, dtype=np.int64)
+    for start in range(0, values.size, 1 << 20):
+        counts += np.bincount(values[start:start + (1 << 20)], minlength=256)
+    return [int(v) for v in np.flatnonzero(counts[1:]) + 1]
+
+
 def undeclared_labels(labelmap: np.ndarray, declared: set[int]) -> list[int]:
-    """The values of an integer label map that are neither 0 nor ``declared``. A
-    one-byte map is looked up in a 256-entry table (np.unique sorts all 78 million
-    voxels of a 300-slice CT: 0.25 s against 0.1)."""
-    if labelmap.dtype in (np.uint8, np.bool_):
-        unexpected = np.ones(256, dtype=bool)
-        unexpected[[0, *(v for v in declared if 0 <= v < 256)]] = False
-        values = labelmap.view(np.uint8)
-        found = unexpected[values]
-        return np.unique(values[found]).tolist() if found.any() else []
-    return sorted(set(np.unique(labelmap).tolist()) - declared - {0})
+    """The values of an integer label map that are neither 0 nor ``declared``."""
+    return [v for v in labels_present(labelmap) if v not in declared]
 
 
 def check_prediction(outputs: Outputs, prediction: Prediction, shape: tuple[int, ...]) -> None:

@@ -219,8 +219,11 @@ def volume_from_datasets(datasets: Sequence[Dataset], min_slices: int = 3) -> Vo
         spacing = _check_stacking(frames, distance, normal)
     array = np.empty((len(frames), *frames[0].pixels.shape), dtype=np.float32)
     for i, f in enumerate(frames):
-        np.multiply(f.pixels, f.slope, out=array[i], casting="unsafe")
-        array[i] += f.intercept
+        if f.slope == 1:  # (CT) one pass in float32
+            np.add(f.pixels, np.float32(f.intercept), out=array[i], dtype=np.float32, casting="unsafe")
+        else:
+            np.multiply(f.pixels, f.slope, out=array[i], casting="unsafe")
+            array[i] += f.intercept
     row_spacing, col_spacing = frames[0].pixel_spacing
     kernel = first.get("ConvolutionKernel")
     if kernel is not None and not isinstance(kernel, str):

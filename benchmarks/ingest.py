@@ -202,19 +202,25 @@ def main() -> None:
             write_ct_study(folder, series=1, slices=args.slices, size=512)
         size_mb = sum(p.stat().st_size for p in studies[0].rglob("*.dcm")) / 1e6
 
+        # Receivers take turns within each repetition, so that the machine's moods
+        # (it is shared) fall on all of them alike.
+        single: dict[str, list[tuple[float, float, dict[str, float]]]] = {r.name: [] for r in RECEIVERS}
+        multi: dict[str, list[tuple[float, float, dict[str, float]]]] = {r.name: [] for r in RECEIVERS}
+        for _ in range(args.repetitions):
+            for receiver in RECEIVERS:
+                single[receiver.name].append(run(receiver, studies[:1], args.slices))
+                multi[receiver.name].append(run(receiver, studies, args.slices * args.senders))
         rows = []
         processes: dict[str, dict[str, float]] = {}
         for receiver in RECEIVERS:
-            single = [run(receiver, studies[:1], args.slices) for _ in range(args.repetitions)]
-            multi = [run(receiver, studies, args.slices * args.senders)
-                     for _ in range(max(1, args.repetitions // 2))]
+            one, many = single[receiver.name], multi[receiver.name]
             rows.append((receiver.name,
-                         statistics.median(r for r, _, _ in single),
-                         statistics.median(m for _, m, _ in single),
-                         statistics.median(r for r, _, _ in multi),
-                         statistics.median(m for _, m, _ in multi),
-                         [round(r) for r, _, _ in single]))
-            processes[receiver.name] = multi[-1][2]
+                         statistics.median(r for r, _, _ in one),
+                         statistics.median(m for _, m, _ in one),
+                         statistics.median(r for r, _, _ in many),
+                         statistics.median(m for _, m, _ in many),
+                         [round(r) for r, _, _ in one], [round(r) for r, _, _ in many]))
+            processes[receiver.name] = many[-1][2]
             print(f"{receiver.name}: {rows[-1][1]:.0f} images/s, {args.senders} senders "
                   f"{rows[-1][3]:.0f} images/s", flush=True)
 
@@ -224,8 +230,9 @@ def main() -> None:
     lines = [
         f"Ingest: storescu (TCP_NODELAY=1) sends a synthetic {args.slices}-slice 512x512 CT "
         f"({size_mb:.0f} MB, implicit VR LE) on loopback; medians of {args.repetitions} runs "
-        f"(one sender) and {max(1, args.repetitions // 2)} runs ({args.senders} senders at once, "
-        f"{args.slices * args.senders} images). {os.cpu_count()} cores, "
+        f"(one sender) and {args.repetitions} runs ({args.senders} senders at once, "
+        f"{args.slices * args.senders} images), the receivers taking turns in each repetition. "
+        f"{os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d')}. Orthanc {ORTHANC_VERSION} runs with its defaults "
         "(SyncStorageArea on: each file fsynced; its SQLite index); storescp writes without fsync "
@@ -233,12 +240,14 @@ def main() -> None:
         "before it answers.",
         "",
         "| receiver | 1 sender, images/s | to storescp | to Orthanc | peak RSS MiB | "
-        f"{args.senders} senders, images/s | to storescp | to Orthanc | peak RSS MiB | runs (1 sender) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"{args.senders} senders, images/s | to storescp | to Orthanc | peak RSS MiB | runs (1 sender) | "
+        f"runs ({args.senders} senders) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    for name, rate, rss, multi, mrss, runs in rows:
+    for name, rate, rss, many, mrss, runs, many_runs in rows:
         lines.append(f"| {name} | {rate:.0f} | {rate / reference:.2f} | {rate / orthanc[1]:.2f} | {rss:.0f} | "
-                     f"{multi:.0f} | {multi / reference_multi:.2f} | {multi / orthanc[3]:.2f} | {mrss:.0f} | {runs} |")
+                     f"{many:.0f} | {many / reference_multi:.2f} | {many / orthanc[3]:.2f} | {mrss:.0f} | "
+                     f"{runs} | {many_runs} |")
     lines += ["", f"Peak resident memory of each process during a {args.senders}-sender run:"]
     for name, each in processes.items():
         lines.append(f"- {name}: " + ", ".join(f"{process} {mib:.0f} MiB" for process, mib in each.items()))

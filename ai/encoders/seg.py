@@ -63,7 +63,10 @@ def encode_segmentation(
     lut = np.zeros(256, dtype=np.uint8)
     for number, spec in enumerate(specs, start=1):
         lut[spec.label] = number
-    images, frames = source_frames(labelmap, lut[labelmap.array], sources)
+    # (ct-chest's labels are already 1..N: the map is used as it is, not looked up voxel by voxel)
+    identical = labelmap.array.dtype == np.uint8 and all(lut[v] == v for v in present)
+    numbered = labelmap.array if identical else lut[labelmap.array]
+    images, frames = source_frames(labelmap, numbered, sources)
     algorithm = algorithm_identification(identity)
     descriptions = [
         hd.seg.SegmentDescription(

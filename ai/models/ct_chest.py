@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ai.kernels import kernel_class, kernel_concern
+from ai.morphology import bounding_box, components, dilate_disk, erode_disk, fill_holes_2d, holes_2d
 from ai.protocol import (
     Accepts,
     Assessment,
@@ -116,38 +117,6 @@ def _check_chest_coverage(lungs: np.ndarray, body: np.ndarray) -> None:
             "an abdomen CT with the lung bases, or air in a head CT, does not)")
 
 
-_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
-_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
-
-
-def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
-    """Fill holes slice by slice (as ``binary_fill_holes`` on each slice), in one pass:
-    background regions are labelled within their slice, and those that do not reach
-    the slice's edge are holes. Only the mask's bounding box is examined."""
-    found = np.nonzero(mask.any(axis=(1, 2)))[0]
-    if found.size == 0:
-        return mask.copy()
-    rows = np.nonzero(mask.any(axis=(0, 2)))[0]
-    cols = np.nonzero(mask.any(axis=(0, 1)))[0]
-    box = (slice(found[0], found[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    inner = mask[box]
-    labels, count = ndimage.label(~inner, _IN_PLANE)
-    reaches_edge = np.zeros(count + 1, dtype=bool)
-    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
-        reaches_edge[edge] = True
-    reaches_edge[0] = False  # label 0: the mask itself
-    out = mask.copy()
-    out[box] = ~reaches_edge[labels]
-    return out
-
-
-def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    labels, n = ndimage.label(mask)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    return labels, sizes
-
-
 def _track_airways(air: np.ndarray, voxel_mm2: float) -> np.ndarray:
     """Trachea and main bronchi: small air regions continuing down from the top slice."""
     airway = np.zeros_like(air)
@@ -186,15 +155,41 @@ def _track_airways(air: np.ndarray, voxel_mm2: float) -> np.ndarray:
     return airway
 
 
+def _upsample(coarse: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """Each coarse pixel repeated ``factor`` x ``factor`` times in-plane, cut to ``shape``."""
+    if factor == 1:
+        return coarse.copy()
+    d, ch, cw = coarse.shape
+    columns = np.repeat(coarse, factor, axis=2)  # then whole rows: copying rows is fast
+    full = np.empty((d, ch, factor, cw * factor), dtype=coarse.dtype)
+    full[...] = columns[:, :, None, :]
+    full = full.reshape(d, ch * factor, cw * factor)
+    return full if full.shape[1:] == shape else np.ascontiguousarray(full[:, :shape[0], :shape[1]])
+
+
+def _mean_column(mask: np.ndarray) -> float:
+    profile = np.count_nonzero(mask, axis=(0, 1))
+    return float((profile * np.arange(mask.shape[2])).sum() / profile.sum())
+
+
+def _chosen(labels: np.ndarray, chosen: np.ndarray, count: int) -> np.ndarray:
+    """The voxels whose label is one of ``chosen`` (a lookup table: ``np.isin`` sorts)."""
+    table = np.zeros(count + 1, dtype=bool)
+    table[chosen] = True
+    table[0] = False
+    found: np.ndarray = table[labels]
+    return found
+
+
 def _split_left_right(lung: np.ndarray, column_x_sign: float) -> tuple[np.ndarray, np.ndarray]:
     """(right, left) lung masks. ``column_x_sign``: +1 when the column index grows
     towards the patient's left (+x), -1 when towards the right."""
-    labels, sizes = _components(lung)
+    labels, sizes = components(lung)
     order = np.argsort(sizes)[::-1]
     big = [i for i in order[:2] if sizes[i] > 0.15 * sizes[order[0]]]
     if len(big) == 2:
         a, b = (labels == big[0]), (labels == big[1])
-        ca, cb = np.argwhere(a)[:, 2].mean(), np.argwhere(b)[:, 2].mean()
+        ca, cb = _mean_column(a), _mean_column(b)
         left_first = (ca - cb) * column_x_sign > 0
         return (b, a) if left_first else (a, b)
     # One region: split at the emptiest column between the two halves.
@@ -235,23 +230,24 @@ class CtChestModel:
 
         body = self._body((coarse > -500).cpu().numpy(), c_dy)
         air = (coarse < -400).cpu().numpy() & body
-        labels, sizes = _components(air)
+        labels, sizes = components(air)
         voxel_ml = dz * c_dy * c_dx / 1000
         if sizes.max(initial=0) * voxel_ml < 200:
             raise LungSegmentationError(
                 f"no lungs found: the largest air region inside the body is "
                 f"{sizes.max(initial=0) * voxel_ml:.0f} mL")
         keep = np.nonzero(sizes >= max(0.3 * sizes.max(), 100 / voxel_ml))[0]
-        lungs_and_airways = np.isin(labels, keep)
+        lungs_and_airways = _chosen(labels, keep, len(sizes) - 1)
         _check_chest_coverage(lungs_and_airways, body)
         airways = _track_airways(lungs_and_airways, c_dy * c_dx)
         lung = lungs_and_airways & ~airways
         column_x_sign = float(np.sign(volume.direction[0, 0]) or 1.0)
         right, left = _split_left_right(lung, column_x_sign)
-        right, left = _fill_holes_2d(right), _fill_holes_2d(left)
+        right, left = fill_holes_2d(right), fill_holes_2d(left)
 
-        labelmap = self._full_resolution(hu, factor, body, right, left)
-        return self._measure(hu, labelmap, volume)
+        values = np.asarray(volume.array)  # the HU on the CPU (hu may be on a GPU)
+        labelmap, lungs_box = self._full_resolution(values, factor, body, right, left)
+        return self._measure(values, labelmap, lungs_box, volume)
 
     def predict_with_priors(self, volume: Volume, priors: list[PriorVolume]) -> Prediction:
         """As :meth:`predict`, plus the change of each lung's volume and %LAA-950 since
@@ -315,44 +311,49 @@ class CtChestModel:
         (the table top, its shell and cables touch the body through a few pixels),
         grown back to its own edge, holes filled slice by slice."""
         radius = max(1, int(round(_TABLE_CUT_MM / pixel_mm)))
-        disk = np.zeros((1, 2 * radius + 1, 2 * radius + 1), dtype=bool)
-        yy, xx = np.ogrid[-radius:radius + 1, -radius:radius + 1]
-        disk[0] = yy ** 2 + xx ** 2 <= radius ** 2
-        opened = ndimage.binary_opening(candidate, disk)
-        labels, sizes = _components(opened if opened.any() else candidate)
+        opened = dilate_disk(erode_disk(candidate, radius), radius)
+        labels, sizes = components(opened if opened.any() else candidate)
         if sizes.max(initial=0) == 0:
             raise LungSegmentationError("no body found (nothing above -500 HU)")
         core = labels == int(np.argmax(sizes))
         # What the opening took back: pieces of the body's own edge lie within the
         # radius of the core; a piece reaching further out (the table) is not body.
-        near = ndimage.binary_dilation(core, disk)
-        rest, _ = ndimage.label(candidate & ~core)
-        beyond = np.unique(rest[~near & (rest > 0)])
-        edge = (rest > 0) & ~np.isin(rest, beyond)
-        return _fill_holes_2d(core | edge)
+        near = dilate_disk(core, radius)
+        rest, count = ndimage.label(candidate & ~core)
+        is_edge = np.ones(count + 1, dtype=bool)
+        is_edge[rest[~near]] = False
+        is_edge[0] = False
+        return fill_holes_2d(core | is_edge[rest])
 
-    def _full_resolution(self, hu: torch.Tensor, factor: int, body: np.ndarray,
-                         right: np.ndarray, left: np.ndarray) -> np.ndarray:
-        d, h, w = hu.shape
+    @staticmethod
+    def _full_resolution(values: np.ndarray, factor: int, body: np.ndarray, right: np.ndarray,
+                         left: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
+        """The label map at the series' resolution, and the box holding its lung voxels.
+        Only that box needs the full-resolution HU: elsewhere the coarse labels hold."""
+        d, h, w = values.shape
         coarse = np.zeros(body.shape, dtype=np.uint8)
         coarse[body] = BODY
         coarse[right] = RIGHT_LUNG
         coarse[left] = LEFT_LUNG
-        up = torch.from_numpy(coarse).to(hu.device)
-        if factor > 1:
-            up = up.repeat_interleave(factor, 1).repeat_interleave(factor, 2)[:, :h, :w]
-        labelmap = up.clone()
-        air = hu < -400
-        is_lung = (up == RIGHT_LUNG) | (up == LEFT_LUNG)
+        labelmap = _upsample(coarse, factor, (h, w))
+        found = bounding_box(right | left)
+        if found is None:
+            return labelmap, (slice(0, 0),) * 3
+        zs, ys, xs = found
+        box = (zs, slice(ys.start * factor, min(ys.stop * factor, h)),
+               slice(xs.start * factor, min(xs.stop * factor, w)))
+        inside = labelmap[box]
         # Boundary voxels the coarse grid called lung but that are tissue go to the body.
-        labelmap[is_lung & ~air] = BODY
-        result = labelmap.cpu().numpy()
+        inside[(inside >= RIGHT_LUNG) & (values[box] >= -400)] = BODY
         for label in (RIGHT_LUNG, LEFT_LUNG):  # vessels enclosed by lung are lung
-            filled = _fill_holes_2d(result == label)
-            result[filled & (result == BODY)] = label
-        return result
+            holes = holes_2d(inside == label)
+            if holes is not None:
+                region = inside[holes[0]]
+                region[holes[1] & (region == BODY)] = label
+        return labelmap, box
 
-    def _measure(self, hu: torch.Tensor, labelmap: np.ndarray, volume: Volume) -> Prediction:
+    def _measure(self, values: np.ndarray, labelmap: np.ndarray, lungs_box: tuple[slice, ...],
+                 volume: Volume) -> Prediction:
         voxel_ml = volume.voxel_volume_ml
         kernel, thickness = volume.convolution_kernel, volume.slice_thickness or volume.spacing[0]
         kernel_problem = kernel_concern(kernel)
@@ -365,10 +366,10 @@ class CtChestModel:
         laa_reliable = not laa_problems
         laa_note = "" if laa_reliable else "not reliable: " + "; ".join(laa_problems)
         density_note = f"not reliable: {thickness_problem}" if thick else ""
-        values = hu.cpu().numpy()
+        labels, lung_values = labelmap[lungs_box], values[lungs_box]
         measurements, laa_total, lung_total = [], 0, 0
         for side, label in (("right", RIGHT_LUNG), ("left", LEFT_LUNG)):
-            voxels = values[labelmap == label]
+            voxels = lung_values[labels == label]
             count = int(voxels.size)
             if count == 0:
                 raise LungSegmentationError(f"no {side} lung found")
@@ -387,7 +388,7 @@ class CtChestModel:
             finding = Finding("emphysema suspected", None, Assessment.INDETERMINATE,
                               f"%LAA-950 {laa_note}")
         return Prediction(
-            labelmap=labelmap.astype(np.uint8),
+            labelmap=labelmap,
             measurements=measurements,
             findings=[finding],
             provenance={"convolution_kernel": kernel, "kernel_class": str(kernel_class(kernel)),
