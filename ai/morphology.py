@@ -126,4 +126,3 @@ def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
         box, holes = found
         out[box] |= holes
     return out
-

@@ -1,7 +1,8 @@
 """Built-in model ``ct-chest``: body and lungs on chest CT, lung volume, density and
 emphysema index, without learned weights.
 
-Method (classic threshold-and-topology segmentation, in torch so it runs on a GPU):
+Method (classic threshold-and-topology segmentation; the thresholds and pooling run in
+torch on the model's device, the morphology and labelling in numpy/scipy on the CPU):
 
 1. At about 1.5 mm in-plane (average pooling), the body is the largest connected
    region above -500 HU, holes filled slice by slice.

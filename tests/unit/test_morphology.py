@@ -14,7 +14,6 @@ from ai.morphology import (
     erode_disk,
     fill_holes_2d,
 )
-from ai.protocol import labels_present, undeclared_labels
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -60,14 +59,3 @@ def test_components_and_bounding_box() -> None:
     assert bounding_box(mask) == (slice(0, 3), slice(1, 9), slice(1, 6))
     assert bounding_box(np.zeros_like(mask)) is None
 
-
-def test_labels_present_and_undeclared_ones() -> None:
-    few = np.zeros((3, 8, 8), dtype=np.uint8)
-    few[1, 2, 2], few[2, 5, 5] = 3, 7
-    assert labels_present(few) == [3, 7]
-    assert undeclared_labels(few, {3}) == [7]
-    many = np.arange(3 * 8 * 8, dtype=np.int64).reshape(3, 8, 8).astype(np.uint8)  # 0..191
-    many[many == 100] = 0
-    assert labels_present(many) == [v for v in range(1, 192) if v != 100]
-    assert labels_present(np.array([[-2, 0, 5]])) == [-2, 5]
-    assert labels_present(np.zeros((0, 4), dtype=np.uint8)) == []

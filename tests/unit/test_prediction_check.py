@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from ai.models.ct_chest import OUTPUTS
-from ai.protocol import Finding, Measurement, Prediction, PredictionMismatch, check_prediction
+from ai.protocol import (
+    Finding,
+    Measurement,
+    Prediction,
+    PredictionMismatch,
+    check_prediction,
+    labels_present,
+    undeclared_labels,
+)
 
 SHAPE = (4, 8, 8)
 
@@ -40,3 +48,15 @@ def test_a_prediction_beyond_its_declaration_is_refused_with_the_reason(predicti
                                                                          message: str) -> None:
     with pytest.raises(PredictionMismatch, match=message):
         check_prediction(OUTPUTS, prediction, SHAPE)
+
+
+def test_labels_present_and_undeclared_ones() -> None:
+    few = np.zeros((3, 8, 8), dtype=np.uint8)
+    few[1, 2, 2], few[2, 5, 5] = 3, 7
+    assert labels_present(few) == [3, 7]
+    assert undeclared_labels(few, {3}) == [7]
+    many = np.arange(3 * 8 * 8, dtype=np.int64).reshape(3, 8, 8).astype(np.uint8)  # 0..191
+    many[many == 100] = 0
+    assert labels_present(many) == [v for v in range(1, 192) if v != 100]
+    assert labels_present(np.array([[-2, 0, 5]])) == [-2, 5]
+    assert labels_present(np.zeros((0, 4), dtype=np.uint8)) == []
