@@ -622,6 +622,11 @@ class Settings(BaseSettings):
         description="A running job whose worker stops heartbeating for this long is retried.",
     )
     job_max_attempts: int = Field(default=5, ge=1, le=100)
+    worker_memory_release_s: float = Field(
+        default=60.0, ge=0,
+        description="Job and inference workers keep the memory a study freed for the next "
+                    "one, and give it back to the system after this many seconds without a job.",
+    )
     job_retry_base_delay_s: float = Field(default=10.0, gt=0)
     job_retry_max_delay_s: float = Field(default=600.0, gt=0)
     job_aging_s_per_priority: float = Field(

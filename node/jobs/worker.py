@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sqlalchemy import Engine
 
@@ -27,10 +27,14 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 
 class Worker:
-    """Runs jobs one at a time until ``stop`` is set (finishing the current job)."""
+    """Runs jobs one at a time until ``stop`` is set (finishing the current job).
+
+    ``when_idle`` is called once each time the worker has had no job for
+    ``idle_after_s`` after running one (the workers give their memory back then)."""
 
     def __init__(self, name: str, settings: Settings, engine: Engine, queue: JobQueue,
-                 handlers: Mapping[JobKind, Handler], poll_s: float = 0.5, probe_s: float = 0.05) -> None:
+                 handlers: Mapping[JobKind, Handler], poll_s: float = 0.5, probe_s: float = 0.05,
+                 when_idle: Callable[[], None] | None = None, idle_after_s: float = 60.0) -> None:
         self.name = name
         self._settings = settings
         self._engine = engine
@@ -39,9 +43,12 @@ class Worker:
         self._handlers = dict(handlers)
         self._poll_s = poll_s
         self._probe_s = probe_s
+        self._when_idle = when_idle
+        self._idle_after_s = idle_after_s
 
     def run(self, stop: threading.Event) -> None:
         kinds = sorted(self._handlers)
+        last_job: float | None = None  # when the last job ended, until when_idle ran
         while not stop.is_set():
             try:
                 job = self._queue.claim(self.name, kinds)
@@ -50,9 +57,21 @@ class Worker:
                 stop.wait(self._poll_s * 4)
                 continue
             if job is None:
+                if last_job is not None and time.monotonic() - last_job >= self._idle_after_s:
+                    last_job = None
+                    self._idle()
                 self._wait_for_work(stop, kinds)
                 continue
             self.run_one(job)
+            last_job = time.monotonic()
+
+    def _idle(self) -> None:
+        if self._when_idle is None:
+            return
+        try:
+            self._when_idle()
+        except Exception as exc:  # noqa: BLE001 - housekeeping never stops the worker
+            log.warning("worker %s: idle housekeeping failed (%s)", self.name, type(exc).__name__)
 
     def _wait_for_work(self, stop: threading.Event, kinds: Sequence[str]) -> None:
         """Idle: until a due job of this worker's kinds is queued, or ``poll_s`` passes

@@ -32,6 +32,7 @@ from node.pipeline.lifecycle import queue_for
 from node.quality.seg_jobs import comparison_queuer
 from node.runner import child
 from node.runner.logs import setup_logging
+from node.runner.memory import give_back_memory, keep_freed_memory
 from storage.db import make_engine
 from storage.files import FileStore
 from storage.queue import ClaimedJob
@@ -96,8 +97,10 @@ def run_worker(settings: Settings, name: str, ready: Any) -> None:
     stop = _child_process(settings)
     from node.runner.handlers import general_handlers  # highdicom is loaded by workers only
 
+    keep_freed_memory()
     engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
-    worker = Worker(name, settings, engine, queue_for(settings, engine), general_handlers(settings, engine))
+    worker = Worker(name, settings, engine, queue_for(settings, engine), general_handlers(settings, engine),
+                    when_idle=give_back_memory, idle_after_s=settings.worker_memory_release_s)
     ready.put((name, None))
     worker.run(stop)
     engine.dispose()
@@ -107,6 +110,7 @@ def run_inference_worker(settings: Settings, name: str, ready: Any, device: str,
                          configured: bool) -> None:
     """Body of one inference worker process: one device, its models loaded once."""
     stop = _child_process(settings)
+    keep_freed_memory()
     try:
         from node.pipeline.inference import InferenceRunner  # torch is imported here only
 
@@ -124,7 +128,8 @@ def run_inference_worker(settings: Settings, name: str, ready: Any, device: str,
             _report(runner, name)
 
     _report(runner, name)
-    worker = Worker(name, settings, engine, queue_for(settings, engine), {JobKind.INFER: infer})
+    worker = Worker(name, settings, engine, queue_for(settings, engine), {JobKind.INFER: infer},
+                    when_idle=give_back_memory, idle_after_s=settings.worker_memory_release_s)
     ready.put((name, None))
     worker.run(stop)
     engine.dispose()
