@@ -2,7 +2,8 @@
 emphysema index, without learned weights.
 
 Method (classic threshold-and-topology segmentation; the thresholds and pooling run in
-torch on the model's device, the morphology and labelling in numpy/scipy on the CPU):
+torch on the model's device, the morphology and labelling in numpy/scipy on the CPU,
+slice by slice in torch's threads where the step allows, see ai.morphology):
 
 1. At about 1.5 mm in-plane (average pooling), the body is the largest connected
    region above -500 HU, holes filled slice by slice.
@@ -33,7 +34,15 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ai.kernels import kernel_class, kernel_concern
-from ai.morphology import bounding_box, components, dilate_disk, erode_disk, fill_holes_2d, holes_2d
+from ai.morphology import (
+    bounding_box,
+    by_slabs,
+    components,
+    dilate_disk,
+    erode_disk,
+    fill_holes_2d,
+    holes_2d,
+)
 from ai.protocol import (
     Accepts,
     Assessment,
@@ -178,8 +187,7 @@ def _chosen(labels: np.ndarray, chosen: np.ndarray, count: int) -> np.ndarray:
     table = np.zeros(count + 1, dtype=bool)
     table[chosen] = True
     table[0] = False
-    found: np.ndarray = table[labels]
-    return found
+    return by_slabs(lambda slab: table[slab], labels)
 
 
 def _split_left_right(lung: np.ndarray, column_x_sign: float) -> tuple[np.ndarray, np.ndarray]:
@@ -324,7 +332,7 @@ class CtChestModel:
         is_edge = np.ones(count + 1, dtype=bool)
         is_edge[rest[~near]] = False
         is_edge[0] = False
-        return fill_holes_2d(core | is_edge[rest])
+        return fill_holes_2d(core | by_slabs(lambda slab: is_edge[slab], rest))
 
     @staticmethod
     def _full_resolution(values: np.ndarray, factor: int, body: np.ndarray, right: np.ndarray,

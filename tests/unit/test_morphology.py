@@ -59,3 +59,27 @@ def test_components_and_bounding_box() -> None:
     assert bounding_box(mask) == (slice(0, 3), slice(1, 9), slice(1, 6))
     assert bounding_box(np.zeros_like(mask)) is None
 
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_masks_large_enough_for_threads_give_the_same_answers(threads: int) -> None:
+    """Above a million voxels the in-plane operations run on slabs of slices in
+    torch's threads, and component sizes are counted in parts: the answers are
+    scipy's whatever the number of threads (and slab boundaries)."""
+    import torch
+
+    rng = np.random.default_rng(threads)
+    mask = rng.random((17, 260, 250)) < 0.55  # 1.1 million voxels, 17 slices: uneven slabs
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert np.array_equal(erode_disk(mask, 3), ndimage.binary_erosion(mask, _disk(3)))
+        assert np.array_equal(dilate_disk(mask, 2), ndimage.binary_dilation(mask, _disk(2)))
+        assert np.array_equal(fill_holes_2d(mask), np.stack([ndimage.binary_fill_holes(s) for s in mask]))
+        big = ndimage.binary_dilation(rng.random((24, 300, 300)) < 0.01)  # 2.2 million voxels
+        labels, sizes = components(big)
+        expected, count = ndimage.label(big)
+        assert np.array_equal(labels, expected)
+        assert np.array_equal(sizes[1:], np.bincount(expected.ravel(), minlength=count + 1)[1:])
+    finally:
+        torch.set_num_threads(before)
