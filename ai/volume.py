@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 # Tolerances: positions in mm, orientations as direction cosines.
 _ORIENTATION_TOLERANCE = 1e-3
@@ -101,9 +102,47 @@ def _floats(value: Any, n: int, what: str) -> np.ndarray:
     return out
 
 
+#: Uncompressed little-endian transfer syntaxes: their pixel data is the array's bytes.
+_NATIVE_LITTLE_ENDIAN = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
+
+
+def native_pixels(ds: Dataset) -> np.ndarray | None:
+    """The pixels of a single-frame, single-sample image stored uncompressed in little
+    endian, read straight from its bytes with the same values as ``pixel_array``
+    (unused high bits cleared, or set from the sign bit, as pydicom does); None for
+    anything else. pydicom's decoder pipeline takes about 0.5 ms per slice, a sixth
+    of loading a 300-slice CT."""
+    meta = ds.get("file_meta")
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+        return None
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        signed = int(ds.PixelRepresentation) == 1
+        single = int(ds.get("SamplesPerPixel", 1) or 1) == 1 and int(ds.get("NumberOfFrames", 1) or 1) == 1
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if not single or allocated not in (8, 16, 32) or not 0 < stored <= allocated or rows <= 0 or columns <= 0 \
+            or str(ds.get("PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    data = ds.PixelData
+    if not isinstance(data, bytes) or len(data) < rows * columns * allocated // 8:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    pixels = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    if stored < allocated:
+        shift = allocated - stored
+        pixels = np.right_shift(np.left_shift(pixels, shift), shift)
+    return pixels
+
+
 def _pixels(ds: Dataset, name: str) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise NotAVolume(f"{name} has no pixel data")
+    fast = native_pixels(ds)
+    if fast is not None:
+        return fast
     try:
         return ds.pixel_array
     except Exception as exc:

@@ -623,9 +623,10 @@ class Settings(BaseSettings):
     )
     job_max_attempts: int = Field(default=5, ge=1, le=100)
     worker_memory_release_s: float = Field(
-        default=60.0, ge=0,
+        default=600.0, ge=0,
         description="Job and inference workers keep the memory a study freed for the next "
-                    "one, and give it back to the system after this many seconds without a job.",
+                    "one, and give it back to the system after this many seconds without a job "
+                    "(the next study then maps it anew: about 2 s more for a 300-slice CT).",
     )
     job_retry_base_delay_s: float = Field(default=10.0, gt=0)
     job_retry_max_delay_s: float = Field(default=600.0, gt=0)

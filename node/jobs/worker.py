@@ -29,12 +29,14 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 class Worker:
     """Runs jobs one at a time until ``stop`` is set (finishing the current job).
 
-    ``when_idle`` is called once each time the worker has had no job for
-    ``idle_after_s`` after running one (the workers give their memory back then)."""
+    Between jobs: ``after_jobs`` is called each time the worker turns idle after
+    running jobs, ``when_idle`` once it has then had no job for ``idle_after_s`` (the
+    node's workers settle their long-lived objects, then give their memory back)."""
 
     def __init__(self, name: str, settings: Settings, engine: Engine, queue: JobQueue,
                  handlers: Mapping[JobKind, Handler], poll_s: float = 0.5, probe_s: float = 0.05,
-                 when_idle: Callable[[], None] | None = None, idle_after_s: float = 60.0) -> None:
+                 after_jobs: Callable[[], None] | None = None, when_idle: Callable[[], None] | None = None,
+                 idle_after_s: float = 60.0) -> None:
         self.name = name
         self._settings = settings
         self._engine = engine
@@ -43,12 +45,14 @@ class Worker:
         self._handlers = dict(handlers)
         self._poll_s = poll_s
         self._probe_s = probe_s
+        self._after_jobs = after_jobs
         self._when_idle = when_idle
         self._idle_after_s = idle_after_s
 
     def run(self, stop: threading.Event) -> None:
         kinds = sorted(self._handlers)
         last_job: float | None = None  # when the last job ended, until when_idle ran
+        busy = False  # jobs ran since after_jobs was last called
         while not stop.is_set():
             try:
                 job = self._queue.claim(self.name, kinds)
@@ -57,21 +61,24 @@ class Worker:
                 stop.wait(self._poll_s * 4)
                 continue
             if job is None:
+                if busy:
+                    busy = False
+                    self._housekeeping(self._after_jobs)
                 if last_job is not None and time.monotonic() - last_job >= self._idle_after_s:
                     last_job = None
-                    self._idle()
+                    self._housekeeping(self._when_idle)
                 self._wait_for_work(stop, kinds)
                 continue
             self.run_one(job)
-            last_job = time.monotonic()
+            last_job, busy = time.monotonic(), True
 
-    def _idle(self) -> None:
-        if self._when_idle is None:
+    def _housekeeping(self, task: Callable[[], None] | None) -> None:
+        if task is None:
             return
         try:
-            self._when_idle()
+            task()
         except Exception as exc:  # noqa: BLE001 - housekeeping never stops the worker
-            log.warning("worker %s: idle housekeeping failed (%s)", self.name, type(exc).__name__)
+            log.warning("worker %s: housekeeping between jobs failed (%s)", self.name, type(exc).__name__)
 
     def _wait_for_work(self, stop: threading.Event, kinds: Sequence[str]) -> None:
         """Idle: until a due job of this worker's kinds is queued, or ``poll_s`` passes

@@ -32,7 +32,7 @@ from node.pipeline.lifecycle import queue_for
 from node.quality.seg_jobs import comparison_queuer
 from node.runner import child
 from node.runner.logs import setup_logging
-from node.runner.memory import give_back_memory, keep_freed_memory
+from node.runner.memory import give_back_memory, keep_freed_memory, settle_long_lived_objects
 from storage.db import make_engine
 from storage.files import FileStore
 from storage.queue import ClaimedJob
@@ -100,7 +100,9 @@ def run_worker(settings: Settings, name: str, ready: Any) -> None:
     keep_freed_memory()
     engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
     worker = Worker(name, settings, engine, queue_for(settings, engine), general_handlers(settings, engine),
-                    when_idle=give_back_memory, idle_after_s=settings.worker_memory_release_s)
+                    after_jobs=settle_long_lived_objects, when_idle=give_back_memory,
+                    idle_after_s=settings.worker_memory_release_s)
+    settle_long_lived_objects()
     ready.put((name, None))
     worker.run(stop)
     engine.dispose()
@@ -129,7 +131,9 @@ def run_inference_worker(settings: Settings, name: str, ready: Any, device: str,
 
     _report(runner, name)
     worker = Worker(name, settings, engine, queue_for(settings, engine), {JobKind.INFER: infer},
-                    when_idle=give_back_memory, idle_after_s=settings.worker_memory_release_s)
+                    after_jobs=settle_long_lived_objects, when_idle=give_back_memory,
+                    idle_after_s=settings.worker_memory_release_s)
+    settle_long_lived_objects()  # the models are loaded
     ready.put((name, None))
     worker.run(stop)
     engine.dispose()

@@ -53,3 +53,29 @@ def test_memory_a_study_freed_is_reused_by_the_next_and_given_back_when_idle() -
     assert probe["refaults"] < 2000
     # idle: given back to the system
     assert probe["after_release"] - probe["before"] < 50
+
+
+_SETTLE = """
+import gc, json, weakref
+from node.runner.memory import settle_long_lived_objects
+
+class Node:
+    pass
+
+garbage = Node(); garbage.me = garbage          # a cycle nobody holds any more
+dead = weakref.ref(garbage); del garbage
+tables = {"kept": [Node() for _ in range(1000)]}  # what a worker keeps: loaded tables, models
+before = len(gc.get_objects())
+settle_long_lived_objects()
+print(json.dumps({"garbage_freed": dead() is None, "frozen": gc.get_freeze_count(),
+                  "still_walked": len(gc.get_objects()), "before": before}))
+"""
+
+
+def test_settling_frees_the_garbage_and_leaves_the_survivors_out_of_later_collections() -> None:
+    out = subprocess.run([sys.executable, "-c", _SETTLE], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, check=True)
+    probe = json.loads(out.stdout)
+    assert probe["garbage_freed"]  # collected first, not frozen with the rest
+    assert probe["frozen"] >= 1000  # the survivors, the kept tables among them
+    assert probe["still_walked"] < probe["before"] // 10  # what later collections still walk

@@ -113,3 +113,53 @@ def test_chest_ct_series() -> None:
     volume = load_volume(sorted(folder.glob("*.dcm")))
     assert volume.shape == (64, 512, 512) and volume.spacing[0] == 5.0
     assert volume.convolution_kernel == "B" and volume.array.min() >= -1024
+
+
+@pytest.mark.parametrize(("allocated", "stored", "signed"), [
+    (16, 16, True), (16, 12, True), (16, 12, False), (16, 16, False), (8, 8, False), (8, 6, True),
+    (32, 32, True), (32, 20, False)])
+def test_native_pixels_read_from_the_bytes_equal_pydicoms_pixel_array(allocated: int, stored: int,
+                                                                       signed: bool) -> None:
+    """The fast path gives pydicom's values, unused high bits included (set at random
+    here: a scanner may leave anything in them), from both little-endian syntaxes
+    and with the pad byte an odd-length 8-bit image carries."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from ai.volume import native_pixels
+
+    rng = np.random.default_rng(allocated + stored)
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        ds = ct_slice(generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT), 0, size=16)
+        ds.Rows, ds.Columns = 15, 13  # odd: 8-bit pixel data gets a pad byte
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, stored, stored - 1
+        ds.PixelRepresentation = int(signed)
+        raw = rng.integers(0, 2 ** allocated, size=15 * 13, dtype=np.uint64).astype(f"<u{allocated // 8}")
+        ds.PixelData = raw.tobytes() + (b"\0" if len(raw.tobytes()) % 2 else b"")
+        ds.file_meta.TransferSyntaxUID = syntax
+        buffer = DicomBytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        read = dcmread(DicomBytesIO(buffer.getvalue()))
+        fast = native_pixels(read)
+        assert fast is not None
+        expected = read.pixel_array
+        assert fast.dtype == expected.dtype
+        np.testing.assert_array_equal(fast, expected)
+
+
+def test_native_pixels_leave_what_they_do_not_read_to_pydicom() -> None:
+    from ai.volume import native_pixels
+
+    ds = ct_slice(generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT), 0, size=8)
+    assert native_pixels(ds) is not None
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "RGB"
+    assert native_pixels(ds) is None
+    ds = ct_slice(generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT), 0, size=8)
+    ds.NumberOfFrames = 2
+    assert native_pixels(ds) is None
+    ds = ct_slice(generate_uid(TEST_UID_ROOT), generate_uid(TEST_UID_ROOT), 0, size=8)
+    ds.PixelData = ds.PixelData[:-2]  # short: pydicom says why
+    assert native_pixels(ds) is None
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.2"  # big endian
+    assert native_pixels(ds) is None
