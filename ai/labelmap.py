@@ -5,8 +5,11 @@ prediction to the encoders, and what the node keeps on disk between them."""
 from __future__ import annotations
 
 import io
+import os
 import zipfile
+import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +21,41 @@ from ai.volume import Volume, affine_lps
 #: Maps are kept as fractions in 1/255 steps: the resolution of a fractional SEG
 #: (Maximum Fractional Value 255), and a quarter of the size of float32.
 MAP_STEPS = 255
+
+
+#: A label map is deflated in this many slabs of slices (at most; fixed, so that the
+#: file does not depend on the machine that wrote it).
+_SLABS = 8
+
+
+def _slabs(slices: int, count: int) -> list[tuple[int, int]]:
+    """``count`` slabs of ``slices`` slices, as even as they come: (first, end) each."""
+    edges = np.linspace(0, slices, count + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def _threads() -> int:
+    return max(1, min(_SLABS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
+def _inflated(deflated: np.ndarray, slab_bytes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A label map deflated by slabs (:meth:`LabelMap.to_npz`), inflated in threads."""
+    out = np.empty(tuple(int(n) for n in shape), dtype=np.uint8)
+    ends = np.cumsum(slab_bytes)
+    pieces = [(int(end - size), int(end)) for end, size in zip(ends, slab_bytes, strict=True)]
+    if not 0 < len(pieces) <= max(out.shape[0], 1):
+        raise ValueError(f"a label map file with {len(pieces)} slabs for {out.shape[0]} slices")
+    bounds = _slabs(out.shape[0], len(pieces))
+    data = deflated.tobytes()
+
+    def inflate(i: int) -> None:
+        (start, end), (first, last) = pieces[i], bounds[i]
+        slab = np.frombuffer(zlib.decompress(data[start:end]), dtype=np.uint8)
+        out[first:last] = slab.reshape(last - first, *out.shape[1:])
+
+    with ThreadPoolExecutor(_threads()) as pool:
+        list(pool.map(inflate, range(len(pieces))))
+    return out
 
 
 def quantised(values: np.ndarray) -> np.ndarray:
@@ -79,10 +117,20 @@ class LabelMap:
         """The label map and its geometry as a compressed ``.npz`` file's bytes.
 
         Deflate at level 1, not numpy's default 6: on a 300 x 512 x 512 label map it
-        writes in a third of the time (about 0.3 s against 1 s, on the infer job's
-        path) for a file under twice the size (about 1 MB), and reads back faster."""
+        writes in a third of the time for a file under twice the size (about 1.5 MB).
+        The label map itself is deflated in slabs of slices, in parallel threads (zlib
+        releases the GIL), and kept as ``labelmap_deflated`` with each slab's length:
+        0.14 -> 0.08 s on 2 cores, on the infer job's path; the other arrays are
+        members numpy reads as they are."""
+        bounds = _slabs(self.array.shape[0], max(1, min(_SLABS, self.array.shape[0])))
+        array = np.ascontiguousarray(self.array, dtype=np.uint8)
+        with ThreadPoolExecutor(_threads()) as pool:
+            deflated = list(pool.map(lambda b: zlib.compress(array[b[0]:b[1]].tobytes(), 1), bounds))
         arrays: dict[str, np.ndarray] = {
-            "labelmap": self.array, "spacing": np.array(self.spacing), "origin": np.array(self.origin),
+            "labelmap_shape": np.array(array.shape, dtype=np.int64),
+            "labelmap_slab_bytes": np.array([len(d) for d in deflated], dtype=np.int64),
+            "labelmap_deflated": np.frombuffer(b"".join(deflated), dtype=np.uint8),
+            "spacing": np.array(self.spacing), "origin": np.array(self.origin),
             "direction": np.asarray(self.direction), "sop_instance_uids": np.array(self.sop_instance_uids),
             "frame_numbers": np.array(self.frame_numbers),
             "series_instance_uid": np.array(self.series_instance_uid),
@@ -91,9 +139,11 @@ class LabelMap:
         }
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-            for name, array in arrays.items():
+            for name, values in arrays.items():
+                # (the label map is deflated already: stored as it is)
+                archive.compression = zipfile.ZIP_STORED if name == "labelmap_deflated" else zipfile.ZIP_DEFLATED
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+                    np.lib.format.write_array(member, np.asanyarray(values), allow_pickle=False)
         return buffer.getvalue()
 
     @classmethod
@@ -102,7 +152,9 @@ class LabelMap:
             spacing = tuple(float(v) for v in saved["spacing"])
             origin = tuple(float(v) for v in saved["origin"])
             names = [str(n) for n in saved["map_names"]] if "map_names" in saved.files else []
-            return cls(saved["labelmap"], tuple(str(u) for u in saved["sop_instance_uids"]),
+            array = saved["labelmap"] if "labelmap" in saved.files else _inflated(  # (files written before)
+                saved["labelmap_deflated"], saved["labelmap_slab_bytes"], tuple(saved["labelmap_shape"]))
+            return cls(array, tuple(str(u) for u in saved["sop_instance_uids"]),
                        tuple(int(f) for f in saved["frame_numbers"]), str(saved["series_instance_uid"]),
                        (spacing[0], spacing[1], spacing[2]), (origin[0], origin[1], origin[2]),
                        saved["direction"], {name: saved[f"map_{i}"] for i, name in enumerate(names)})

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ai.labelmap import LabelMap
 from tests.conftest import AINODE, REPO, Node, send_study, wait_until
 from tests.model_files import onnx_segmenter
 from tests.phantoms import chest_study
@@ -53,7 +54,7 @@ def test_chest_ct_from_c_store_to_a_ct_chest_prediction_on_the_defaults(
     assert not values["right lung LAA-950"]["reliable"]
     assert "5 mm slices" in values["right lung LAA-950"]["note"]
     assert [f["present"] for f in prediction["findings"]] == [False]
-    labelmap = np.load(node.data_dir / prediction["labelmap_path"])["labelmap"]
+    labelmap = LabelMap.from_npz(node.data_dir / prediction["labelmap_path"]).array
     assert labelmap.shape[0] == 64 and set(np.unique(labelmap)) == {0, 1, 2, 3}
     [job] = _jobs(node)
     assert (job["state"], job["attempts"]) == ("succeeded", 1)

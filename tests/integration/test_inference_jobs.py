@@ -13,6 +13,7 @@ import torch
 from pydicom.uid import generate_uid
 from sqlalchemy import Engine, select
 
+from ai.labelmap import LabelMap
 from ai.protocol import Accepts, Code, DeviceNeeds, Outputs, Prediction, SegmentSpec
 from ai.volume import Volume
 from config.settings import Settings, load_settings
@@ -98,10 +99,10 @@ def test_prediction_recorded_once_with_its_label_map(rig: Rig) -> None:
     # edges of so small an object blur (the adapter's accuracy is checked in unit tests).
     assert volume["name"] == "Dense volume" and volume["unit"] == "mL"
     assert volume["value"] == pytest.approx(24 * 24 * 0.49 * 8 / 1000, rel=0.2)
-    saved = np.load(rig.store.absolute(row.labelmap_path))
-    assert saved["labelmap"].shape == (8, 32, 32)
-    assert saved["labelmap"][4, 16, 16] == 1 and saved["labelmap"][4, 0, 0] == 0
-    assert list(saved["sop_instance_uids"]) == [
+    saved = LabelMap.from_npz(rig.store.absolute(row.labelmap_path))
+    assert saved.array.shape == (8, 32, 32)
+    assert saved.array[4, 16, 16] == 1 and saved.array[4, 0, 0] == 0
+    assert list(saved.sop_instance_uids) == [
         generate_uid(TEST_UID_ROOT, [series, str(float(z))]) for z in range(8)]
     [done] = rig.queue.list(kinds=["infer"])
     assert done.state == "succeeded"
