@@ -15,14 +15,16 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 from typing import Any
 
+from sqlalchemy import Engine
+
 from config.settings import Settings
-from node.jobs.context import JobContext
+from node.jobs.context import Handler, JobContext
 from node.jobs.kinds import JobKind
 from node.jobs.worker import Worker
 from node.network.balance import ConnectionBalancer
@@ -92,6 +94,18 @@ def run_listener(settings: Settings, name: str, ready: Any, counters: Any, peers
     engine.dispose()
 
 
+def _worker(name: str, settings: Settings, engine: Engine, handlers: Mapping[JobKind, Handler]) -> Worker:
+    """A worker process's job loop, with its memory kept between jobs: what has
+    survived start-up is settled now, and again each time the worker turns idle;
+    the memory goes back after ``worker_memory_release_s`` without a job
+    (:mod:`node.runner.memory`; :func:`keep_freed_memory` ran first)."""
+    worker = Worker(name, settings, engine, queue_for(settings, engine), handlers,
+                    after_jobs=settle_long_lived_objects, when_idle=give_back_memory,
+                    idle_after_s=settings.worker_memory_release_s)
+    settle_long_lived_objects()
+    return worker
+
+
 def run_worker(settings: Settings, name: str, ready: Any) -> None:
     """Body of one job worker process: finishes its current job on SIGTERM."""
     stop = _child_process(settings)
@@ -99,10 +113,7 @@ def run_worker(settings: Settings, name: str, ready: Any) -> None:
 
     keep_freed_memory()
     engine = make_engine(settings.effective_database_url, settings.db_busy_timeout_ms)
-    worker = Worker(name, settings, engine, queue_for(settings, engine), general_handlers(settings, engine),
-                    after_jobs=settle_long_lived_objects, when_idle=give_back_memory,
-                    idle_after_s=settings.worker_memory_release_s)
-    settle_long_lived_objects()
+    worker = _worker(name, settings, engine, general_handlers(settings, engine))
     ready.put((name, None))
     worker.run(stop)
     engine.dispose()
@@ -130,10 +141,7 @@ def run_inference_worker(settings: Settings, name: str, ready: Any, device: str,
             _report(runner, name)
 
     _report(runner, name)
-    worker = Worker(name, settings, engine, queue_for(settings, engine), {JobKind.INFER: infer},
-                    after_jobs=settle_long_lived_objects, when_idle=give_back_memory,
-                    idle_after_s=settings.worker_memory_release_s)
-    settle_long_lived_objects()  # the models are loaded
+    worker = _worker(name, settings, engine, {JobKind.INFER: infer})  # (the models are loaded)
     ready.put((name, None))
     worker.run(stop)
     engine.dispose()
