@@ -296,7 +296,7 @@ def test_uids_with_line_breaks_cannot_forge_log_lines(node: Node) -> None:
     while time.monotonic() < deadline and node.log().count("FORGED") < 2:
         time.sleep(0.5)
     log = node.log()
-    assert "\\nFORGED" in log  # it was logged, escaped
+    assert "\\x0aFORGED" in log  # it was logged, escaped
     assert not [line for line in log.splitlines() if line.startswith("FORGED")]
 
 
