@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, FromClause, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -46,6 +49,49 @@ def writing(engine: Engine) -> Any:
     On SQLite it starts with BEGIN IMMEDIATE; elsewhere it is a plain transaction.
     """
     return engine.execution_options(ainode_write=True).begin()
+
+
+@contextmanager
+def driver_writing(engine: Engine) -> Iterator[Any]:
+    """A write transaction on the driver's own connection, taken from the engine's
+    pool: yields a DBAPI cursor, commits at the end, rolls back on an error. For the
+    one hot path where SQLAlchemy's cost per statement matters (recording each received
+    image). As with :func:`writing`, SQLite starts with BEGIN IMMEDIATE; driver errors
+    come out as SQLAlchemy's exceptions (``OperationalError``...), and a connection the
+    error shows broken is not given back to the pool."""
+    dbapi = engine.dialect.loaded_dbapi
+    connection = engine.raw_connection()
+    cursor = None
+    try:
+        cursor = connection.cursor()
+        if engine.dialect.name == "sqlite":
+            cursor.execute("BEGIN IMMEDIATE")
+        yield cursor
+        connection.commit()
+    except dbapi.Error as exc:
+        broken = engine.dialect.is_disconnect(exc, connection.dbapi_connection, cursor)
+        _roll_back(connection, dbapi)
+        if broken:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(None, None, exc, dbapi.Error, connection_invalidated=broken,
+                                  dialect=engine.dialect) from exc
+    except BaseException:
+        _roll_back(connection, dbapi)
+        raise
+    finally:
+        if cursor is not None:
+            try:
+                cursor.close()
+            except dbapi.Error:
+                pass
+        connection.close()
+
+
+def _roll_back(connection: Any, dbapi: Any) -> None:
+    try:
+        connection.rollback()
+    except dbapi.Error:
+        pass  # the pool resets (or discards) the connection when it comes back
 
 
 def json_value(text: str | bytes | None) -> Any:

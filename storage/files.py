@@ -74,7 +74,7 @@ def encode_file_meta(
     return PREAMBLE + group_length + body
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -90,6 +90,7 @@ class FileStore:
         self.root = root
         self.studies_dir = root / "studies"
         self.tmp_dir = root / "tmp"
+        self._root, self._tmp = str(root), str(self.tmp_dir)
 
     def prepare(self) -> None:
         """Create the folders (owner-only) and drop temporary files a crash left."""
@@ -119,10 +120,12 @@ class FileStore:
         """Durably write ``parts`` (concatenated) at ``relative``; return the size.
 
         Raises ``OSError`` when the disk fails; then no file is left behind, neither
-        the temporary one nor a partial one at the final path.
+        the temporary one nor a partial one at the final path. (Paths are plain
+        strings here: every received image comes through, and pathlib's conversions
+        cost more than the system calls' own Python side.)
         """
-        final = self.root / relative
-        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        final = os.path.join(self._root, relative)
+        tmp = os.path.join(self._tmp, uuid.uuid4().hex + ".part")
         size = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -136,14 +139,18 @@ class FileStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            folder = os.path.dirname(final)
             try:
                 os.replace(tmp, final)
             except FileNotFoundError:  # first instance of its series: make the folders
-                self._ensure_dir(final.parent)
+                self._ensure_dir(Path(folder))
                 os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            _fsync_dir(folder)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
             raise
         return size
 

@@ -12,6 +12,7 @@ spent 0.28 ms per image in pydicom here, the fast path 0.03 ms.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import zlib
@@ -202,14 +203,13 @@ def read_header(encoded: bytes | memoryview, transfer_syntax_uid: str,
     inflated as a stream, and refused (:class:`InstanceTooLarge`) once it exceeds
     ``max_inflated_bytes``.
     """
-    ts = UID(transfer_syntax_uid)
-    implicit = _fast_path_encoding(ts)
+    implicit = _fast_path_encoding(transfer_syntax_uid)
     if implicit is not None:
         try:
             return _fast_header(memoryview(encoded), implicit)
         except _Unusual:
             pass  # pydicom reads it below
-    return _read_with_pydicom(encoded, ts, max_inflated_bytes)
+    return _read_with_pydicom(encoded, UID(transfer_syntax_uid), max_inflated_bytes)
 
 
 def _read_with_pydicom(encoded: bytes | memoryview, ts: UID, max_inflated_bytes: int) -> InstanceHeader:
@@ -259,10 +259,12 @@ _PLAIN_INT = re.compile(r" *[+-]?[0-9]+ *")
 _PLAIN_FLOAT = re.compile(r" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
 
 
-def _fast_path_encoding(ts: UID) -> bool | None:
+@functools.lru_cache(maxsize=64)
+def _fast_path_encoding(transfer_syntax_uid: str) -> bool | None:
     """True for implicit VR little endian, False for explicit VR little endian (also
     every compressed syntax, whose dataset is explicit little endian); None for what
     pydicom reads (deflated, big endian, a UID pydicom does not know)."""
+    ts = UID(transfer_syntax_uid)
     if ts == ImplicitVRLittleEndian:
         return True
     if ts == ExplicitVRLittleEndian:

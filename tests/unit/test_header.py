@@ -167,13 +167,11 @@ def test_the_fast_path_gives_pydicoms_answer_for_odd_values(implicit: bool, tag:
 
 @pytest.mark.parametrize("ts", [_IMPLICIT, _EXPLICIT, _JPEG])
 def test_the_fast_path_reads_a_usual_image_itself(ts: str) -> None:
-    from pydicom.uid import UID
-
     from storage.header import _fast_header, _fast_path_encoding
 
     implicit = ts == _IMPLICIT
     encoded = _encode(_slice_with(), implicit)
-    assert _fast_path_encoding(UID(ts)) is implicit
+    assert _fast_path_encoding(ts) is implicit
     fast = _fast_header(memoryview(encoded), implicit)  # raises if it left the image to pydicom
     assert repr(fast) == _both(encoded, ts)[1]
     assert (fast.modality, fast.series_number, fast.instance_number, fast.convolution_kernel,
