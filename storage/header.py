@@ -16,12 +16,13 @@ import functools
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread, read_dataset
 from pydicom.tag import BaseTag, Tag
@@ -64,34 +65,47 @@ class InstanceHeader:
     orientation: str | None = None  # AXIAL, CORONAL, SAGITTAL or OBLIQUE
 
 
-def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
-    try:
-        value = ds.get(keyword)
-    except Exception:  # an undecodable value is not worth refusing the image for
-        return None
-    if value is None or value == "":
-        return None
-    return str(value).strip()[:limit] or None
+_UID_NAMES = {"StudyInstanceUID": "Study Instance UID", "SeriesInstanceUID": "Series Instance UID",
+              "SOPInstanceUID": "SOP Instance UID", "SOPClassUID": "SOP Class UID"}
 
 
-def _number(ds: Dataset, keyword: str, kind: type[int] | type[float]) -> Any:
-    """The value as ``kind``, or None when absent or unreadable (never a refusal)."""
-    try:
-        value = ds.get(keyword)
-        return kind(value) if value not in (None, "") else None
-    except Exception:
-        return None
+def _assemble(uid: Callable[[str], str], text: Callable[[str], str | None],
+              integer: Callable[[str], int | None], real: Callable[[str], float | None],
+              kernels: Callable[[], list[str]], cosines: Callable[[], list[float] | None]) -> InstanceHeader:
+    """The header from one reader's accessors (pydicom's, or the fast path's): each
+    gives a value as the reader decodes it, ``uid`` "" when absent, ``cosines`` the six
+    direction cosines or None; the checks and limits are the same for both readers."""
 
+    def checked_uid(keyword: str) -> str:
+        value = uid(keyword)
+        if not value:
+            raise InvalidInstance(f"missing {_UID_NAMES[keyword]} ({keyword})")
+        if len(value) > 64:
+            raise InvalidInstance(f"{_UID_NAMES[keyword]} ({keyword}) is longer than 64 characters")
+        return value
 
-def _kernel(ds: Dataset) -> str | None:
-    try:
-        value = ds.get("ConvolutionKernel")
-    except Exception:
-        return None
-    if value in (None, ""):
-        return None
-    parts = [str(v).strip() for v in value] if not isinstance(value, str) else [value.strip()]
-    return "\\".join(p for p in parts if p)[:64] or None
+    def limited(keyword: str, limit: int) -> str | None:
+        value = text(keyword)
+        return value[:limit] or None if value else None
+
+    orientation = cosines()
+    return InstanceHeader(
+        study_instance_uid=checked_uid("StudyInstanceUID"),
+        series_instance_uid=checked_uid("SeriesInstanceUID"),
+        sop_instance_uid=checked_uid("SOPInstanceUID"),
+        sop_class_uid=checked_uid("SOPClassUID"),
+        modality=limited("Modality", 16),
+        study_date=limited("StudyDate", 8),
+        study_description=limited("StudyDescription", 64),
+        accession_number=limited("AccessionNumber", 16),
+        series_number=integer("SeriesNumber"),
+        series_description=limited("SeriesDescription", 64),
+        body_part_examined=limited("BodyPartExamined", 16),
+        instance_number=integer("InstanceNumber"),
+        slice_thickness=real("SliceThickness"),
+        convolution_kernel="\\".join(p for p in kernels() if p)[:64] or None,
+        orientation=plane_of(orientation) if orientation is not None else None,
+    )
 
 
 def plane_of(orientation: list[float]) -> str:
@@ -105,50 +119,52 @@ def plane_of(orientation: list[float]) -> str:
     return ("SAGITTAL", "CORONAL", "AXIAL")[largest]
 
 
-def _orientation(ds: Dataset) -> str | None:
-    try:
-        value = ds.get("ImageOrientationPatient")
-        if value is None or len(value) != 6:
-            return None
-        return plane_of([float(v) for v in value])
-    except Exception:
-        return None
-
-
-def _uid(ds: Dataset, keyword: str, name: str) -> str:
-    if keyword not in ds:
-        raise InvalidInstance(f"missing {name} ({keyword})")
-    try:
-        value = ds[keyword].value
-    except Exception:
-        raise InvalidInstance(f"{name} ({keyword}) cannot be read") from None
-    text = str(value or "").strip("\0 ")
-    if not text:
-        raise InvalidInstance(f"missing {name} ({keyword})")
-    if len(text) > 64:
-        raise InvalidInstance(f"{name} ({keyword}) is longer than 64 characters")
-    return text
-
-
 def header_from_dataset(ds: Dataset) -> InstanceHeader:
-    """Extract the indexed attributes; raises :class:`InvalidInstance` without the UIDs."""
-    return InstanceHeader(
-        study_instance_uid=_uid(ds, "StudyInstanceUID", "Study Instance UID"),
-        series_instance_uid=_uid(ds, "SeriesInstanceUID", "Series Instance UID"),
-        sop_instance_uid=_uid(ds, "SOPInstanceUID", "SOP Instance UID"),
-        sop_class_uid=_uid(ds, "SOPClassUID", "SOP Class UID"),
-        modality=_text(ds, "Modality", 16),
-        study_date=_text(ds, "StudyDate", 8),
-        study_description=_text(ds, "StudyDescription", 64),
-        accession_number=_text(ds, "AccessionNumber", 16),
-        series_number=_number(ds, "SeriesNumber", int),
-        series_description=_text(ds, "SeriesDescription", 64),
-        body_part_examined=_text(ds, "BodyPartExamined", 16),
-        instance_number=_number(ds, "InstanceNumber", int),
-        slice_thickness=_number(ds, "SliceThickness", float),
-        convolution_kernel=_kernel(ds),
-        orientation=_orientation(ds),
-    )
+    """Extract the indexed attributes; raises :class:`InvalidInstance` without the UIDs.
+    An unreadable descriptive value is left out (never a refusal)."""
+
+    def uid(keyword: str) -> str:
+        if keyword not in ds:
+            return ""
+        try:
+            value = ds[keyword].value
+        except Exception:
+            raise InvalidInstance(f"{_UID_NAMES[keyword]} ({keyword}) cannot be read") from None
+        return str(value or "").strip("\0 ")
+
+    def text(keyword: str) -> str | None:
+        try:
+            value = ds.get(keyword)
+        except Exception:  # an undecodable value is not worth refusing the image for
+            return None
+        return None if value is None or value == "" else str(value).strip()
+
+    def number(keyword: str, kind: type[int] | type[float]) -> Any:
+        try:
+            value = ds.get(keyword)
+            return kind(value) if value not in (None, "") else None
+        except Exception:
+            return None
+
+    def kernels() -> list[str]:
+        try:
+            value = ds.get("ConvolutionKernel")
+        except Exception:
+            return []
+        if value in (None, ""):
+            return []
+        return [str(v).strip() for v in value] if not isinstance(value, str) else [value.strip()]
+
+    def cosines() -> list[float] | None:
+        try:
+            value = ds.get("ImageOrientationPatient")
+            if value is None or len(value) != 6:
+                return None
+            return [float(v) for v in value]
+        except Exception:
+            return None
+
+    return _assemble(uid, text, lambda k: number(k, int), lambda k: number(k, float), kernels, cosines)
 
 
 _PREFIX = 64 * 1024  # the indexed attributes nearly always lie in the first 64 KiB
@@ -236,16 +252,14 @@ class _Unusual(Exception):
     """The fast path leaves this dataset to pydicom."""
 
 
-_KEYWORDS = {
-    "StudyInstanceUID": 0x0020000D, "SeriesInstanceUID": 0x0020000E, "SOPInstanceUID": 0x00080018,
-    "SOPClassUID": 0x00080016, "Modality": 0x00080060, "StudyDate": 0x00080020,
-    "StudyDescription": 0x00081030, "AccessionNumber": 0x00080050, "SeriesNumber": 0x00200011,
-    "SeriesDescription": 0x0008103E, "BodyPartExamined": 0x00180015, "InstanceNumber": 0x00200013,
-    "SliceThickness": 0x00180050, "ConvolutionKernel": 0x00181210, "ImageOrientationPatient": 0x00200037,
-}
+_TAGS: dict[str, int] = {keyword: int(tag_for_keyword(keyword) or 0) for keyword in (
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality", "StudyDate",
+    "StudyDescription", "AccessionNumber", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
+    "InstanceNumber", "SliceThickness", "ConvolutionKernel", "ImageOrientationPatient",
+)}
 #: The VR of each indexed tag, as pydicom's dictionary has it (implicit VR datasets).
-_VRS = {tag: dictionary_VR(tag).encode("ascii") for tag in _KEYWORDS.values()}
-_LAST = 0x00200037
+_VRS = {tag: dictionary_VR(tag).encode("ascii") for tag in _TAGS.values()}
+_LAST = int(_LAST_TAG)
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 #: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
@@ -385,45 +399,25 @@ def _plain_float(text: str) -> float:
 def _fast_header(buf: memoryview, implicit: bool) -> InstanceHeader:
     values = _indexed_values(buf, implicit)
 
-    def uid(keyword: str, name: str) -> str:
-        tag = _KEYWORDS[keyword]
-        if tag not in values:
-            raise InvalidInstance(f"missing {name} ({keyword})")
-        text = _single(values[tag]).strip().strip("\0 ")  # pydicom's UID strips whitespace
-        if not text:
-            raise InvalidInstance(f"missing {name} ({keyword})")
-        if len(text) > 64:
-            raise InvalidInstance(f"{name} ({keyword}) is longer than 64 characters")
-        return text
+    def single(keyword: str) -> str:
+        return _single(values.get(_TAGS[keyword]))
 
-    def text(keyword: str, limit: int) -> str | None:
-        return _single(values.get(_KEYWORDS[keyword])).strip()[:limit] or None
+    def thickness(keyword: str) -> float | None:
+        text = single(keyword)
+        return _plain_float(text) if text else None
 
-    def number(keyword: str) -> int | None:
-        return _plain_int(_single(values.get(_KEYWORDS[keyword])))
+    def kernels() -> list[str]:
+        raw = values.get(_TAGS["ConvolutionKernel"])
+        return [] if raw is None else [p.rstrip(" \0").strip() for p in _ascii(raw).rstrip(" \0").split("\\")]
 
-    thickness = _single(values.get(_KEYWORDS["SliceThickness"]))
-    kernel = values.get(_KEYWORDS["ConvolutionKernel"])
-    kernels = [] if kernel is None else [p.rstrip(" \0").strip() for p in _ascii(kernel).rstrip(" \0").split("\\")]
-    orientation = values.get(_KEYWORDS["ImageOrientationPatient"])
-    cosines = [] if orientation is None else _ascii(orientation).rstrip(" \0").split("\\")
-    return InstanceHeader(
-        study_instance_uid=uid("StudyInstanceUID", "Study Instance UID"),
-        series_instance_uid=uid("SeriesInstanceUID", "Series Instance UID"),
-        sop_instance_uid=uid("SOPInstanceUID", "SOP Instance UID"),
-        sop_class_uid=uid("SOPClassUID", "SOP Class UID"),
-        modality=text("Modality", 16),
-        study_date=text("StudyDate", 8),
-        study_description=text("StudyDescription", 64),
-        accession_number=text("AccessionNumber", 16),
-        series_number=number("SeriesNumber"),
-        series_description=text("SeriesDescription", 64),
-        body_part_examined=text("BodyPartExamined", 16),
-        instance_number=number("InstanceNumber"),
-        slice_thickness=_plain_float(thickness) if thickness else None,
-        convolution_kernel="\\".join(p for p in kernels if p)[:64] or None,
-        orientation=(plane_of([_plain_float(c) for c in cosines])
-                     if len(cosines) == 6 and all(cosines) else None),
+    def cosines() -> list[float] | None:
+        raw = values.get(_TAGS["ImageOrientationPatient"])
+        parts = [] if raw is None else _ascii(raw).rstrip(" \0").split("\\")
+        return [_plain_float(c) for c in parts] if len(parts) == 6 and all(parts) else None
+
+    return _assemble(
+        lambda k: single(k).strip().strip("\0 "),  # pydicom's UID strips whitespace
+        lambda k: single(k).strip(), lambda k: _plain_int(single(k)), thickness, kernels, cosines,
     )
 
 

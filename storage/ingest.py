@@ -50,14 +50,14 @@ def _upsert(dialect: Any, table: Table, key: str, keep_first: tuple[str, ...], u
     return stmt.on_conflict_do_update(index_elements=[key], set_=set_)
 
 
-class _Compiled:
-    """A statement compiled once for one dialect, with what binding values to it takes:
-    the parameter order of a positional driver, the type conversions (SQLite stores a
-    datetime as text) and the Python-side column defaults SQLAlchemy would fill in."""
+class _Plan:
+    """A statement compiled for one dialect and one set of value keys, with what binding
+    the values takes: the parameter order of a positional driver, the type conversions
+    (SQLite stores a datetime as text) and the Python-side column defaults SQLAlchemy
+    would fill in."""
 
-    def __init__(self, statement: Any, dialect: Any, keys: tuple[str, ...] = ()) -> None:
-        self.statement = statement
-        compiled = statement.compile(dialect=dialect, column_keys=list(keys) or None)
+    def __init__(self, statement: Any, dialect: Any, keys: tuple[str, ...]) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
         self.sql = str(compiled)
         self.order: tuple[str, ...] | None = tuple(compiled.positiontup or ()) if compiled.positional else None
         self.convert: dict[str, Callable[[Any], Any]] = {}
@@ -66,7 +66,7 @@ class _Compiled:
             convert = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if convert is not None:
                 self.convert[name] = convert
-            if keys and name not in keys:
+            if name not in keys:
                 default = statement.table.c[name].default
                 if default is None or not default.is_scalar:
                     raise ValueError(f"{statement.table.name}.{name} needs a value")
@@ -81,13 +81,22 @@ class _Compiled:
         return values if self.order is None else tuple(values[k] for k in self.order)
 
 
-_STUDY_KEYS = ("study_instance_uid", "study_date", "study_description", "accession_number", "state",
-               "first_received_at", "last_received_at")
-_SERIES_KEYS = ("study_id", "series_instance_uid", "modality", "series_number", "series_description",
-                "body_part_examined", "sop_class_uid", "slice_thickness", "convolution_kernel", "orientation",
-                "calling_ae_title", "first_received_at", "last_received_at")
-_INSTANCE_KEYS = ("sop_instance_uid", "series_id", "sop_class_uid", "instance_number", "transfer_syntax_uid",
-                  "size_bytes", "path", "calling_ae_title", "received_at")
+class _Compiled:
+    """A statement, compiled for one dialect on first use with each set of value keys
+    (as SQLAlchemy's own cache does)."""
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        self.statement = statement
+        self._dialect = dialect
+        self._plans: dict[tuple[str, ...], _Plan] = {}
+
+    def for_driver(self, values: dict[str, Any]) -> tuple[str, Any]:
+        """The SQL and the parameters to run it with ``values`` on the driver."""
+        keys = tuple(values)
+        plan = self._plans.get(keys)
+        if plan is None:
+            plan = self._plans[keys] = _Plan(self.statement, self._dialect, keys)
+        return plan.sql, plan.parameters(values)
 
 
 class _Statements:
@@ -102,19 +111,19 @@ class _Statements:
             # A late image reopens a completed study: its next completion is a new
             # results version.
             ("last_received_at", "state"),
-        ).returning(_studies.c.id), dialect, _STUDY_KEYS)
+        ).returning(_studies.c.id), dialect)
         # An instance that is evidence about the study, not more of it (a reference SEG):
         # recorded without reopening a study that completed.
         self.study_kept = _Compiled(_upsert(
             flavour, _studies, "study_instance_uid",
             ("study_date", "study_description", "accession_number"), (),
-        ).returning(_studies.c.id), dialect, _STUDY_KEYS)
+        ).returning(_studies.c.id), dialect)
         self.series = _Compiled(_upsert(
             flavour, _series, "series_instance_uid",
             ("modality", "series_number", "series_description", "body_part_examined",
              "sop_class_uid", "slice_thickness", "convolution_kernel", "orientation"),
             ("last_received_at",),
-        ).returning(_series.c.id), dialect, _SERIES_KEYS)
+        ).returning(_series.c.id), dialect)
         self.old_path = _Compiled(select(_instances.c.path).where(
             _instances.c.sop_instance_uid == bindparam("sop_instance_uid")
         ), dialect)
@@ -122,7 +131,7 @@ class _Statements:
             flavour, _instances, "sop_instance_uid", (),
             ("series_id", "sop_class_uid", "instance_number", "transfer_syntax_uid",
              "size_bytes", "path", "calling_ae_title", "received_at"),
-        ), dialect, _INSTANCE_KEYS)
+        ), dialect)
 
 
 _compiled: dict[tuple[str, str], _Statements] = {}
@@ -168,7 +177,7 @@ def record_instance(
     else:
         with driver_writing(engine) as cursor:
             def through_driver(compiled: _Compiled, values: dict[str, Any]) -> Any:
-                cursor.execute(compiled.sql, compiled.parameters(values))
+                cursor.execute(*compiled.for_driver(values))
                 return cursor.fetchone() if cursor.description else None
 
             old_path = _record_rows(through_driver, sql, header, stored, now, reopens)
